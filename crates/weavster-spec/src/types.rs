@@ -1,0 +1,559 @@
+//! The typed shape of every Weavster file. These types are the single source
+//! of the JSON Schemas under `docs/schemas/`.
+
+use std::collections::BTreeMap;
+
+use indexmap::IndexMap;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// An expression in the Weavster expression language (Jinja expression
+/// syntax), e.g. `upper(trim(name))` or `total > 10 and status != 'test'`.
+pub type Expr = String;
+
+/// A record path: `a`, `a.b.c`, `a['key with space']`, `items[0]`.
+pub type Path = String;
+
+/// A connector reference `<file stem>.<key>`, e.g. `files.orders_in`, or
+/// `bridge.<flow>` for the queue between two flows.
+pub type ConnectorRef = String;
+
+// ---------------------------------------------------------------------------
+// weavster.yaml
+// ---------------------------------------------------------------------------
+
+/// `weavster.yaml`: the project file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectFile {
+    /// Project name: lowercase letters, digits and `_`, starting with a letter.
+    pub name: String,
+    /// Project version (free text, usually semver).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Profile name in profiles.yaml (default: the project name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// Defaults for `var('...')`; overridden by the target's vars and `--vars`.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub vars: IndexMap<String, Value>,
+    /// Runtime settings; a target's `runtime` overrides them key by key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeConfig>,
+}
+
+/// Runtime settings. Every key is optional; see `docs/project.md` for defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// `embedded` (a local PostgreSQL under `.weavster/`) or a `postgres://` URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Maximum records per queue job (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<u32>,
+    /// Maximum wait in milliseconds to fill a batch (default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linger_ms: Option<u64>,
+    /// Flow workers per process (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<u32>,
+    /// Attempts per job before its batch is dead-lettered (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+}
+
+// ---------------------------------------------------------------------------
+// profiles.yaml
+// ---------------------------------------------------------------------------
+
+/// `profiles.yaml`: profile name → profile (dbt-shaped).
+pub type ProfilesFile = IndexMap<String, Profile>;
+
+/// One profile: a default target and the targets it offers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// The target used when neither `--target` nor `WEAVSTER_TARGET` is set.
+    pub target: String,
+    /// Target name → target.
+    pub outputs: IndexMap<String, Target>,
+}
+
+/// One target (environment): runtime, vars and connector overrides.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeConfig>,
+    /// Override the project's vars.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub vars: IndexMap<String, Value>,
+    /// Per-connector overrides (`file.key` → partial connector config), deep-merged.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub connectors: IndexMap<ConnectorRef, Value>,
+}
+
+// ---------------------------------------------------------------------------
+// connectors/*.yaml
+// ---------------------------------------------------------------------------
+
+/// `connectors/<file>.yaml`: key → connector; referenced as `<file>.<key>`.
+pub type ConnectorsFile = IndexMap<String, Connector>;
+
+/// A connector config, selected by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Connector {
+    File(FileConnector),
+    Stdin(StdinConnector),
+    Stdout(StdoutConnector),
+    Kafka(KafkaConnector),
+    Postgres(PostgresConnector),
+    Http(HttpConnector),
+}
+
+impl Connector {
+    /// Every `type` value, in the order they are documented.
+    pub const TYPES: &'static [&'static str] = &["file", "stdin", "stdout", "kafka", "postgres", "http"];
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Connector::File(_) => "file",
+            Connector::Stdin(_) => "stdin",
+            Connector::Stdout(_) => "stdout",
+            Connector::Kafka(_) => "kafka",
+            Connector::Postgres(_) => "postgres",
+            Connector::Http(_) => "http",
+        }
+    }
+
+    pub fn can_be_input(&self) -> bool {
+        !matches!(self, Connector::Stdout(_))
+    }
+
+    pub fn can_be_output(&self) -> bool {
+        !matches!(self, Connector::Stdin(_))
+    }
+}
+
+/// Record encoding of a file or stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// One JSON object per line.
+    Jsonl,
+    /// One JSON array of objects.
+    Json,
+    /// CSV with a header row; every value is a string.
+    Csv,
+}
+
+/// How a file output treats an existing file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Append to the file (default).
+    #[default]
+    Append,
+    /// Truncate the file when the run starts.
+    Overwrite,
+}
+
+/// Files on the local disk. As input: every file matching `path` (a glob),
+/// in name order. As output: one file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileConnector {
+    /// File path relative to the project dir; a glob for inputs.
+    pub path: String,
+    /// Encoding; default: from the extension (`.jsonl`/`.ndjson`, `.json`, `.csv`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+    /// Input only: keep reading lines appended to the files (continuous
+    /// `run`; ignored by `run --once`). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow: Option<bool>,
+    /// Output only: `append` (default) or `overwrite`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<WriteMode>,
+    /// CSV field delimiter (one character, default `,`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<String>,
+}
+
+/// Standard input, one JSON object per line (input only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StdinConnector {
+    /// Default `jsonl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+}
+
+/// Standard output (output only).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StdoutConnector {
+    /// Default `jsonl`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<Format>,
+}
+
+/// Where a new consumer group starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    Earliest,
+    Latest,
+}
+
+/// A Kafka-protocol topic. Input: a consumer group; output: a producer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConnector {
+    /// Bootstrap servers, comma-separated `host:port`.
+    pub brokers: String,
+    pub topic: String,
+    /// Input only: consumer group (default: `weavster-<project>-<flow>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// Input only: where a new group starts (default `earliest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_from: Option<StartFrom>,
+    /// Output only: record path whose value becomes the message key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<Path>,
+    /// Extra librdkafka settings (`security.protocol`, `sasl.password`, …).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub options: IndexMap<String, String>,
+}
+
+/// A PostgreSQL table. Input: rows of `query` newer than the last `cursor`
+/// value seen; output: inserts (or upserts) into `table`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConnector {
+    /// `postgres://user:password@host:port/db` (the password is never printed).
+    pub url: String,
+    /// Output: target table (`schema.table` allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<String>,
+    /// Input: a SELECT returning one record per row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// Input: monotonically increasing column used to resume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cursor: Option<String>,
+    /// Input: how often to poll, in milliseconds (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub poll_interval_ms: Option<u64>,
+    /// Output: upsert on these key columns instead of plain inserts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upsert_keys: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+}
+
+/// HTTP. Input: a server accepting POSTed JSON on `listen` + `path`;
+/// output: a client sending each batch to `url`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConnector {
+    /// Input: address to listen on, e.g. `127.0.0.1:8080`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// Input: request path (default `/`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Output: the URL requests are sent to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Output: HTTP method (default `POST`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub headers: IndexMap<String, String>,
+    /// Output: request timeout in milliseconds (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Bearer token (never printed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+// ---------------------------------------------------------------------------
+// flows/*.yaml
+// ---------------------------------------------------------------------------
+
+/// `flows/<name>.yaml`: one input, ordered transforms, N outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlowFile {
+    /// Flow name (default: the file stem).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Connector reference the records come from.
+    pub input: ConnectorRef,
+    #[serde(default)]
+    pub transforms: Vec<Transform>,
+    pub outputs: Vec<Output>,
+    /// What happens to a record no output takes: `drop` (default, counted
+    /// as unrouted) or `error` (a record error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unrouted: Option<Unrouted>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Unrouted {
+    Drop,
+    Error,
+}
+
+/// One output of a flow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Output {
+    /// Connector reference, or `bridge.<flow>`.
+    pub to: ConnectorRef,
+    /// Only records for which this expression is true (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<Expr>,
+}
+
+/// One transform step: a map with exactly one key, the transform's name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Transform {
+    /// path → expression, all evaluated against the record as it was at the
+    /// start of the step, then assigned.
+    Set(IndexMap<Path, Expr>),
+    /// path → literal value, assigned (overwrites).
+    Add(IndexMap<Path, Value>),
+    /// path → literal value, assigned only where missing or null.
+    Default(IndexMap<Path, Value>),
+    /// from → to; a missing source is a no-op.
+    Rename(IndexMap<Path, Path>),
+    /// Paths to remove.
+    Drop(Vec<Path>),
+    /// Keep only these paths (strict reshape).
+    Select(Vec<Path>),
+    /// path → expressions; the first non-null is assigned.
+    Coalesce(IndexMap<Path, Vec<Expr>>),
+    /// path → type; a failed conversion is a record error.
+    Cast(IndexMap<Path, CastType>),
+    /// Keep records for which the expression is true (null counts as false).
+    Filter(Expr),
+    Regex(RegexStep),
+    /// path → MiniJinja template with the record as context.
+    Template(IndexMap<Path, String>),
+    Lookup(LookupStep),
+    When(WhenStep),
+    Explode(ExplodeStep),
+}
+
+impl Transform {
+    /// Every transform name, as written in YAML.
+    pub const NAMES: &'static [&'static str] = &[
+        "set", "add", "default", "rename", "drop", "select", "coalesce", "cast", "filter", "regex", "template",
+        "lookup", "when", "explode",
+    ];
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transform::Set(_) => "set",
+            Transform::Add(_) => "add",
+            Transform::Default(_) => "default",
+            Transform::Rename(_) => "rename",
+            Transform::Drop(_) => "drop",
+            Transform::Select(_) => "select",
+            Transform::Coalesce(_) => "coalesce",
+            Transform::Cast(_) => "cast",
+            Transform::Filter(_) => "filter",
+            Transform::Regex(_) => "regex",
+            Transform::Template(_) => "template",
+            Transform::Lookup(_) => "lookup",
+            Transform::When(_) => "when",
+            Transform::Explode(_) => "explode",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CastType {
+    Int,
+    Float,
+    String,
+    Bool,
+    Timestamp,
+}
+
+/// Named-group extraction (`pattern`) or replacement (`replace` + `with`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegexStep {
+    /// The string field to match.
+    pub field: Path,
+    /// Extraction: a pattern with named groups (`(?P<name>...)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+    /// Extraction: object of named groups is written here; without it the
+    /// groups merge into the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub into: Option<Path>,
+    /// Extraction: what to do when the pattern does not match (default `keep`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_no_match: Option<OnNoMatch>,
+    /// Replacement: pattern whose every match is replaced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace: Option<String>,
+    /// Replacement text (`$name`/`${1}` refer to groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNoMatch {
+    /// Leave the record as it is.
+    Keep,
+    /// Drop the record (counted as filtered).
+    Drop,
+    /// Set `into` (or each group) to null.
+    Null,
+    /// A record error.
+    Error,
+}
+
+/// Translate a field through a CSV table in `lookups/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LookupStep {
+    /// The field holding the key.
+    pub field: Path,
+    /// Table name: `lookups/<table>.csv`; its first column is the key.
+    pub table: String,
+    /// Value column (default: the second column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// Where the value goes (default: overwrite `field`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub into: Option<Path>,
+    /// On a missing key: `default` (the default), `keep`, `drop` or `error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_miss: Option<OnMiss>,
+    /// Value used by `on_miss: default` (default null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OnMiss {
+    Default,
+    Keep,
+    Drop,
+    Error,
+}
+
+/// A conditional block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WhenStep {
+    #[serde(rename = "if")]
+    pub condition: Expr,
+    #[serde(default)]
+    pub then: Vec<Transform>,
+    #[serde(rename = "else", default, skip_serializing_if = "Vec::is_empty")]
+    pub otherwise: Vec<Transform>,
+}
+
+/// One record per element of an array field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExplodeStep {
+    pub field: Path,
+    /// Where each element goes (default: replaces `field`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub into: Option<Path>,
+}
+
+// ---------------------------------------------------------------------------
+// tests/<flow>/<case>.yaml
+// ---------------------------------------------------------------------------
+
+/// A fixture test: input records and the expected records per output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Pins `now()` (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub now: Option<String>,
+    /// Overrides vars for this case.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub vars: IndexMap<String, Value>,
+    pub input: Vec<Value>,
+    /// Output ref → expected records; the key `errors` lists expected record
+    /// errors (`{stage, message}`, message matched as a substring).
+    pub expect: IndexMap<String, Vec<Value>>,
+    /// Also require that outputs not listed receive nothing.
+    #[serde(default)]
+    pub strict: bool,
+}
+
+/// Resolved runtime settings with defaults applied.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Runtime {
+    pub queue: String,
+    pub batch_size: u32,
+    pub linger_ms: u64,
+    pub workers: u32,
+    pub max_attempts: u32,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime { queue: "embedded".into(), batch_size: 1000, linger_ms: 50, workers: 2, max_attempts: 5 }
+    }
+}
+
+impl Runtime {
+    /// Applies the keys set in `cfg` over `self`.
+    pub fn apply(&mut self, cfg: &RuntimeConfig) {
+        if let Some(q) = &cfg.queue {
+            self.queue = q.clone();
+        }
+        if let Some(v) = cfg.batch_size {
+            self.batch_size = v;
+        }
+        if let Some(v) = cfg.linger_ms {
+            self.linger_ms = v;
+        }
+        if let Some(v) = cfg.workers {
+            self.workers = v;
+        }
+        if let Some(v) = cfg.max_attempts {
+            self.max_attempts = v;
+        }
+    }
+}
+
+/// The JSON Schemas of every file kind, by schema file name.
+pub fn schemas() -> BTreeMap<&'static str, schemars::Schema> {
+    let mut out = BTreeMap::new();
+    out.insert("weavster.schema.json", schemars::schema_for!(ProjectFile));
+    out.insert("profiles.schema.json", schemars::schema_for!(ProfilesFile));
+    out.insert("connectors.schema.json", schemars::schema_for!(ConnectorsFile));
+    out.insert("flow.schema.json", schemars::schema_for!(FlowFile));
+    out.insert("test.schema.json", schemars::schema_for!(TestCase));
+    out
+}
