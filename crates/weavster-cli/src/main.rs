@@ -1,1 +1,134 @@
-fn main(){}
+//! `weavster`: the command-line tool. The only crate that prints and picks
+//! exit codes: 0 ok, 1 the project failed (invalid config, failed check),
+//! 2 usage or environment error.
+
+mod debug;
+mod init;
+mod ls;
+mod validate;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use weavster_project::{LoadError, LoadOptions, Loaded};
+
+#[derive(Parser, Debug)]
+#[command(name = "weavster", version, about = "Integration flows as code: compiled, sandboxed, tested.")]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags every command accepts.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Global {
+    /// The project directory (default: the current directory).
+    #[arg(long, short = 'C', global = true, env = "WEAVSTER_PROJECT_DIR", value_name = "DIR")]
+    project_dir: Option<PathBuf>,
+    /// Directory holding profiles.yaml (default: $WEAVSTER_PROFILES_DIR, the project dir, ~/.weavster).
+    #[arg(long, global = true, value_name = "DIR")]
+    profiles_dir: Option<PathBuf>,
+    /// Target (environment) in the profile (default: $WEAVSTER_TARGET, then the profile's `target`).
+    #[arg(long, short = 't', global = true)]
+    target: Option<String>,
+    /// Vars as a YAML or JSON map, e.g. '{min_total: 10}'; they override every other var.
+    #[arg(long, global = true, value_name = "YAML")]
+    vars: Option<String>,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// More output (repeat for more).
+    #[arg(long, short = 'v', global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Less output.
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Output format of commands that report on the project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new project (with sample data, a flow, a fixture test and dev/prod targets).
+    Init(init::Args),
+    /// Parse, render and check every file; report all errors at once.
+    Validate(validate::Args),
+    /// List flows, connectors and lookups with the resolved target.
+    Ls(ls::Args),
+    /// Check the environment: Rust toolchain, wasm target, PostgreSQL, configured services.
+    Debug(debug::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.global);
+    let result = match &cli.command {
+        Command::Init(args) => init::run(&cli.global, args),
+        Command::Validate(args) => validate::run(&cli.global, args),
+        Command::Ls(args) => ls::run(&cli.global, args),
+        Command::Debug(args) => debug::run(&cli.global, args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(g: &Global) {
+    let level = match (g.quiet, g.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WEAVSTER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match g.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.with_ansi(color_stderr()).try_init(),
+    };
+}
+
+/// Colours on stderr: only on a terminal, and never with NO_COLOR set.
+pub fn color_stderr() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+impl Global {
+    pub fn project_dir(&self) -> PathBuf {
+        self.project_dir.clone().unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// Loads the project. `Err` means it could not be read at all (exit 2).
+    pub fn load(&self) -> Result<Loaded, LoadError> {
+        let opts = LoadOptions {
+            project_dir: self.project_dir(),
+            profiles_dir: self.profiles_dir.clone(),
+            target: self.target.clone(),
+            vars: self.vars.clone(),
+            env: std::env::vars().collect(),
+            home_dir: std::env::var_os("HOME").map(PathBuf::from),
+        };
+        weavster_project::load(&opts)
+    }
+}

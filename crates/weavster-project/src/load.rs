@@ -1,0 +1,683 @@
+//! File discovery and the loading pipeline: read → render → parse → resolve.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use weavster_spec::diag::did_you_mean;
+use weavster_spec::types::{Connector, FlowFile, Profile, ProjectFile, Runtime, TestCase};
+use weavster_spec::yaml::{self, Node, NodeKind, Step};
+use weavster_spec::{Diagnostic, Span};
+
+use crate::check::{self, de_diagnostic};
+use crate::render::{RenderContext, render, span_of};
+use crate::secrets::Secrets;
+use crate::{ConnectorDef, FlowDef, LoadError, LoadOptions, Loaded, LookupTable, Project, TestDef};
+
+pub(crate) const PROJECT_FILE: &str = "weavster.yaml";
+pub(crate) const PROFILES_FILE: &str = "profiles.yaml";
+
+/// Loads and checks the project in `opts.project_dir`.
+pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    let root = opts.project_dir.clone();
+    let project_path = root.join(PROJECT_FILE);
+    if !project_path.is_file() {
+        return Err(LoadError::NotAProject(root));
+    }
+    let mut l = Loader {
+        diags: Vec::new(),
+        sources: BTreeMap::new(),
+        secrets: Arc::new(Secrets::default()),
+    };
+    let secrets = Arc::clone(&l.secrets);
+    let mut project = Project { root: root.clone(), secrets: Arc::clone(&secrets), ..Project::default() };
+
+    // --vars
+    let cli_vars = match &opts.vars {
+        Some(text) => l.cli_vars(text),
+        None => IndexMap::new(),
+    };
+    let early = RenderContext { env: &opts.env, vars: cli_vars.clone(), target: None, project: None, secrets: &secrets, lenient_env: false };
+
+    // weavster.yaml
+    let text = read(&project_path)?;
+    let file_node = l.render_parse(PROJECT_FILE, &text, &early);
+    let project_file: Option<ProjectFile> = file_node.as_ref().and_then(|n| l.deserialize(PROJECT_FILE, n));
+    let dir_name = root
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+        .unwrap_or_else(|| "project".into());
+    project.name = project_file.as_ref().map(|p| p.name.clone()).unwrap_or(dir_name);
+    if let (Some(pf), Some(node)) = (&project_file, &file_node) {
+        if !check::is_identifier(&pf.name) {
+            l.push(
+                Diagnostic::error("project::name", format!("invalid project name `{}`", pf.name))
+                    .in_file(PROJECT_FILE)
+                    .at(node.find(&[Step::Key("name")]).span)
+                    .expected("lowercase letters, digits and `_`, starting with a letter")
+                    .hint(format!("try `{}`", check::to_identifier(&pf.name))),
+            );
+        }
+        if let Some(rt) = &pf.runtime {
+            check::runtime(&mut l.diags, PROJECT_FILE, node.find(&[Step::Key("runtime")]), rt);
+        }
+    }
+    project.profile = project_file
+        .as_ref()
+        .and_then(|p| p.profile.clone())
+        .unwrap_or_else(|| project.name.clone());
+
+    // profiles.yaml
+    let target_name = opts.target.clone().or_else(|| opts.env.get("WEAVSTER_TARGET").cloned());
+    let mut target = None;
+    let mut target_node = None;
+    match find_profiles(opts, &root) {
+        Some(path) => {
+            let rel = display_path(&root, &path);
+            let text = read(&path)?;
+            project.profiles_path = Some(path);
+            let lenient = RenderContext { lenient_env: true, vars: early.vars.clone(), ..early };
+            if let Some(node) = l.render_parse(&rel, &text, &lenient) {
+                let profiles = l.profiles(&rel, &node);
+                match profiles.get(&project.profile) {
+                    Some(profile) => {
+                        let profile_node = node.get(&project.profile).cloned();
+                        let chosen = target_name.clone().unwrap_or_else(|| profile.target.clone());
+                        match profile.outputs.get(&chosen) {
+                            Some(t) => {
+                                target = Some(t.clone());
+                                target_node = profile_node
+                                    .as_ref()
+                                    .map(|p| p.find(&[Step::Key("outputs"), Step::Key(&chosen)]).clone());
+                                if let Some(tn) = &target_node {
+                                    l.unset_env_vars(&rel, tn);
+                                }
+                                if let (Some(rt), Some(tn)) = (&t.runtime, &target_node) {
+                                    check::runtime(&mut l.diags, &rel, tn.find(&[Step::Key("runtime")]), rt);
+                                }
+                            }
+                            None => {
+                                let names: Vec<&str> = profile.outputs.keys().map(String::as_str).collect();
+                                let at = match &target_name {
+                                    None => profile_node.as_ref().map(|p| p.find(&[Step::Key("target")]).span),
+                                    Some(_) => profile_node.as_ref().map(|p| p.find(&[Step::Key("outputs")]).span),
+                                };
+                                let mut d = Diagnostic::error(
+                                    "profiles::unknown-target",
+                                    format!("profile `{}` has no target `{chosen}`", project.profile),
+                                )
+                                .in_file(&rel)
+                                .expected(format!("one of {}", quoted_list(&names)))
+                                .maybe_hint(did_you_mean(&chosen, names.iter().copied()).map(|s| format!("did you mean `{s}`?")));
+                                if let Some(at) = at {
+                                    d = d.at(at);
+                                }
+                                l.push(d);
+                            }
+                        }
+                        project.target = chosen;
+                    }
+                    None => {
+                        let names: Vec<&str> = profiles.keys().map(String::as_str).collect();
+                        let mut d = Diagnostic::error(
+                            "profiles::unknown-profile",
+                            format!("profile `{}` is not defined in {rel}", project.profile),
+                        )
+                        .in_file(PROJECT_FILE)
+                        .expected(if names.is_empty() { "a profile".to_string() } else { format!("one of {}", quoted_list(&names)) })
+                        .maybe_hint(did_you_mean(&project.profile, names.iter().copied()).map(|s| format!("did you mean `{s}`?")));
+                        if let Some(n) = &file_node {
+                            let at = n.get("profile").or_else(|| n.get("name")).map(|n| n.span).unwrap_or(n.span);
+                            d = d.at(at);
+                        }
+                        l.push(d);
+                        project.target = target_name.clone().unwrap_or_else(|| "dev".into());
+                    }
+                }
+            }
+        }
+        None => {
+            project.target = target_name.clone().unwrap_or_else(|| "dev".into());
+            if target_name.is_some() {
+                l.push(
+                    Diagnostic::error("profiles::missing", "a target was requested but no profiles.yaml was found")
+                        .hint("looked in --profiles-dir, $WEAVSTER_PROFILES_DIR, the project dir and ~/.weavster/"),
+                );
+            }
+        }
+    }
+    let target_file = project.profiles_path.as_ref().map(|p| display_path(&root, p)).unwrap_or_default();
+
+    // vars: --vars over target vars over project vars
+    let mut vars = project_file.as_ref().map(|p| p.vars.clone()).unwrap_or_default();
+    if let Some(t) = &target {
+        for (k, v) in &t.vars {
+            vars.insert(k.clone(), v.clone());
+        }
+    }
+    for (k, v) in cli_vars {
+        vars.insert(k, v);
+    }
+    project.vars = vars;
+
+    // runtime: defaults ← weavster.yaml ← target
+    let mut runtime = Runtime::default();
+    if let Some(rt) = project_file.as_ref().and_then(|p| p.runtime.as_ref()) {
+        runtime.apply(rt);
+    }
+    if let Some(rt) = target.as_ref().and_then(|t| t.runtime.as_ref()) {
+        runtime.apply(rt);
+    }
+    project.runtime = runtime;
+    project.file = project_file;
+
+    let ctx = RenderContext {
+        env: &opts.env,
+        vars: project.vars.clone(),
+        target: Some(serde_json::json!({ "name": project.target, "profile": project.profile })),
+        project: Some(serde_json::json!({
+            "name": project.name,
+            "version": project.file.as_ref().and_then(|f| f.version.clone()),
+        })),
+        secrets: &secrets,
+        lenient_env: false,
+    };
+
+    // lookups/*.csv
+    for path in list(&root.join("lookups"), &["csv"])? {
+        let rel = display_path(&root, &path);
+        let text = read(&path)?;
+        let name = stem(&path);
+        if let Some(table) = l.lookup(&rel, &text) {
+            if !check::is_identifier(&name) {
+                l.push(
+                    Diagnostic::error("lookup::name", format!("invalid lookup table name `{name}`"))
+                        .in_file(&rel)
+                        .expected("a file name of lowercase letters, digits and `_`, starting with a letter"),
+                );
+            }
+            project.lookups.insert(name, table);
+        }
+    }
+
+    // connectors/*.yaml
+    let overrides = target.as_ref().map(|t| t.connectors.clone()).unwrap_or_default();
+    for path in list(&root.join("connectors"), &["yaml", "yml"])? {
+        let rel = display_path(&root, &path);
+        let text = read(&path)?;
+        let file_stem = stem(&path);
+        let Some(node) = l.render_parse(&rel, &text, &ctx) else { continue };
+        if file_stem == "bridge" {
+            l.push(
+                Diagnostic::error("connector::reserved", "`bridge` is reserved for flow-to-flow references")
+                    .in_file(&rel)
+                    .hint("rename this file; refer to another flow's queue as `bridge.<flow>`"),
+            );
+            continue;
+        }
+        if !check::is_identifier(&file_stem) {
+            l.push(
+                Diagnostic::error("connector::file-name", format!("invalid connectors file name `{file_stem}`"))
+                    .in_file(&rel)
+                    .expected("a file name of lowercase letters, digits and `_` (it is the first half of `file.key` refs)"),
+            );
+            continue;
+        }
+        match &node.kind {
+            NodeKind::Map(entries) => {
+                for (k, v) in entries {
+                    let key = k.raw.clone().unwrap_or_default();
+                    if !check::is_identifier(&key) {
+                        l.push(
+                            Diagnostic::error("connector::name", format!("invalid connector name `{key}`"))
+                                .in_file(&rel)
+                                .at(k.span)
+                                .expected("lowercase letters, digits and `_`, starting with a letter"),
+                        );
+                        continue;
+                    }
+                    let reference = format!("{file_stem}.{key}");
+                    if let Some(c) = l.connector(&rel, v) {
+                        project
+                            .connectors
+                            .insert(reference.clone(), ConnectorDef { reference, file: rel.clone(), connector: c });
+                    }
+                }
+            }
+            NodeKind::Null => {}
+            other => l.push(
+                Diagnostic::error("schema::wrong-type", format!("expected a map of connectors, found {}", other.describe()))
+                    .in_file(&rel)
+                    .at(node.span),
+            ),
+        }
+    }
+    // target connector overrides
+    for (reference, patch) in &overrides {
+        let at = target_node.as_ref().map(|t| t.find(&[Step::Key("connectors"), Step::Key(reference)]).span);
+        let Some(def) = project.connectors.get_mut(reference) else {
+            let names: Vec<&str> = project.connectors.keys().map(String::as_str).collect();
+            let mut d = Diagnostic::error(
+                "profiles::unknown-connector",
+                format!("target `{}` overrides unknown connector `{reference}`", project.target),
+            )
+            .in_file(&target_file)
+            .maybe_hint(did_you_mean(reference, names.iter().copied()).map(|s| format!("did you mean `{s}`?")));
+            if let Some(at) = at {
+                d = d.at(at);
+            }
+            l.push(d);
+            continue;
+        };
+        let mut merged = serde_json::to_value(&def.connector).unwrap_or(Value::Null);
+        deep_merge(&mut merged, patch);
+        match serde_json::from_value::<Connector>(merged) {
+            Ok(c) => def.connector = c,
+            Err(e) => {
+                let mut d = Diagnostic::error(
+                    "profiles::bad-override",
+                    format!("override of `{reference}` makes it invalid: {e}"),
+                )
+                .in_file(&target_file);
+                if let Some(at) = at {
+                    d = d.at(at);
+                }
+                l.push(d);
+            }
+        }
+    }
+    for def in project.connectors.values() {
+        check::connector(&mut l.diags, def);
+    }
+
+    // flows/*.yaml
+    let mut flow_nodes: Vec<(FlowDef, Node)> = Vec::new();
+    // Stems of flow files that could not be read: their tests are not checked.
+    let mut broken_flows = Vec::new();
+    // Flow files that parsed as YAML but not as a flow: checked part by part.
+    let mut partial_flows = Vec::new();
+    for path in list(&root.join("flows"), &["yaml", "yml"])? {
+        let rel = display_path(&root, &path);
+        let text = read(&path)?;
+        let Some(node) = l.render_parse(&rel, &text, &ctx) else {
+            broken_flows.push(stem(&path));
+            continue;
+        };
+        let Some(spec) = l.flow(&rel, &node) else {
+            broken_flows.push(stem(&path));
+            partial_flows.push((stem(&path), rel, node));
+            continue;
+        };
+        let name = spec.name.clone().unwrap_or_else(|| stem(&path));
+        let name_span = node.get("name").map(|n| n.span).unwrap_or(Span { start: 0, end: 0, line: 1, col: 1 });
+        if !check::is_identifier(&name) {
+            l.push(
+                Diagnostic::error("flow::name", format!("invalid flow name `{name}`"))
+                    .in_file(&rel)
+                    .at(name_span)
+                    .expected("lowercase letters, digits and `_`, starting with a letter")
+                    .maybe_hint(spec.name.is_none().then(|| "the name defaults to the file stem; set `name:` or rename the file".into())),
+            );
+        }
+        if let Some((first, _)) = flow_nodes.iter().find(|(f, _)| f.name == name) {
+            l.push(
+                Diagnostic::error("flow::duplicate", format!("flow `{name}` is already defined in {}", first.file))
+                    .in_file(&rel)
+                    .at(name_span)
+                    .hint("flow names must be unique; set a different `name:`"),
+            );
+            continue;
+        }
+        flow_nodes.push((FlowDef { name, file: rel, spec }, node));
+    }
+    check::flows(&mut l.diags, &project, &flow_nodes);
+    for (name, rel, node) in &partial_flows {
+        check::partial_flow(&mut l.diags, &project, &flow_nodes, name, rel, node);
+    }
+    project.flows = flow_nodes.into_iter().map(|(f, _)| f).collect();
+
+    // tests/<flow>/*.yaml
+    let tests_dir = root.join("tests");
+    if tests_dir.is_dir() {
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(&tests_dir)
+            .map_err(|source| LoadError::Io { path: tests_dir.clone(), source })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_dir())
+            .collect();
+        dirs.sort();
+        for dir in dirs {
+            let flow_name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            for path in list(&dir, &["yaml", "yml"])? {
+                let rel = display_path(&root, &path);
+                let text = read(&path)?;
+                let Some(node) = l.render_parse(&rel, &text, &ctx) else { continue };
+                let Some(spec) = l.deserialize::<TestCase>(&rel, &node) else { continue };
+                let Some(flow) = project.flow(&flow_name) else {
+                    if broken_flows.contains(&flow_name) {
+                        continue;
+                    }
+                    let names: Vec<&str> = project.flows.iter().map(|f| f.name.as_str()).collect();
+                    l.push(
+                        Diagnostic::error("test::unknown-flow", format!("tests/{flow_name}/ names no flow"))
+                            .in_file(&rel)
+                            .expected(format!("a directory named after a flow: {}", quoted_list(&names)))
+                            .maybe_hint(did_you_mean(&flow_name, names.iter().copied()).map(|s| format!("did you mean `tests/{s}/`?"))),
+                    );
+                    continue;
+                };
+                check::test_case(&mut l.diags, &rel, &node, &spec, flow);
+                project.tests.push(TestDef { flow: flow_name.clone(), name: stem(&path), file: rel, spec });
+            }
+        }
+    }
+
+    let mut diagnostics = l.diags;
+    // Stable order: by file, then position, then message.
+    diagnostics.sort_by(|a, b| {
+        (&a.file, a.span.map(|s| (s.line, s.col)), &a.message).cmp(&(&b.file, b.span.map(|s| (s.line, s.col)), &b.message))
+    });
+    diagnostics.dedup();
+    let sources = l.sources.into_iter().map(|(k, v)| (k, secrets.mask(&v))).collect();
+    let diagnostics = diagnostics
+        .into_iter()
+        .map(|mut d| {
+            d.message = secrets.mask(&d.message);
+            d
+        })
+        .collect();
+    Ok(Loaded { project, diagnostics, sources })
+}
+
+struct Loader {
+    diags: Vec<Diagnostic>,
+    sources: BTreeMap<String, String>,
+    secrets: Arc<Secrets>,
+}
+
+impl Loader {
+    fn push(&mut self, d: Diagnostic) {
+        self.diags.push(d);
+    }
+
+    fn render_parse(&mut self, rel: &str, text: &str, ctx: &RenderContext<'_>) -> Option<Node> {
+        let rendered = match render(rel, text, ctx) {
+            Ok(r) => r,
+            Err(d) => {
+                self.sources.insert(rel.to_string(), text.to_string());
+                self.push(d);
+                return None;
+            }
+        };
+        self.sources.insert(rel.to_string(), rendered.clone());
+        match yaml::parse(&rendered) {
+            Ok(node) => Some(node),
+            Err(e) => {
+                let span = span_of(&rendered, e.span.start, e.span.end);
+                self.push(
+                    Diagnostic::error("yaml::syntax", format!("invalid YAML: {}", e.message))
+                        .in_file(rel)
+                        .at(Span { line: e.span.line, col: e.span.col, ..span }),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reports env vars that rendered as unset markers inside `node`.
+    fn unset_env_vars(&mut self, rel: &str, node: &Node) {
+        if let Some(name) = node.raw.as_deref().and_then(crate::render::find_unset_marker) {
+            self.push(
+                Diagnostic::error(
+                    "render::env-var",
+                    format!("environment variable `{name}` is not set and env_var() was given no default"),
+                )
+                .in_file(rel)
+                .at(node.span)
+                .hint(format!("export {name}=… or write env_var('{name}', 'default')")),
+            );
+        }
+        for (_, v) in node.entries() {
+            self.unset_env_vars(rel, v);
+        }
+        for v in node.items() {
+            self.unset_env_vars(rel, v);
+        }
+    }
+
+    fn deserialize<T: DeserializeOwned>(&mut self, rel: &str, node: &Node) -> Option<T> {
+        match yaml::from_node::<T>(node) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.push(de_diagnostic(rel, node, &e));
+                None
+            }
+        }
+    }
+
+    fn cli_vars(&mut self, text: &str) -> IndexMap<String, Value> {
+        let bad = |msg: String| {
+            Diagnostic::error("cli::vars", msg)
+                .in_file("--vars")
+                .expected("a YAML or JSON map, e.g. --vars '{min_total: 10}'")
+        };
+        match yaml::parse(text) {
+            Ok(node) => match yaml::from_node::<IndexMap<String, Value>>(&node) {
+                Ok(v) => v,
+                Err(_) => {
+                    self.push(bad(format!("--vars must be a map, found {}", node.kind.describe())));
+                    IndexMap::new()
+                }
+            },
+            Err(e) => {
+                self.push(bad(format!("--vars is not valid YAML: {}", e.message)));
+                IndexMap::new()
+            }
+        }
+    }
+
+    fn profiles(&mut self, rel: &str, node: &Node) -> IndexMap<String, Profile> {
+        let mut out = IndexMap::new();
+        match &node.kind {
+            NodeKind::Map(entries) => {
+                for (k, v) in entries {
+                    if let Some(p) = self.deserialize::<Profile>(rel, v) {
+                        out.insert(k.raw.clone().unwrap_or_default(), p);
+                    }
+                }
+            }
+            NodeKind::Null => {}
+            other => self.push(
+                Diagnostic::error("schema::wrong-type", format!("expected a map of profiles, found {}", other.describe()))
+                    .in_file(rel)
+                    .at(node.span),
+            ),
+        }
+        out
+    }
+
+    fn connector(&mut self, rel: &str, node: &Node) -> Option<Connector> {
+        let Some((type_key, type_node)) = node.entry("type") else {
+            let d = match &node.kind {
+                NodeKind::Map(_) => Diagnostic::error("schema::missing-key", "connector has no `type`")
+                    .expected(format!("`type: ` one of {}", quoted_list(Connector::TYPES))),
+                other => Diagnostic::error("schema::wrong-type", format!("expected a connector map, found {}", other.describe())),
+            };
+            self.push(d.in_file(rel).at(node.span));
+            return None;
+        };
+        let _ = type_key;
+        let ty = type_node.raw.clone().unwrap_or_default();
+        let result = match ty.as_str() {
+            "file" => yaml::from_node_skipping(node, &["type"]).map(Connector::File),
+            "stdin" => yaml::from_node_skipping(node, &["type"]).map(Connector::Stdin),
+            "stdout" => yaml::from_node_skipping(node, &["type"]).map(Connector::Stdout),
+            "kafka" => yaml::from_node_skipping(node, &["type"]).map(Connector::Kafka),
+            "postgres" => yaml::from_node_skipping(node, &["type"]).map(Connector::Postgres),
+            "http" => yaml::from_node_skipping(node, &["type"]).map(Connector::Http),
+            other => {
+                let mut d = Diagnostic::error("connector::unknown-type", format!("unknown connector type `{other}`"))
+                    .in_file(rel)
+                    .at(type_node.span)
+                    .expected(format!("one of {}", quoted_list(Connector::TYPES)));
+                if other == "bridge" {
+                    d = d.hint("bridges need no connector: write `to: bridge.<flow>` in the flow's outputs");
+                } else {
+                    d = d.maybe_hint(did_you_mean(other, Connector::TYPES.iter().copied()).map(|s| format!("did you mean `{s}`?")));
+                }
+                self.push(d);
+                return None;
+            }
+        };
+        match result {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.push(de_diagnostic(rel, node, &e));
+                None
+            }
+        }
+    }
+
+    /// A flow file; on failure, every transform and output is also tried on
+    /// its own so that all their errors are reported at once.
+    fn flow(&mut self, rel: &str, node: &Node) -> Option<FlowFile> {
+        match yaml::from_node::<FlowFile>(node) {
+            Ok(f) => Some(f),
+            Err(first) => {
+                self.push(de_diagnostic(rel, node, &first));
+                for t in node.get("transforms").map(Node::items).unwrap_or_default() {
+                    if let Err(e) = yaml::from_node::<weavster_spec::types::Transform>(t) {
+                        self.push(de_diagnostic(rel, node, &e));
+                    }
+                }
+                for o in node.get("outputs").map(Node::items).unwrap_or_default() {
+                    if let Err(e) = yaml::from_node::<weavster_spec::types::Output>(o) {
+                        self.push(de_diagnostic(rel, node, &e));
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn lookup(&mut self, rel: &str, text: &str) -> Option<LookupTable> {
+        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
+        let err = |msg: String, line: Option<u64>| {
+            let mut d = Diagnostic::error("lookup::csv", msg).in_file(rel);
+            if let Some(line) = line {
+                d = d.at(crate::render::line_span(text, line as usize));
+            }
+            d
+        };
+        let columns: Vec<String> = match reader.headers() {
+            Ok(h) => h.iter().map(|s| s.trim().to_string()).collect(),
+            Err(e) => {
+                self.push(err(format!("cannot read the header row: {e}"), Some(1)));
+                return None;
+            }
+        };
+        if columns.len() < 2 || columns.iter().all(String::is_empty) {
+            self.push(
+                err("a lookup table needs a header row with at least two columns".into(), Some(1))
+                    .hint("the first column is the key; `column:` picks a value column (default: the second)"),
+            );
+            return None;
+        }
+        let mut rows = Vec::new();
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        let mut ok = true;
+        for record in reader.records() {
+            match record {
+                Ok(r) => {
+                    let line = r.position().map(|p| p.line()).unwrap_or(0);
+                    let row: Vec<String> = r.iter().map(str::to_string).collect();
+                    let key = row.first().cloned().unwrap_or_default();
+                    if let Some(first) = seen.get(&key) {
+                        self.push(
+                            err(format!("duplicate key `{key}` (first on line {first})"), Some(line))
+                                .hint("each key may appear once; the first column is the key"),
+                        );
+                        ok = false;
+                    } else {
+                        seen.insert(key, line);
+                    }
+                    rows.push(row);
+                }
+                Err(e) => {
+                    let line = e.position().map(|p| p.line());
+                    self.push(err(format!("invalid CSV: {e}"), line));
+                    ok = false;
+                }
+            }
+        }
+        self.sources.insert(rel.to_string(), text.to_string());
+        ok.then(|| LookupTable { file: rel.to_string(), columns, rows })
+    }
+}
+
+fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })
+}
+
+/// Files in `dir` with one of `exts`, sorted by name; none if `dir` is absent.
+fn list(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>, LoadError> {
+    if !dir.is_dir() {
+        return Ok(Vec::new());
+    }
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Io { path: dir.to_path_buf(), source })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| exts.iter().any(|x| e == *x)))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()
+}
+
+/// Path relative to the project root with `/` separators (absolute if outside).
+pub(crate) fn display_path(root: &Path, path: &Path) -> String {
+    let rel = path.strip_prefix(root).unwrap_or(path);
+    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+}
+
+fn find_profiles(opts: &LoadOptions, root: &Path) -> Option<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(d) = &opts.profiles_dir {
+        // An explicit --profiles-dir is the only place looked at.
+        return Some(d.join(PROFILES_FILE)).filter(|p| p.is_file());
+    }
+    if let Some(d) = opts.env.get("WEAVSTER_PROFILES_DIR") {
+        candidates.push(PathBuf::from(d).join(PROFILES_FILE));
+    }
+    candidates.push(root.join(PROFILES_FILE));
+    if let Some(home) = &opts.home_dir {
+        candidates.push(home.join(".weavster").join(PROFILES_FILE));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+pub(crate) fn quoted_list<S: AsRef<str>>(items: &[S]) -> String {
+    items.iter().map(|s| format!("`{}`", s.as_ref())).collect::<Vec<_>>().join(", ")
+}
+
+fn deep_merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                match b.get_mut(k) {
+                    Some(existing) => deep_merge(existing, v),
+                    None => {
+                        b.insert(k.clone(), v.clone());
+                    }
+                }
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
