@@ -52,10 +52,9 @@ pub(crate) fn de_diagnostic(file: &str, root: &Node, e: &DeError) -> Diagnostic 
         }
         DeErrorKind::InvalidType { found, expected } => {
             Diagnostic::error("schema::wrong-type", format!("expected {}, found {found}", article(expected)))
-                .expected(expected.clone())
         }
         DeErrorKind::InvalidValue { found, expected } => {
-            Diagnostic::error("schema::invalid-value", format!("invalid value {found}")).expected(expected.clone())
+            Diagnostic::error("schema::invalid-value", format!("invalid value {found}")).expected(article(expected))
         }
         DeErrorKind::DuplicateField { field } => Diagnostic::error("schema::duplicate-key", format!("duplicate key `{field}`")),
         DeErrorKind::Custom => Diagnostic::error("schema::invalid", e.message.clone()),
@@ -71,7 +70,8 @@ fn article(expected: &str) -> String {
     if expected.starts_with("a ") || expected.starts_with("an ") || expected.starts_with("one ") {
         return expected.to_string();
     }
-    match expected {
+ match expected {
+        "a sequence" => "a list".into(),
         "u32" | "u64" | "u16" | "u8" | "usize" => "a non-negative integer".into(),
         "i32" | "i64" => "an integer".into(),
         "f64" | "f32" => "a number".into(),
@@ -82,7 +82,7 @@ fn article(expected: &str) -> String {
 pub(crate) fn runtime(diags: &mut Vec<Diagnostic>, file: &str, node: &Node, rt: &RuntimeConfig) {
     if let Some(q) = &rt.queue {
         let ok = q == "embedded" || q.starts_with("postgres://") || q.starts_with("postgresql://");
-        if !ok {
+        if !ok && crate::render::find_unset_marker(q).is_none() {
             diags.push(
                 Diagnostic::error("runtime::queue", format!("invalid queue `{}`", crate::secrets::mask_url_password(q)))
                     .in_file(file)
@@ -102,41 +102,44 @@ pub(crate) fn runtime(diags: &mut Vec<Diagnostic>, file: &str, node: &Node, rt: 
     }
 }
 
-pub(crate) fn connector(diags: &mut Vec<Diagnostic>, def: &ConnectorDef) {
-    let err = |msg: String| Diagnostic::error("connector::invalid", format!("connector `{}`: {msg}", def.reference)).in_file(&def.file);
+pub(crate) fn connector(diags: &mut Vec<Diagnostic>, def: &ConnectorDef, node: &Node) {
+    let at = |key: &str| node.get(key).map(|n| n.span).unwrap_or(node.span);
+    let err = |msg: String, key: &str| {
+        Diagnostic::error("connector::invalid", format!("connector `{}`: {msg}", def.reference)).in_file(&def.file).at(at(key))
+    };
     match &def.connector {
         Connector::File(f) => {
             if f.format.is_none() && format_from_path(&f.path).is_none() {
                 diags.push(
-                    err(format!("cannot tell the format of `{}` from its extension", f.path))
+                    err(format!("cannot tell the format of `{}` from its extension", f.path), "path")
                         .expected("`format: jsonl`, `json` or `csv`"),
                 );
             }
             if f.path.trim().is_empty() {
-                diags.push(err("`path` is empty".into()));
+                diags.push(err("`path` is empty".into(), "path"));
             }
             if let Some(d) = &f.delimiter {
                 if d.chars().count() != 1 || !d.is_ascii() {
-                    diags.push(err(format!("`delimiter` must be one ASCII character, not `{d}`")));
+                    diags.push(err(format!("`delimiter` must be one ASCII character, not `{d}`"), "delimiter"));
                 }
             }
         }
         Connector::Kafka(k) => {
             if k.brokers.trim().is_empty() {
-                diags.push(err("`brokers` is empty".into()).expected("`host:port[,host:port…]`"));
+                diags.push(err("`brokers` is empty".into(), "brokers").expected("`host:port[,host:port…]`"));
             }
         }
         Connector::Postgres(p) => {
             if !(p.url.starts_with("postgres://") || p.url.starts_with("postgresql://")) {
-                diags.push(err("`url` must start with `postgres://`".into()));
+                diags.push(err("`url` must start with `postgres://`".into(), "url"));
             }
             if p.table.is_none() && p.query.is_none() {
-                diags.push(err("set `query` (to read) or `table` (to write)".into()));
+                diags.push(err("set `query` (to read) or `table` (to write)".into(), "type"));
             }
         }
         Connector::Http(h) => {
             if h.listen.is_none() && h.url.is_none() {
-                diags.push(err("set `listen` (to receive) or `url` (to send)".into()));
+                diags.push(err("set `listen` (to receive) or `url` (to send)".into(), "type"));
             }
         }
         Connector::Stdin(_) | Connector::Stdout(_) => {}
@@ -220,6 +223,7 @@ impl FlowCheck<'_> {
     }
 
     fn flow(&mut self, spec: &FlowFile, node: &Node) {
+        self.stray_templates(node);
         let input_node = node.find(&[Step::Key("input")]);
         self.reference(&spec.input, input_node, false);
         if let Some(ts) = node.get("transforms") {
@@ -248,6 +252,28 @@ impl FlowCheck<'_> {
             if let Some(w) = &out.when {
                 self.expr(w, onode.find(&[Step::Key("when")]));
             }
+        }
+    }
+
+    /// `{{ ... }}` left in a flow file outside `template:` values was not a
+    /// load-time expression and would be taken literally.
+    fn stray_templates(&mut self, node: &Node) {
+        match &node.kind {
+            NodeKind::Map(entries) => {
+                for (k, v) in entries {
+                    if k.raw.as_deref() != Some("template") {
+                        self.stray_templates(v);
+                    }
+                }
+            }
+            NodeKind::Seq(items) => items.iter().for_each(|i| self.stray_templates(i)),
+            NodeKind::Str(s) if s.contains("{{") => self.push(
+                Diagnostic::error("render::record-template", "`{{ ... }}` outside a `template` step")
+                    .at(node.span)
+                    .label("not rendered")
+                    .hint("when a flow file loads, only `{{ }}` blocks using env_var, var, target or project are rendered; use a `template` step or a `set` expression for record values"),
+            ),
+            _ => {}
         }
     }
 
@@ -298,6 +324,11 @@ impl FlowCheck<'_> {
             return;
         }
         let Some(def) = self.project.connectors.get(reference) else {
+            if self.project.broken.contains(&format!("connector:{reference}"))
+                || self.project.broken.contains(&format!("connectors:{prefix}"))
+            {
+                return;
+            }
             let names: Vec<&str> = self.project.connectors.keys().map(String::as_str).collect();
             let mut d = Diagnostic::error("ref::unknown-connector", format!("unknown connector `{reference}`"))
                 .at(node.span)
@@ -395,6 +426,7 @@ impl FlowCheck<'_> {
                 }
                 let table_node = args.find(&[Step::Key("table")]);
                 match self.project.lookups.get(&l.table) {
+                    None if self.project.broken.contains(&format!("lookup:{}", l.table)) => {}
                     None => {
                         let names: Vec<&str> = self.project.lookups.keys().map(String::as_str).collect();
                         self.push(

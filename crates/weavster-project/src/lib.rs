@@ -96,6 +96,9 @@ pub struct Project {
     pub lookups: IndexMap<String, LookupTable>,
     pub tests: Vec<TestDef>,
     pub secrets: Arc<Secrets>,
+    /// Things that failed to load (`connector:<ref>`, `connectors:<file>`,
+    /// `lookup:<name>`): references to them are not reported again.
+    pub broken: std::collections::BTreeSet<String>,
 }
 
 #[derive(Debug, Clone)]

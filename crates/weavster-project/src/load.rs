@@ -40,12 +40,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         Some(text) => l.cli_vars(text),
         None => IndexMap::new(),
     };
-    let early = RenderContext { env: &opts.env, vars: cli_vars.clone(), target: None, project: None, secrets: &secrets, lenient_env: false };
+    let early = RenderContext { env: &opts.env, vars: cli_vars.clone(), target: None, project: None, secrets: &secrets, lenient_env: false, protect_record_templates: false };
 
     // weavster.yaml
     let text = read(&project_path)?;
     let file_node = l.render_parse(PROJECT_FILE, &text, &early);
     let project_file: Option<ProjectFile> = file_node.as_ref().and_then(|n| l.deserialize(PROJECT_FILE, n));
+    // With a broken weavster.yaml the profile name and vars are unknown:
+    // problems that follow from that are not reported.
+    let project_ok = project_file.is_some();
     let dir_name = root
         .canonicalize()
         .ok()
@@ -121,6 +124,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                         }
                         project.target = chosen;
                     }
+                    None if !project_ok || node.get(&project.profile).is_some() || !matches!(node.kind, NodeKind::Map(_) | NodeKind::Null) => {
+                        // Already reported: weavster.yaml or this profile did not parse.
+                        project.target = target_name.clone().unwrap_or_else(|| "dev".into());
+                    }
                     None => {
                         let names: Vec<&str> = profiles.keys().map(String::as_str).collect();
                         let mut d = Diagnostic::error(
@@ -185,14 +192,22 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         })),
         secrets: &secrets,
         lenient_env: false,
+        protect_record_templates: false,
     };
+
+    let flow_ctx = RenderContext { protect_record_templates: true, vars: ctx.vars.clone(), target: ctx.target.clone(), project: ctx.project.clone(), ..ctx };
+    let ctx = RenderContext { vars: flow_ctx.vars.clone(), target: flow_ctx.target.clone(), project: flow_ctx.project.clone(), protect_record_templates: false, ..flow_ctx };
 
     // lookups/*.csv
     for path in list(&root.join("lookups"), &["csv"])? {
         let rel = display_path(&root, &path);
         let text = read(&path)?;
         let name = stem(&path);
-        if let Some(table) = l.lookup(&rel, &text) {
+        let table = l.lookup(&rel, &text);
+        if table.is_none() {
+            project.broken.insert(format!("lookup:{name}"));
+        }
+        if let Some(table) = table {
             if !check::is_identifier(&name) {
                 l.push(
                     Diagnostic::error("lookup::name", format!("invalid lookup table name `{name}`"))
@@ -206,15 +221,20 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
 
     // connectors/*.yaml
     let overrides = target.as_ref().map(|t| t.connectors.clone()).unwrap_or_default();
+    let mut connector_nodes: IndexMap<String, Node> = IndexMap::new();
     for path in list(&root.join("connectors"), &["yaml", "yml"])? {
         let rel = display_path(&root, &path);
         let text = read(&path)?;
         let file_stem = stem(&path);
-        let Some(node) = l.render_parse(&rel, &text, &ctx) else { continue };
+        let Some(node) = l.render_parse(&rel, &text, &ctx) else {
+            project.broken.insert(format!("connectors:{file_stem}"));
+            continue;
+        };
         if file_stem == "bridge" {
             l.push(
                 Diagnostic::error("connector::reserved", "`bridge` is reserved for flow-to-flow references")
                     .in_file(&rel)
+                    .at(file_start())
                     .hint("rename this file; refer to another flow's queue as `bridge.<flow>`"),
             );
             continue;
@@ -223,8 +243,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             l.push(
                 Diagnostic::error("connector::file-name", format!("invalid connectors file name `{file_stem}`"))
                     .in_file(&rel)
+                    .at(file_start())
                     .expected("a file name of lowercase letters, digits and `_` (it is the first half of `file.key` refs)"),
             );
+            project.broken.insert(format!("connectors:{file_stem}"));
             continue;
         }
         match &node.kind {
@@ -241,16 +263,22 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                         continue;
                     }
                     let reference = format!("{file_stem}.{key}");
-                    if let Some(c) = l.connector(&rel, v) {
-                        project
-                            .connectors
-                            .insert(reference.clone(), ConnectorDef { reference, file: rel.clone(), connector: c });
+                    match l.connector(&rel, v) {
+                        Some(c) => {
+                            connector_nodes.insert(reference.clone(), v.clone());
+                            project
+                                .connectors
+                                .insert(reference.clone(), ConnectorDef { reference, file: rel.clone(), connector: c });
+                        }
+                        None => {
+                            project.broken.insert(format!("connector:{reference}"));
+                        }
                     }
                 }
             }
             NodeKind::Null => {}
             other => l.push(
-                Diagnostic::error("schema::wrong-type", format!("expected a map of connectors, found {}", other.describe()))
+                Diagnostic::error("schema::wrong-type", format!("expected a map of `name: connector`, found {}", other.describe()))
                     .in_file(&rel)
                     .at(node.span),
             ),
@@ -260,6 +288,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     for (reference, patch) in &overrides {
         let at = target_node.as_ref().map(|t| t.find(&[Step::Key("connectors"), Step::Key(reference)]).span);
         let Some(def) = project.connectors.get_mut(reference) else {
+            if project.broken.contains(&format!("connector:{reference}"))
+                || reference.split_once('.').is_some_and(|(f, _)| project.broken.contains(&format!("connectors:{f}")))
+            {
+                continue;
+            }
             let names: Vec<&str> = project.connectors.keys().map(String::as_str).collect();
             let mut d = Diagnostic::error(
                 "profiles::unknown-connector",
@@ -291,7 +324,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         }
     }
     for def in project.connectors.values() {
-        check::connector(&mut l.diags, def);
+        if let Some(node) = connector_nodes.get(&def.reference) {
+            check::connector(&mut l.diags, def, node);
+        }
     }
 
     // flows/*.yaml
@@ -303,7 +338,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     for path in list(&root.join("flows"), &["yaml", "yml"])? {
         let rel = display_path(&root, &path);
         let text = read(&path)?;
-        let Some(node) = l.render_parse(&rel, &text, &ctx) else {
+        let Some(node) = l.render_parse(&rel, &text, &flow_ctx) else {
             broken_flows.push(stem(&path));
             continue;
         };
@@ -364,6 +399,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                     l.push(
                         Diagnostic::error("test::unknown-flow", format!("tests/{flow_name}/ names no flow"))
                             .in_file(&rel)
+                            .at(file_start())
                             .expected(format!("a directory named after a flow: {}", quoted_list(&names)))
                             .maybe_hint(did_you_mean(&flow_name, names.iter().copied()).map(|s| format!("did you mean `tests/{s}/`?"))),
                     );
@@ -376,6 +412,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     }
 
     let mut diagnostics = l.diags;
+    if !project_ok {
+        diagnostics.retain(|d| d.code != "expr::unknown-var");
+    }
     // Stable order: by file, then position, then message.
     diagnostics.sort_by(|a, b| {
         (&a.file, a.span.map(|s| (s.line, s.col)), &a.message).cmp(&(&b.file, b.span.map(|s| (s.line, s.col)), &b.message))
@@ -564,6 +603,7 @@ impl Loader {
     }
 
     fn lookup(&mut self, rel: &str, text: &str) -> Option<LookupTable> {
+        self.sources.insert(rel.to_string(), text.to_string());
         let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
         let err = |msg: String, line: Option<u64>| {
             let mut d = Diagnostic::error("lookup::csv", msg).in_file(rel);
@@ -613,9 +653,13 @@ impl Loader {
                 }
             }
         }
-        self.sources.insert(rel.to_string(), text.to_string());
         ok.then(|| LookupTable { file: rel.to_string(), columns, rows })
     }
+}
+
+/// The start of a file, for problems with a file as a whole.
+fn file_start() -> Span {
+    Span { start: 0, end: 0, line: 1, col: 1 }
 }
 
 fn read(path: &Path) -> Result<String, LoadError> {
@@ -663,6 +707,9 @@ fn find_profiles(opts: &LoadOptions, root: &Path) -> Option<PathBuf> {
 }
 
 pub(crate) fn quoted_list<S: AsRef<str>>(items: &[S]) -> String {
+    if items.is_empty() {
+        return "nothing (none defined)".to_string();
+    }
     items.iter().map(|s| format!("`{}`", s.as_ref())).collect::<Vec<_>>().join(", ")
 }
 

@@ -29,6 +29,9 @@ pub struct RenderContext<'a> {
     /// ([`unset_marker`]) instead of failing, so that only the selected
     /// target's values must be resolvable (as in dbt).
     pub lenient_env: bool,
+    /// Flow files: `{{ ... }}` blocks that use no load-time name are record
+    /// templates and are left as they are.
+    pub protect_record_templates: bool,
 }
 
 const UNSET_PREFIX: &str = "__WEAVSTER_UNSET_ENV_VAR__";
@@ -88,7 +91,7 @@ pub fn render(file: &str, src: &str, ctx: &RenderContext<'_>) -> Result<String, 
     if !src.contains("{{") && !src.contains("{%") && !src.contains("{#") {
         return Ok(src.to_string());
     }
-    let protected = protect_runtime_blocks(src);
+    let protected = if ctx.protect_record_templates { protect_runtime_blocks(src) } else { src.to_string() };
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     if let Ok(syntax) = SyntaxConfig::builder().keep_trailing_newline(true).build() {
@@ -183,6 +186,8 @@ fn render_error(file: &str, src: &str, protected: &str, e: &Error, early: bool) 
         } else {
             "available: env_var('NAME', 'default'), var('name', default), target.name, target.profile, project.name"
         });
+    } else if e.kind() == ErrorKind::SyntaxError && protected.len() != src.len() {
+        d = d.hint("`{% ... %}` statements in flow files run when the project loads; to keep one for a record template, wrap it in {% raw %}...{% endraw %}");
     } else if e.kind() == ErrorKind::UnknownFunction {
         d = d.hint("available functions: env_var('NAME', 'default'), var('name', default)");
     }

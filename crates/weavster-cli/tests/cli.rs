@@ -1,0 +1,247 @@
+//! The real `weavster` binary, run in temp dirs.
+//!
+//! - `corpus`: every case under `tests/corpus/` (the `_base` project with the
+//!   case's files laid over it) is validated; the exit code and the
+//!   diagnostics are compared with `snapshots/cli__corpus@<case>.snap`.
+//! - golden snapshots of `init`, `ls --output json` and `validate --format json`.
+//! - `flows-examples/*` and `weavster.yaml.example` validate.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the binary with a clean environment (no WEAVSTER_* from the caller,
+/// HOME in a temp dir, no colours) plus `env`.
+fn weavster(dir: &Path, args: &[&str], env: &[(String, String)]) -> Out {
+    let home = tempfile::tempdir().expect("home");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weavster"));
+    cmd.current_dir(dir).args(args).env("NO_COLOR", "1").env("HOME", home.path()).env_remove("WEAVSTER_LOG");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WEAVSTER_") || k.starts_with("CORPUS_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run weavster");
+    let clean = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .replace(&dir.display().to_string(), "<dir>")
+            .replace(&home.path().display().to_string(), "<home>")
+    };
+    let out = Out { code: out.status.code().unwrap_or(-1), stdout: clean(&out.stdout), stderr: clean(&out.stderr) };
+    assert!(!out.stderr.contains("panicked"), "weavster panicked:\n{}", out.stderr);
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
+}
+
+/// Lays a corpus case over the base project in a new temp dir; returns the
+/// dir, the extra CLI args and env of the case.
+fn corpus_project(case: &Path) -> (tempfile::TempDir, Vec<String>, Vec<(String, String)>) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let project = tmp.path();
+    copy_dir(&repo().join("tests/corpus/_base"), project);
+    let mut args = Vec::new();
+    let mut env = Vec::new();
+    let overlay = tempfile::tempdir().expect("overlay");
+    copy_dir(case, overlay.path());
+    for meta in ["_args", "_env", "_delete", ".keep"] {
+        let p = overlay.path().join(meta);
+        if let Ok(text) = std::fs::read_to_string(&p) {
+            match meta {
+                "_args" => args.extend(text.split_whitespace().map(str::to_string)),
+                "_env" => env.extend(text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.into(), v.into()))),
+                "_delete" => {
+                    for f in text.lines().filter(|l| !l.is_empty()) {
+                        let _ = std::fs::remove_file(project.join(f));
+                    }
+                }
+                _ => {}
+            }
+            std::fs::remove_file(&p).expect("remove meta");
+        }
+    }
+    copy_dir(overlay.path(), project);
+    (tmp, args, env)
+}
+
+fn check(case: &Path) -> String {
+    let (tmp, args, env) = corpus_project(case);
+    let mut full: Vec<&str> = vec!["validate"];
+    full.extend(args.iter().map(String::as_str));
+    let text = weavster(tmp.path(), &full, &env);
+    full.extend(["--format", "json"]);
+    let json = weavster(tmp.path(), &full, &env);
+    assert_eq!(text.code, json.code, "text and json exit codes differ");
+    if json.code != 2 {
+        let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("validate --format json prints JSON");
+        let errors = v["errors"].as_array().map(Vec::len).unwrap_or(0);
+        assert_eq!(errors > 0, text.code == 1, "exit code and errors disagree");
+        for e in v["errors"].as_array().into_iter().flatten() {
+            // Every error in a file names it, and where a span is known, its line and column.
+            if e.get("file").is_some() && e.get("span").is_some() {
+                assert!(e["line"].as_u64().is_some() && e["column"].as_u64().is_some(), "unlocated: {e}");
+            }
+        }
+    }
+    format!("exit: {}\n--- stdout\n{}--- stderr\n{}", text.code, text.stdout, text.stderr)
+}
+
+#[test]
+fn corpus() {
+    let root = repo().join("tests/corpus");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("corpus")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('_')))
+        .collect();
+    cases.sort();
+    assert!(cases.len() >= 40, "the corpus has {} cases", cases.len());
+    let mut invalid = 0;
+    for case in &cases {
+        let name = case.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let out = check(case);
+        if !out.starts_with("exit: 0") {
+            invalid += 1;
+        }
+        insta::with_settings!({ snapshot_suffix => name.clone(), prepend_module_to_snapshot => false, omit_expression => true }, {
+            insta::assert_snapshot!("corpus", out);
+        });
+    }
+    assert!(invalid >= 40, "only {invalid} corpus cases are invalid");
+}
+
+#[test]
+fn init_scaffolds_a_valid_project() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = weavster(tmp.path(), &["init", "shop"], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let project = tmp.path().join("shop");
+    let mut files = Vec::new();
+    collect(&project, &project, &mut files);
+    files.sort();
+    let mut golden = format!("exit: {}\n--- stdout\n{}--- files\n", out.code, out.stdout);
+    for f in &files {
+        golden.push_str(&format!("=== {f}\n{}", std::fs::read_to_string(project.join(f)).expect("read")));
+    }
+    insta::assert_snapshot!("init", golden);
+
+    let v = weavster(tmp.path(), &["-C", "shop", "validate"], &[]);
+    assert_eq!(v.code, 0, "generated project is invalid:\n{}", v.stderr);
+    let ls = weavster(&project, &["ls", "--output", "json"], &[]);
+    assert_eq!(ls.code, 0, "{}", ls.stderr);
+    insta::assert_snapshot!("init_ls_json", ls.stdout);
+    let vj = weavster(&project, &["validate", "--format", "json"], &[]);
+    insta::assert_snapshot!("init_validate_json", vj.stdout);
+    let ls_text = weavster(&project, &["ls"], &[]);
+    insta::assert_snapshot!("init_ls_text", ls_text.stdout);
+
+    // The prod target resolves once its env var is set; the password is masked.
+    let prod = weavster(
+        &project,
+        &["ls", "--output", "json", "--target", "prod"],
+        &[("WEAVSTER_PG_URL".into(), "postgres://app:hunter22@db.internal:5432/shop".into())],
+    );
+    assert_eq!(prod.code, 0, "{}", prod.stderr);
+    assert!(prod.stdout.contains("postgres://app:*****@db.internal:5432/shop"), "{}", prod.stdout);
+    assert!(!prod.stdout.contains("hunter22"));
+    // ...and fails, located, without it.
+    let unset = weavster(&project, &["validate", "--target", "prod"], &[]);
+    assert_eq!(unset.code, 1);
+    assert!(unset.stderr.contains("profiles.yaml:10:"), "{}", unset.stderr);
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).expect("read").filter_map(Result::ok) {
+        let p = e.path();
+        if p.is_dir() {
+            collect(root, &p, out);
+        } else {
+            out.push(p.strip_prefix(root).expect("prefix").display().to_string());
+        }
+    }
+}
+
+#[test]
+fn init_refuses_a_non_empty_dir_without_force() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::write(tmp.path().join("notes.txt"), "mine").expect("write");
+    let out = weavster(tmp.path(), &["init", "."], &[]);
+    assert_eq!(out.code, 2);
+    insta::assert_snapshot!("init_non_empty", out.stderr);
+    let forced = weavster(tmp.path(), &["init", ".", "--force", "--name", "forced"], &[]);
+    assert_eq!(forced.code, 0, "{}", forced.stderr);
+    assert_eq!(std::fs::read_to_string(tmp.path().join("notes.txt")).expect("kept"), "mine");
+    assert_eq!(weavster(tmp.path(), &["validate", "-q"], &[]).code, 0);
+}
+
+#[test]
+fn usage_and_environment_errors_exit_2() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let none = weavster(tmp.path(), &["validate"], &[]);
+    assert_eq!(none.code, 2);
+    insta::assert_snapshot!("not_a_project", none.stderr);
+    assert_eq!(weavster(tmp.path(), &["frobnicate"], &[]).code, 2);
+    assert_eq!(weavster(tmp.path(), &["validate", "--format", "yaml"], &[]).code, 2);
+}
+
+#[test]
+fn debug_reports_checks_with_fixes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    assert_eq!(weavster(tmp.path(), &["init", "p"], &[]).code, 0);
+    let p = tmp.path().join("p");
+    std::fs::remove_file(p.join("data/orders.jsonl")).expect("rm");
+    let out = weavster(&p, &["debug", "--output", "json"], &[]);
+    assert_eq!(out.code, 1, "a missing input file fails a check");
+    let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
+    let checks = v["checks"].as_array().expect("checks");
+    let input = checks.iter().find(|c| c["name"] == "connector files.orders_in").expect("input check");
+    assert_eq!(input["ok"], false);
+    assert!(input["fix"].as_str().is_some_and(|f| !f.is_empty()));
+    for name in ["project", "rustc", "cargo", "wasm32-wasip1 target", "PostgreSQL binaries"] {
+        assert!(checks.iter().any(|c| c["name"] == name), "no `{name}` check");
+    }
+    let text = weavster(&p, &["debug"], &[]);
+    assert!(text.stdout.contains("✘ connector files.orders_in") && text.stdout.contains("fix: "), "{}", text.stdout);
+}
+
+#[test]
+fn examples_validate() {
+    let examples = repo().join("flows-examples");
+    let mut n = 0;
+    for e in std::fs::read_dir(&examples).expect("flows-examples").filter_map(Result::ok) {
+        if e.path().join("weavster.yaml").is_file() {
+            let out = weavster(&e.path(), &["validate"], &[]);
+            assert_eq!(out.code, 0, "{} is invalid:\n{}", e.path().display(), out.stderr);
+            n += 1;
+        }
+    }
+    assert!(n >= 1, "no example projects found");
+    // weavster.yaml.example is a complete, valid project file.
+    let tmp = tempfile::tempdir().expect("tmp");
+    std::fs::copy(repo().join("weavster.yaml.example"), tmp.path().join("weavster.yaml")).expect("copy");
+    let out = weavster(tmp.path(), &["validate"], &[]);
+    assert_eq!(out.code, 0, "weavster.yaml.example is invalid:\n{}", out.stderr);
+}
