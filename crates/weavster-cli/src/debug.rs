@@ -29,11 +29,21 @@ struct Check {
 
 impl Check {
     fn ok(name: impl Into<String>, detail: impl Into<String>) -> Check {
-        Check { name: name.into(), ok: true, detail: detail.into(), fix: None }
+        Check {
+            name: name.into(),
+            ok: true,
+            detail: detail.into(),
+            fix: None,
+        }
     }
 
     fn fail(name: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Check {
-        Check { name: name.into(), ok: false, detail: detail.into(), fix: Some(fix.into()) }
+        Check {
+            name: name.into(),
+            ok: false,
+            detail: detail.into(),
+            fix: Some(fix.into()),
+        }
     }
 }
 
@@ -42,11 +52,19 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     let loaded = match g.load() {
         Ok(l) => Some(l),
         Err(e @ LoadError::NotAProject(_)) => {
-            checks.push(Check::fail("project", e.to_string(), "run `weavster init` or pass --project-dir"));
+            checks.push(Check::fail(
+                "project",
+                e.to_string(),
+                "run `weavster init` or pass --project-dir",
+            ));
             None
         }
         Err(e) => {
-            checks.push(Check::fail("project", e.to_string(), "check the file's permissions"));
+            checks.push(Check::fail(
+                "project",
+                e.to_string(),
+                "check the file's permissions",
+            ));
             None
         }
     };
@@ -54,36 +72,90 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         let p = &l.project;
         let errors = l.errors().count();
         checks.push(if errors == 0 {
-            Check::ok("project", format!("`{}` is valid (profile `{}`, target `{}`)", p.name, p.profile, p.target))
+            Check::ok(
+                "project",
+                format!(
+                    "`{}` is valid (profile `{}`, target `{}`)",
+                    p.name, p.profile, p.target
+                ),
+            )
         } else {
-            Check::fail("project", format!("{errors} error(s) in `{}`", p.name), "run `weavster validate` to see them")
+            Check::fail(
+                "project",
+                format!("{errors} error(s) in `{}`", p.name),
+                "run `weavster validate` to see them",
+            )
         });
     }
-    checks.push(tool("rustc", "rustc", "install Rust with rustup (https://rustup.rs) — needed by `weavster compile`"));
-    checks.push(tool("cargo", "cargo", "install Rust with rustup — needed by `weavster compile`"));
+    checks.push(tool(
+        "rustc",
+        "rustc",
+        "install Rust with rustup (https://rustup.rs) — needed by `weavster compile`",
+    ));
+    checks.push(tool(
+        "cargo",
+        "cargo",
+        "install Rust with rustup — needed by `weavster compile`",
+    ));
     checks.push(wasm_target());
-    let embedded = loaded.as_ref().is_none_or(|l| l.project.runtime.queue == "embedded");
+    let embedded = loaded
+        .as_ref()
+        .is_none_or(|l| l.project.runtime.queue == "embedded");
     checks.push(postgres_binaries(embedded));
     if let Some(l) = &loaded {
         let p = &l.project;
         if p.runtime.queue != "embedded" {
-            checks.push(reachable("queue (PostgreSQL)", &p.runtime.queue, 5432, "start the database or fix `runtime.queue` for this target"));
+            checks.push(reachable(
+                "queue (PostgreSQL)",
+                &p.runtime.queue,
+                5432,
+                "start the database or fix `runtime.queue` for this target",
+            ));
         }
         for def in p.connectors.values() {
             let name = format!("connector {}", def.reference);
             match &def.connector {
-                Connector::File(f) => checks.push(file_check(&name, &p.root, &f.path, is_input(p, &def.reference))),
+                Connector::File(f) => checks.push(file_check(
+                    &name,
+                    &p.root,
+                    &f.path,
+                    is_input(p, &def.reference),
+                )),
                 Connector::Kafka(k) => {
-                    let first = k.brokers.split(',').next().unwrap_or_default().trim().to_string();
-                    checks.push(reachable(&name, &format!("kafka://{first}"), 9092, "start the broker or fix `brokers`"));
+                    let first = k
+                        .brokers
+                        .split(',')
+                        .next()
+                        .unwrap_or_default()
+                        .trim()
+                        .to_string();
+                    checks.push(reachable(
+                        &name,
+                        &format!("kafka://{first}"),
+                        9092,
+                        "start the broker or fix `brokers`",
+                    ));
                 }
-                Connector::Postgres(pg) => checks.push(reachable(&name, &pg.url, 5432, "start the database or fix `url`")),
+                Connector::Postgres(pg) => checks.push(reachable(
+                    &name,
+                    &pg.url,
+                    5432,
+                    "start the database or fix `url`",
+                )),
                 Connector::Http(h) => match &h.url {
                     Some(url) => {
                         let port = if url.starts_with("https://") { 443 } else { 80 };
-                        checks.push(reachable(&name, url, port, "start the service or fix `url`"));
+                        checks.push(reachable(
+                            &name,
+                            url,
+                            port,
+                            "start the service or fix `url`",
+                        ));
                     }
-                    None => checks.push(Check::ok(name, format!("server on {}", h.listen.clone().unwrap_or_default()))),
+                    None => checks.push(Check::ok(
+                        name,
+                        format!("server on {}", h.listen.clone().unwrap_or_default()),
+                    )),
                 },
                 Connector::Stdin(_) | Connector::Stdout(_) => {}
             }
@@ -91,9 +163,16 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     }
     let all_ok = checks.iter().all(|c| c.ok);
     match args.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "ok": all_ok, "checks": checks }))?),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "ok": all_ok, "checks": checks }))?
+        ),
         Format::Text => {
-            let width = checks.iter().map(|c| c.name.chars().count()).max().unwrap_or(10);
+            let width = checks
+                .iter()
+                .map(|c| c.name.chars().count())
+                .max()
+                .unwrap_or(10);
             for c in &checks {
                 let mark = if c.ok { "✔" } else { "✘" };
                 println!("{mark} {:<width$}  {}", c.name, c.detail);
@@ -110,7 +189,11 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn is_input(p: &weavster_project::Project, reference: &str) -> bool {
@@ -119,8 +202,15 @@ fn is_input(p: &weavster_project::Project, reference: &str) -> bool {
 
 fn tool(name: &str, cmd: &str, fix: &str) -> Check {
     match Command::new(cmd).arg("--version").output() {
-        Ok(out) if out.status.success() => Check::ok(name, String::from_utf8_lossy(&out.stdout).trim().to_string()),
-        Ok(out) => Check::fail(name, String::from_utf8_lossy(&out.stderr).trim().to_string(), fix),
+        Ok(out) if out.status.success() => Check::ok(
+            name,
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ),
+        Ok(out) => Check::fail(
+            name,
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            fix,
+        ),
         Err(e) => Check::fail(name, format!("not found ({e})"), fix),
     }
 }
@@ -138,14 +228,22 @@ fn wasm_target() -> Check {
                 Check::fail(name, "not installed", fix)
             }
         }
-        _ => Check::fail(name, "rustc not found", "install Rust with rustup, then `rustup target add wasm32-wasip1`"),
+        _ => Check::fail(
+            name,
+            "rustc not found",
+            "install Rust with rustup, then `rustup target add wasm32-wasip1`",
+        ),
     }
 }
 
 /// Where the PostgreSQL server binaries are: `WEAVSTER_PG_BIN`, `pg_config
 /// --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
 pub fn find_pg_bin() -> Option<PathBuf> {
-    let has_server = |d: &Path| ["initdb", "pg_ctl", "postgres"].iter().all(|b| d.join(b).is_file());
+    let has_server = |d: &Path| {
+        ["initdb", "pg_ctl", "postgres"]
+            .iter()
+            .all(|b| d.join(b).is_file())
+    };
     if let Some(d) = std::env::var_os("WEAVSTER_PG_BIN").map(PathBuf::from) {
         return Some(d);
     }
@@ -171,16 +269,27 @@ pub fn find_pg_bin() -> Option<PathBuf> {
 fn postgres_binaries(required: bool) -> Check {
     let name = "PostgreSQL binaries";
     match find_pg_bin() {
-        Some(d) if ["initdb", "pg_ctl", "postgres"].iter().all(|b| d.join(b).is_file()) => {
+        Some(d)
+            if ["initdb", "pg_ctl", "postgres"]
+                .iter()
+                .all(|b| d.join(b).is_file()) =>
+        {
             Check::ok(name, format!("initdb, pg_ctl, postgres in {}", d.display()))
         }
-        Some(d) => Check::fail(name, format!("{} lacks initdb/pg_ctl/postgres", d.display()), "point WEAVSTER_PG_BIN at a PostgreSQL bin dir"),
+        Some(d) => Check::fail(
+            name,
+            format!("{} lacks initdb/pg_ctl/postgres", d.display()),
+            "point WEAVSTER_PG_BIN at a PostgreSQL bin dir",
+        ),
         None if required => Check::fail(
             name,
             "not found (needed for `queue: embedded`)",
             "apt-get install postgresql (Debian/Ubuntu) or set WEAVSTER_PG_BIN",
         ),
-        None => Check::ok(name, "not found (not needed: the queue is an external database)"),
+        None => Check::ok(
+            name,
+            "not found (not needed: the queue is an external database)",
+        ),
     }
 }
 
@@ -188,13 +297,19 @@ fn postgres_binaries(required: bool) -> Check {
 fn host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
     let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
     let authority = rest.split(['/', '?', '#']).next()?;
-    let hostport = authority.rsplit_once('@').map(|(_, h)| h).unwrap_or(authority);
+    let hostport = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
     if hostport.is_empty() {
         return None;
     }
     if let Some(v6) = hostport.strip_prefix('[') {
         let (host, after) = v6.split_once(']')?;
-        let port = after.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(default_port);
+        let port = after
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(default_port);
         return Some((host.to_string(), port));
     }
     match hostport.rsplit_once(':') {
@@ -205,7 +320,11 @@ fn host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
 
 fn reachable(name: &str, url: &str, default_port: u16, fix: &str) -> Check {
     let Some((host, port)) = host_port(url, default_port) else {
-        return Check::fail(name, "cannot tell host and port from the configured address", fix);
+        return Check::fail(
+            name,
+            "cannot tell host and port from the configured address",
+            fix,
+        );
     };
     let addrs = match (host.as_str(), port).to_socket_addrs() {
         Ok(a) => a.collect::<Vec<_>>(),
@@ -222,14 +341,22 @@ fn reachable(name: &str, url: &str, default_port: u16, fix: &str) -> Check {
 fn file_check(name: &str, root: &Path, pattern: &str, input: bool) -> Check {
     let full = root.join(pattern);
     if input {
-        let matches = glob::glob(&full.to_string_lossy()).map(|paths| paths.filter_map(Result::ok).count());
+        let matches =
+            glob::glob(&full.to_string_lossy()).map(|paths| paths.filter_map(Result::ok).count());
         match matches {
-            Ok(0) => Check::fail(name, format!("no file matches {pattern}"), "create the input file or fix `path`"),
+            Ok(0) => Check::fail(
+                name,
+                format!("no file matches {pattern}"),
+                "create the input file or fix `path`",
+            ),
             Ok(n) => Check::ok(name, format!("{n} file(s) match {pattern}")),
             Err(e) => Check::fail(name, format!("invalid glob {pattern}: {e}"), "fix `path`"),
         }
     } else {
-        let parent = full.parent().map(Path::to_path_buf).unwrap_or_else(|| root.to_path_buf());
+        let parent = full
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| root.to_path_buf());
         let mut existing = parent.as_path();
         while !existing.exists() {
             match existing.parent() {
@@ -237,11 +364,17 @@ fn file_check(name: &str, root: &Path, pattern: &str, input: bool) -> Check {
                 None => break,
             }
         }
-        let writable = std::fs::metadata(existing).map(|m| !m.permissions().readonly()).unwrap_or(false);
+        let writable = std::fs::metadata(existing)
+            .map(|m| !m.permissions().readonly())
+            .unwrap_or(false);
         if writable {
             Check::ok(name, format!("{pattern} can be written"))
         } else {
-            Check::fail(name, format!("{} is not writable", existing.display()), "fix the directory's permissions or `path`")
+            Check::fail(
+                name,
+                format!("{} is not writable", existing.display()),
+                "fix the directory's permissions or `path`",
+            )
         }
     }
 }
@@ -252,9 +385,21 @@ mod tests {
 
     #[test]
     fn host_port_of_urls() {
-        assert_eq!(host_port("postgres://u:p@db.local:6543/x", 5432), Some(("db.local".into(), 6543)));
-        assert_eq!(host_port("postgres://db/x", 5432), Some(("db".into(), 5432)));
-        assert_eq!(host_port("kafka://[::1]:9093", 9092), Some(("::1".into(), 9093)));
-        assert_eq!(host_port("http://example", 80), Some(("example".into(), 80)));
+        assert_eq!(
+            host_port("postgres://u:p@db.local:6543/x", 5432),
+            Some(("db.local".into(), 6543))
+        );
+        assert_eq!(
+            host_port("postgres://db/x", 5432),
+            Some(("db".into(), 5432))
+        );
+        assert_eq!(
+            host_port("kafka://[::1]:9093", 9092),
+            Some(("::1".into(), 9093))
+        );
+        assert_eq!(
+            host_port("http://example", 80),
+            Some(("example".into(), 80))
+        );
     }
 }

@@ -33,14 +33,19 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
             .next()
             .is_some();
         if non_empty && !args.force {
-            bail!("{} is not empty; choose another directory or pass --force to write the scaffold into it", dir.display());
+            bail!(
+                "{} is not empty; choose another directory or pass --force to write the scaffold into it",
+                dir.display()
+            );
         }
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let name = match &args.name {
         Some(n) => {
             if !is_identifier(n) {
-                bail!("invalid project name `{n}`: use lowercase letters, digits and `_`, starting with a letter");
+                bail!(
+                    "invalid project name `{n}`: use lowercase letters, digits and `_`, starting with a letter"
+                );
             }
             n.clone()
         }
@@ -54,11 +59,20 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         }
     };
     let written = write_dir(&TEMPLATE, &dir, &name)?;
-    println!("Created project `{name}` in {} ({written} files).", dir.display());
+    println!(
+        "Created project `{name}` in {} ({written} files).",
+        dir.display()
+    );
     println!();
     println!("Next:");
-    println!("  weavster -C {} validate    # check every file", dir.display());
-    println!("  weavster -C {} ls          # flows, connectors, target", dir.display());
+    println!(
+        "  weavster -C {} validate    # check every file",
+        dir.display()
+    );
+    println!(
+        "  weavster -C {} ls          # flows, connectors, target",
+        dir.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -66,18 +80,26 @@ fn write_dir(src: &Dir<'_>, dest: &Path, name: &str) -> anyhow::Result<usize> {
     let mut n = 0;
     for file in src.files() {
         let rel = file.path();
-        let file_name = rel.file_name().map(|f| f.to_string_lossy().to_string()).unwrap_or_default();
+        let file_name = rel
+            .file_name()
+            .map(|f| f.to_string_lossy().to_string())
+            .unwrap_or_default();
         // Dotfiles are stored without their dot so they do not act in this repo.
-        let out_name = file_name.strip_prefix('_').map(|f| format!(".{f}")).unwrap_or(file_name);
+        let out_name = file_name
+            .strip_prefix('_')
+            .map(|f| format!(".{f}"))
+            .unwrap_or(file_name);
         let out = dest.join(rel.with_file_name(out_name));
         if let Some(parent) = out.parent() {
-            std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
         }
         let contents = match file.contents_utf8() {
             Some(text) => text.replace(NAME_PLACEHOLDER, name).into_bytes(),
             None => file.contents().to_vec(),
         };
-        std::fs::write(&out, contents).with_context(|| format!("cannot write {}", out.display()))?;
+        std::fs::write(&out, contents)
+            .with_context(|| format!("cannot write {}", out.display()))?;
         n += 1;
     }
     for sub in src.dirs() {
@@ -95,7 +117,13 @@ fn is_identifier(s: &str) -> bool {
 fn to_identifier(s: &str) -> String {
     let mut out: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     if !out.starts_with(|c: char| c.is_ascii_lowercase()) {
         out.insert_str(0, "project_");

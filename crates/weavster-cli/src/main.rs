@@ -15,7 +15,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use weavster_project::{LoadError, LoadOptions, Loaded};
 
 #[derive(Parser, Debug)]
-#[command(name = "weavster", version, about = "Integration flows as code: compiled, sandboxed, tested.")]
+#[command(
+    name = "weavster",
+    version,
+    about = "Integration flows as code: compiled, sandboxed, tested."
+)]
 struct Cli {
     #[command(flatten)]
     global: Global,
@@ -27,7 +31,13 @@ struct Cli {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Global {
     /// The project directory (default: the current directory).
-    #[arg(long, short = 'C', global = true, env = "WEAVSTER_PROJECT_DIR", value_name = "DIR")]
+    #[arg(
+        long,
+        short = 'C',
+        global = true,
+        env = "WEAVSTER_PROJECT_DIR",
+        value_name = "DIR"
+    )]
     project_dir: Option<PathBuf>,
     /// Directory holding profiles.yaml (default: $WEAVSTER_PROFILES_DIR, the project dir, ~/.weavster).
     #[arg(long, global = true, value_name = "DIR")]
@@ -102,7 +112,9 @@ fn init_logging(g: &Global) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("WEAVSTER_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match g.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.with_ansi(color_stderr()).try_init(),
@@ -116,7 +128,9 @@ pub fn color_stderr() -> bool {
 
 impl Global {
     pub fn project_dir(&self) -> PathBuf {
-        self.project_dir.clone().unwrap_or_else(|| PathBuf::from("."))
+        self.project_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("."))
     }
 
     /// Loads the project. `Err` means it could not be read at all (exit 2).

@@ -64,8 +64,14 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Format::Text => {
-            if !loaded.diagnostics.is_empty() && !(g.quiet && valid) {
-                eprint!("{}", render(&loaded.diagnostics, &loaded.sources, color_stderr()));
+            // Warnings of a valid project are hidden by -q; errors never are.
+            let quiet_ok = valid && g.quiet;
+            let show = !loaded.diagnostics.is_empty() && !quiet_ok;
+            if show {
+                eprint!(
+                    "{}",
+                    render(&loaded.diagnostics, &loaded.sources, color_stderr())
+                );
             }
             let errors = loaded.errors().count();
             let warnings = loaded.diagnostics.len() - errors;
@@ -83,22 +89,35 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
                         plural(project.lookups.len()),
                         project.tests.len(),
                         plural(project.tests.len()),
-                        if warnings > 0 { format!(", {warnings} warning{}", plural(warnings)) } else { String::new() },
+                        if warnings > 0 {
+                            format!(", {warnings} warning{}", plural(warnings))
+                        } else {
+                            String::new()
+                        },
                     );
                 }
             } else {
-                let files: std::collections::BTreeSet<_> = loaded.errors().filter_map(|d| d.file.as_deref()).collect();
+                let files: std::collections::BTreeSet<_> =
+                    loaded.errors().filter_map(|d| d.file.as_deref()).collect();
                 eprintln!(
                     "✘ {errors} error{} in {} file{}{}",
                     plural(errors),
                     files.len(),
                     plural(files.len()),
-                    if warnings > 0 { format!(", {warnings} warning{}", plural(warnings)) } else { String::new() },
+                    if warnings > 0 {
+                        format!(", {warnings} warning{}", plural(warnings))
+                    } else {
+                        String::new()
+                    },
                 );
             }
         }
     }
-    Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 pub fn plural(n: usize) -> &'static str {

@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 struct Out {
@@ -24,7 +27,11 @@ struct Out {
 fn weavster(dir: &Path, args: &[&str], env: &[(String, String)]) -> Out {
     let home = tempfile::tempdir().expect("home");
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_weavster"));
-    cmd.current_dir(dir).args(args).env("NO_COLOR", "1").env("HOME", home.path()).env_remove("WEAVSTER_LOG");
+    cmd.current_dir(dir)
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env("HOME", home.path())
+        .env_remove("WEAVSTER_LOG");
     for (k, _) in std::env::vars() {
         if k.starts_with("WEAVSTER_") || k.starts_with("CORPUS_") {
             cmd.env_remove(k);
@@ -39,8 +46,16 @@ fn weavster(dir: &Path, args: &[&str], env: &[(String, String)]) -> Out {
             .replace(&dir.display().to_string(), "<dir>")
             .replace(&home.path().display().to_string(), "<home>")
     };
-    let out = Out { code: out.status.code().unwrap_or(-1), stdout: clean(&out.stdout), stderr: clean(&out.stderr) };
-    assert!(!out.stderr.contains("panicked"), "weavster panicked:\n{}", out.stderr);
+    let out = Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: clean(&out.stdout),
+        stderr: clean(&out.stderr),
+    };
+    assert!(
+        !out.stderr.contains("panicked"),
+        "weavster panicked:\n{}",
+        out.stderr
+    );
     out
 }
 
@@ -72,7 +87,11 @@ fn corpus_project(case: &Path) -> (tempfile::TempDir, Vec<String>, Vec<(String, 
         if let Ok(text) = std::fs::read_to_string(&p) {
             match meta {
                 "_args" => args.extend(text.split_whitespace().map(str::to_string)),
-                "_env" => env.extend(text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.into(), v.into()))),
+                "_env" => env.extend(
+                    text.lines()
+                        .filter_map(|l| l.split_once('='))
+                        .map(|(k, v)| (k.into(), v.into())),
+                ),
                 "_delete" => {
                     for f in text.lines().filter(|l| !l.is_empty()) {
                         let _ = std::fs::remove_file(project.join(f));
@@ -96,17 +115,24 @@ fn check(case: &Path) -> String {
     let json = weavster(tmp.path(), &full, &env);
     assert_eq!(text.code, json.code, "text and json exit codes differ");
     if json.code != 2 {
-        let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("validate --format json prints JSON");
+        let v: serde_json::Value =
+            serde_json::from_str(&json.stdout).expect("validate --format json prints JSON");
         let errors = v["errors"].as_array().map(Vec::len).unwrap_or(0);
         assert_eq!(errors > 0, text.code == 1, "exit code and errors disagree");
         for e in v["errors"].as_array().into_iter().flatten() {
             // Every error in a file names it, and where a span is known, its line and column.
             if e.get("file").is_some() && e.get("span").is_some() {
-                assert!(e["line"].as_u64().is_some() && e["column"].as_u64().is_some(), "unlocated: {e}");
+                assert!(
+                    e["line"].as_u64().is_some() && e["column"].as_u64().is_some(),
+                    "unlocated: {e}"
+                );
             }
         }
     }
-    format!("exit: {}\n--- stdout\n{}--- stderr\n{}", text.code, text.stdout, text.stderr)
+    format!(
+        "exit: {}\n--- stdout\n{}--- stderr\n{}",
+        text.code, text.stdout, text.stderr
+    )
 }
 
 #[test]
@@ -115,13 +141,21 @@ fn corpus() {
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
         .expect("corpus")
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('_')))
+        .filter(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('_'))
+        })
         .collect();
     cases.sort();
     assert!(cases.len() >= 40, "the corpus has {} cases", cases.len());
     let mut invalid = 0;
     for case in &cases {
-        let name = case.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = case
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         let out = check(case);
         if !out.starts_with("exit: 0") {
             invalid += 1;
@@ -144,7 +178,10 @@ fn init_scaffolds_a_valid_project() {
     files.sort();
     let mut golden = format!("exit: {}\n--- stdout\n{}--- files\n", out.code, out.stdout);
     for f in &files {
-        golden.push_str(&format!("=== {f}\n{}", std::fs::read_to_string(project.join(f)).expect("read")));
+        golden.push_str(&format!(
+            "=== {f}\n{}",
+            std::fs::read_to_string(project.join(f)).expect("read")
+        ));
     }
     insta::assert_snapshot!("init", golden);
 
@@ -162,15 +199,27 @@ fn init_scaffolds_a_valid_project() {
     let prod = weavster(
         &project,
         &["ls", "--output", "json", "--target", "prod"],
-        &[("WEAVSTER_PG_URL".into(), "postgres://app:hunter22@db.internal:5432/shop".into())],
+        &[(
+            "WEAVSTER_PG_URL".into(),
+            "postgres://app:hunter22@db.internal:5432/shop".into(),
+        )],
     );
     assert_eq!(prod.code, 0, "{}", prod.stderr);
-    assert!(prod.stdout.contains("postgres://app:*****@db.internal:5432/shop"), "{}", prod.stdout);
+    assert!(
+        prod.stdout
+            .contains("postgres://app:*****@db.internal:5432/shop"),
+        "{}",
+        prod.stdout
+    );
     assert!(!prod.stdout.contains("hunter22"));
     // ...and fails, located, without it.
     let unset = weavster(&project, &["validate", "--target", "prod"], &[]);
     assert_eq!(unset.code, 1);
-    assert!(unset.stderr.contains("profiles.yaml:10:"), "{}", unset.stderr);
+    assert!(
+        unset.stderr.contains("profiles.yaml:10:"),
+        "{}",
+        unset.stderr
+    );
 }
 
 fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) {
@@ -191,9 +240,16 @@ fn init_refuses_a_non_empty_dir_without_force() {
     let out = weavster(tmp.path(), &["init", "."], &[]);
     assert_eq!(out.code, 2);
     insta::assert_snapshot!("init_non_empty", out.stderr);
-    let forced = weavster(tmp.path(), &["init", ".", "--force", "--name", "forced"], &[]);
+    let forced = weavster(
+        tmp.path(),
+        &["init", ".", "--force", "--name", "forced"],
+        &[],
+    );
     assert_eq!(forced.code, 0, "{}", forced.stderr);
-    assert_eq!(std::fs::read_to_string(tmp.path().join("notes.txt")).expect("kept"), "mine");
+    assert_eq!(
+        std::fs::read_to_string(tmp.path().join("notes.txt")).expect("kept"),
+        "mine"
+    );
     assert_eq!(weavster(tmp.path(), &["validate", "-q"], &[]).code, 0);
 }
 
@@ -204,7 +260,10 @@ fn usage_and_environment_errors_exit_2() {
     assert_eq!(none.code, 2);
     insta::assert_snapshot!("not_a_project", none.stderr);
     assert_eq!(weavster(tmp.path(), &["frobnicate"], &[]).code, 2);
-    assert_eq!(weavster(tmp.path(), &["validate", "--format", "yaml"], &[]).code, 2);
+    assert_eq!(
+        weavster(tmp.path(), &["validate", "--format", "yaml"], &[]).code,
+        2
+    );
 }
 
 #[test]
@@ -217,31 +276,64 @@ fn debug_reports_checks_with_fixes() {
     assert_eq!(out.code, 1, "a missing input file fails a check");
     let v: serde_json::Value = serde_json::from_str(&out.stdout).expect("json");
     let checks = v["checks"].as_array().expect("checks");
-    let input = checks.iter().find(|c| c["name"] == "connector files.orders_in").expect("input check");
+    let input = checks
+        .iter()
+        .find(|c| c["name"] == "connector files.orders_in")
+        .expect("input check");
     assert_eq!(input["ok"], false);
     assert!(input["fix"].as_str().is_some_and(|f| !f.is_empty()));
-    for name in ["project", "rustc", "cargo", "wasm32-wasip1 target", "PostgreSQL binaries"] {
-        assert!(checks.iter().any(|c| c["name"] == name), "no `{name}` check");
+    for name in [
+        "project",
+        "rustc",
+        "cargo",
+        "wasm32-wasip1 target",
+        "PostgreSQL binaries",
+    ] {
+        assert!(
+            checks.iter().any(|c| c["name"] == name),
+            "no `{name}` check"
+        );
     }
     let text = weavster(&p, &["debug"], &[]);
-    assert!(text.stdout.contains("✘ connector files.orders_in") && text.stdout.contains("fix: "), "{}", text.stdout);
+    assert!(
+        text.stdout.contains("✘ connector files.orders_in") && text.stdout.contains("fix: "),
+        "{}",
+        text.stdout
+    );
 }
 
 #[test]
 fn examples_validate() {
     let examples = repo().join("flows-examples");
     let mut n = 0;
-    for e in std::fs::read_dir(&examples).expect("flows-examples").filter_map(Result::ok) {
+    for e in std::fs::read_dir(&examples)
+        .expect("flows-examples")
+        .filter_map(Result::ok)
+    {
         if e.path().join("weavster.yaml").is_file() {
             let out = weavster(&e.path(), &["validate"], &[]);
-            assert_eq!(out.code, 0, "{} is invalid:\n{}", e.path().display(), out.stderr);
+            assert_eq!(
+                out.code,
+                0,
+                "{} is invalid:\n{}",
+                e.path().display(),
+                out.stderr
+            );
             n += 1;
         }
     }
     assert!(n >= 1, "no example projects found");
     // weavster.yaml.example is a complete, valid project file.
     let tmp = tempfile::tempdir().expect("tmp");
-    std::fs::copy(repo().join("weavster.yaml.example"), tmp.path().join("weavster.yaml")).expect("copy");
+    std::fs::copy(
+        repo().join("weavster.yaml.example"),
+        tmp.path().join("weavster.yaml"),
+    )
+    .expect("copy");
     let out = weavster(tmp.path(), &["validate"], &[]);
-    assert_eq!(out.code, 0, "weavster.yaml.example is invalid:\n{}", out.stderr);
+    assert_eq!(
+        out.code, 0,
+        "weavster.yaml.example is invalid:\n{}",
+        out.stderr
+    );
 }

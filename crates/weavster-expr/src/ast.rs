@@ -19,9 +19,18 @@ pub enum ExprKind {
     Unary(UnOp, Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     /// `then if cond else otherwise`
-    Cond { cond: Box<Expr>, then: Box<Expr>, otherwise: Box<Expr> },
+    Cond {
+        cond: Box<Expr>,
+        then: Box<Expr>,
+        otherwise: Box<Expr>,
+    },
     /// A function call; filters are calls with the filtered value first.
-    Call { name: String, name_start: usize, name_end: usize, args: Vec<Expr> },
+    Call {
+        name: String,
+        name_start: usize,
+        name_end: usize,
+        args: Vec<Expr>,
+    },
     /// `expr.name` / `expr[index]` on something other than a path.
     Index(Box<Expr>, Box<Expr>),
 }
@@ -108,7 +117,11 @@ impl Expr {
                 a.walk(f);
                 b.walk(f);
             }
-            ExprKind::Cond { cond, then, otherwise } => {
+            ExprKind::Cond {
+                cond,
+                then,
+                otherwise,
+            } => {
                 then.walk(f);
                 cond.walk(f);
                 otherwise.walk(f);

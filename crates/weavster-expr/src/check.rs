@@ -82,7 +82,14 @@ const fn f(
     returns: Type,
     doc: &'static str,
 ) -> Function {
-    Function { name, params, required, variadic, returns, doc }
+    Function {
+        name,
+        params,
+        required,
+        variadic,
+        returns,
+        doc,
+    }
 }
 
 use Type::{Any, Bool, Float, Int, List, Number, String as Str};
@@ -91,38 +98,241 @@ use Type::{Any, Bool, Float, Int, List, Number, String as Str};
 pub const FUNCTIONS: &[Function] = &[
     f("upper", &[Str], 1, false, Str, "upper-case a string"),
     f("lower", &[Str], 1, false, Str, "lower-case a string"),
-    f("trim", &[Str, Str], 1, false, Str, "strip white space (or the given characters) from both ends"),
-    f("length", &[Any], 1, false, Int, "characters of a string, elements of a list, keys of a map"),
-    f("round", &[Number, Int], 1, false, Number, "round half away from zero to N decimals (default 0)"),
-    f("floor", &[Number], 1, false, Int, "largest integer not above"),
-    f("ceil", &[Number], 1, false, Int, "smallest integer not below"),
+    f(
+        "trim",
+        &[Str, Str],
+        1,
+        false,
+        Str,
+        "strip white space (or the given characters) from both ends",
+    ),
+    f(
+        "length",
+        &[Any],
+        1,
+        false,
+        Int,
+        "characters of a string, elements of a list, keys of a map",
+    ),
+    f(
+        "round",
+        &[Number, Int],
+        1,
+        false,
+        Number,
+        "round half away from zero to N decimals (default 0)",
+    ),
+    f(
+        "floor",
+        &[Number],
+        1,
+        false,
+        Int,
+        "largest integer not above",
+    ),
+    f(
+        "ceil",
+        &[Number],
+        1,
+        false,
+        Int,
+        "smallest integer not below",
+    ),
     f("abs", &[Number], 1, false, Number, "absolute value"),
-    f("int", &[Any], 1, false, Int, "convert to an integer (strings are parsed, floats truncated)"),
+    f(
+        "int",
+        &[Any],
+        1,
+        false,
+        Int,
+        "convert to an integer (strings are parsed, floats truncated)",
+    ),
     f("float", &[Any], 1, false, Float, "convert to a float"),
-    f("string", &[Any], 1, false, Str, "convert to a string (objects and lists as JSON)"),
-    f("bool", &[Any], 1, false, Bool, "convert to a boolean ('true'/'false'/'1'/'0', numbers)"),
-    f("concat", &[Any], 1, true, Any, "join strings (or lists) end to end"),
-    f("replace", &[Str, Str, Str], 3, false, Str, "replace every occurrence of a substring"),
-    f("split", &[Str, Str], 1, false, List, "split on a separator (default: runs of white space)"),
-    f("join", &[List, Str], 1, false, Str, "join list elements with a separator (default empty)"),
-    f("contains", &[Any, Any], 2, false, Bool, "substring of a string, element of a list, key of a map"),
-    f("starts_with", &[Str, Str], 2, false, Bool, "string prefix test"),
-    f("ends_with", &[Str, Str], 2, false, Bool, "string suffix test"),
-    f("substring", &[Str, Int, Int], 2, false, Str, "characters from start (0-based), optionally of a length"),
-    f("coalesce", &[Any], 1, true, Any, "the first argument that is not null"),
-    f("default", &[Any, Any], 2, false, Any, "the value, or the default when it is null or missing"),
-    f("exists", &[Any], 1, false, Bool, "whether the path is present in the record (even if null)"),
-    f("is_null", &[Any], 1, false, Bool, "whether the value is null or missing"),
-    f("now", &[], 0, false, Str, "the batch timestamp (RFC 3339, UTC)"),
-    f("uuid", &[], 0, false, Str, "a UUID v4 from the batch seed (deterministic per batch)"),
+    f(
+        "string",
+        &[Any],
+        1,
+        false,
+        Str,
+        "convert to a string (objects and lists as JSON)",
+    ),
+    f(
+        "bool",
+        &[Any],
+        1,
+        false,
+        Bool,
+        "convert to a boolean ('true'/'false'/'1'/'0', numbers)",
+    ),
+    f(
+        "concat",
+        &[Any],
+        1,
+        true,
+        Any,
+        "join strings (or lists) end to end",
+    ),
+    f(
+        "replace",
+        &[Str, Str, Str],
+        3,
+        false,
+        Str,
+        "replace every occurrence of a substring",
+    ),
+    f(
+        "split",
+        &[Str, Str],
+        1,
+        false,
+        List,
+        "split on a separator (default: runs of white space)",
+    ),
+    f(
+        "join",
+        &[List, Str],
+        1,
+        false,
+        Str,
+        "join list elements with a separator (default empty)",
+    ),
+    f(
+        "contains",
+        &[Any, Any],
+        2,
+        false,
+        Bool,
+        "substring of a string, element of a list, key of a map",
+    ),
+    f(
+        "starts_with",
+        &[Str, Str],
+        2,
+        false,
+        Bool,
+        "string prefix test",
+    ),
+    f(
+        "ends_with",
+        &[Str, Str],
+        2,
+        false,
+        Bool,
+        "string suffix test",
+    ),
+    f(
+        "substring",
+        &[Str, Int, Int],
+        2,
+        false,
+        Str,
+        "characters from start (0-based), optionally of a length",
+    ),
+    f(
+        "coalesce",
+        &[Any],
+        1,
+        true,
+        Any,
+        "the first argument that is not null",
+    ),
+    f(
+        "default",
+        &[Any, Any],
+        2,
+        false,
+        Any,
+        "the value, or the default when it is null or missing",
+    ),
+    f(
+        "exists",
+        &[Any],
+        1,
+        false,
+        Bool,
+        "whether the path is present in the record (even if null)",
+    ),
+    f(
+        "is_null",
+        &[Any],
+        1,
+        false,
+        Bool,
+        "whether the value is null or missing",
+    ),
+    f(
+        "now",
+        &[],
+        0,
+        false,
+        Str,
+        "the batch timestamp (RFC 3339, UTC)",
+    ),
+    f(
+        "uuid",
+        &[],
+        0,
+        false,
+        Str,
+        "a UUID v4 from the batch seed (deterministic per batch)",
+    ),
     f("parse_json", &[Str], 1, false, Any, "parse a JSON document"),
-    f("to_json", &[Any], 1, false, Str, "serialize to compact JSON"),
-    f("parse_timestamp", &[Str, Str], 1, false, Str, "parse (RFC 3339, or a strftime format) to RFC 3339 UTC"),
-    f("format_timestamp", &[Str, Str], 2, false, Str, "format an RFC 3339 timestamp with a strftime format"),
-    f("sha256", &[Str], 1, false, Str, "hex SHA-256 of a string's UTF-8 bytes"),
-    f("base64_encode", &[Str], 1, false, Str, "standard base64 of a string's UTF-8 bytes"),
-    f("base64_decode", &[Str], 1, false, Str, "decode standard base64 into a UTF-8 string"),
-    f("var", &[Str, Any], 1, false, Any, "a project var from the active target (the name must be a string literal)"),
+    f(
+        "to_json",
+        &[Any],
+        1,
+        false,
+        Str,
+        "serialize to compact JSON",
+    ),
+    f(
+        "parse_timestamp",
+        &[Str, Str],
+        1,
+        false,
+        Str,
+        "parse (RFC 3339, or a strftime format) to RFC 3339 UTC",
+    ),
+    f(
+        "format_timestamp",
+        &[Str, Str],
+        2,
+        false,
+        Str,
+        "format an RFC 3339 timestamp with a strftime format",
+    ),
+    f(
+        "sha256",
+        &[Str],
+        1,
+        false,
+        Str,
+        "hex SHA-256 of a string's UTF-8 bytes",
+    ),
+    f(
+        "base64_encode",
+        &[Str],
+        1,
+        false,
+        Str,
+        "standard base64 of a string's UTF-8 bytes",
+    ),
+    f(
+        "base64_decode",
+        &[Str],
+        1,
+        false,
+        Str,
+        "decode standard base64 into a UTF-8 string",
+    ),
+    f(
+        "var",
+        &[Str, Any],
+        1,
+        false,
+        Any,
+        "a project var from the active target (the name must be a string literal)",
+    ),
 ];
 
 /// Looks a function up by name.
@@ -162,8 +372,15 @@ fn infer(expr: &Expr, errors: &mut Vec<ExprError>) -> Type {
         ExprKind::Index(base, index) => {
             let b = infer(base, errors);
             let i = infer(index, errors);
-            if !matches!(b, Type::Any | Type::Null | Type::List | Type::Map | Type::String) {
-                errors.push(ExprError::new(format!("cannot index {}", b.name()), expr.start, expr.end));
+            if !matches!(
+                b,
+                Type::Any | Type::Null | Type::List | Type::Map | Type::String
+            ) {
+                errors.push(ExprError::new(
+                    format!("cannot index {}", b.name()),
+                    expr.start,
+                    expr.end,
+                ));
             } else if !i.fits(Type::String) && !i.fits(Type::Int) {
                 errors.push(ExprError::new(
                     format!("an index must be a string or an integer, not {}", i.name()),
@@ -195,20 +412,34 @@ fn infer(expr: &Expr, errors: &mut Vec<ExprError>) -> Type {
             let tb = infer(b, errors);
             binary(*op, ta, tb, expr, errors)
         }
-        ExprKind::Cond { cond, then, otherwise } => {
+        ExprKind::Cond {
+            cond,
+            then,
+            otherwise,
+        } => {
             infer(cond, errors);
             let t = infer(then, errors);
             let o = infer(otherwise, errors);
             if t == o { t } else { Type::Any }
         }
-        ExprKind::Call { name, name_start, name_end, args } => call(name, *name_start, *name_end, args, expr, errors),
+        ExprKind::Call {
+            name,
+            name_start,
+            name_end,
+            args,
+        } => call(name, *name_start, *name_end, args, expr, errors),
     }
 }
 
 fn binary(op: BinOp, ta: Type, tb: Type, expr: &Expr, errors: &mut Vec<ExprError>) -> Type {
     let mismatch = |errors: &mut Vec<ExprError>| {
         errors.push(ExprError::new(
-            format!("cannot apply `{}` to {} and {}", op.symbol(), ta.name(), tb.name()),
+            format!(
+                "cannot apply `{}` to {} and {}",
+                op.symbol(),
+                ta.name(),
+                tb.name()
+            ),
             expr.start,
             expr.end,
         ));
@@ -229,9 +460,16 @@ fn binary(op: BinOp, ta: Type, tb: Type, expr: &Expr, errors: &mut Vec<ExprError
             Type::Bool
         }
         BinOp::In | BinOp::NotIn => {
-            if !matches!(tb, Type::Any | Type::Null | Type::List | Type::Map | Type::String) {
+            if !matches!(
+                tb,
+                Type::Any | Type::Null | Type::List | Type::Map | Type::String
+            ) {
                 errors.push(ExprError::new(
-                    format!("`{}` needs a list, map or string on its right, not {}", op.symbol(), tb.name()),
+                    format!(
+                        "`{}` needs a list, map or string on its right, not {}",
+                        op.symbol(),
+                        tb.name()
+                    ),
                     expr.start,
                     expr.end,
                 ));
@@ -273,7 +511,14 @@ fn numeric(a: Type, b: Type) -> Type {
     }
 }
 
-fn call(name: &str, name_start: usize, name_end: usize, args: &[Expr], expr: &Expr, errors: &mut Vec<ExprError>) -> Type {
+fn call(
+    name: &str,
+    name_start: usize,
+    name_end: usize,
+    args: &[Expr],
+    expr: &Expr,
+    errors: &mut Vec<ExprError>,
+) -> Type {
     let types: Vec<Type> = args.iter().map(|a| infer(a, errors)).collect();
     let Some(func) = function(name) else {
         let mut err = ExprError::new(format!("unknown function `{name}`"), name_start, name_end);
@@ -290,19 +535,37 @@ fn call(name: &str, name_start: usize, name_end: usize, args: &[Expr], expr: &Ex
         return Type::Any;
     };
     let n = args.len();
-    let max = if func.variadic { usize::MAX } else { func.params.len() };
+    let max = if func.variadic {
+        usize::MAX
+    } else {
+        func.params.len()
+    };
     if n < func.required || n > max {
         errors.push(
-            ExprError::new(format!("`{name}` takes {}, got {n}", func.arity()), expr.start, expr.end)
-                .with_hint(format!("`{name}`: {}", func.doc)),
+            ExprError::new(
+                format!("`{name}` takes {}, got {n}", func.arity()),
+                expr.start,
+                expr.end,
+            )
+            .with_hint(format!("`{name}`: {}", func.doc)),
         );
         return func.returns;
     }
     for (i, (arg, t)) in args.iter().zip(&types).enumerate() {
-        let want = func.params.get(i).or(func.params.last()).copied().unwrap_or(Type::Any);
+        let want = func
+            .params
+            .get(i)
+            .or(func.params.last())
+            .copied()
+            .unwrap_or(Type::Any);
         if !t.fits(want) {
             errors.push(ExprError::new(
-                format!("`{name}` expects {} as argument {}, not {}", want.name(), i + 1, t.name()),
+                format!(
+                    "`{name}` expects {} as argument {}, not {}",
+                    want.name(),
+                    i + 1,
+                    t.name()
+                ),
                 arg.start,
                 arg.end,
             ));
@@ -310,29 +573,40 @@ fn call(name: &str, name_start: usize, name_end: usize, args: &[Expr], expr: &Ex
     }
     match name {
         "var" => {
-            if !matches!(args.first().map(|a| &a.kind), Some(ExprKind::Lit(Literal::Str(_)))) {
-                if let Some(a) = args.first() {
-                    errors.push(
-                        ExprError::new("the name given to `var` must be a string literal", a.start, a.end)
-                            .with_hint("write `var('min_total')`"),
-                    );
-                }
+            if !matches!(
+                args.first().map(|a| &a.kind),
+                Some(ExprKind::Lit(Literal::Str(_)))
+            ) && let Some(a) = args.first()
+            {
+                errors.push(
+                    ExprError::new(
+                        "the name given to `var` must be a string literal",
+                        a.start,
+                        a.end,
+                    )
+                    .with_hint("write `var('min_total')`"),
+                );
             }
         }
         "exists" => {
-            if !matches!(args.first().map(|a| &a.kind), Some(ExprKind::Path(_))) {
-                if let Some(a) = args.first() {
-                    errors.push(
-                        ExprError::new("`exists` takes a record path", a.start, a.end)
-                            .with_hint("write `exists(customer.email)`; use `is_null` for computed values"),
-                    );
-                }
+            if !matches!(args.first().map(|a| &a.kind), Some(ExprKind::Path(_)))
+                && let Some(a) = args.first()
+            {
+                errors.push(
+                    ExprError::new("`exists` takes a record path", a.start, a.end).with_hint(
+                        "write `exists(customer.email)`; use `is_null` for computed values",
+                    ),
+                );
             }
         }
         _ => {}
     }
     if matches!(name, "round" | "abs") {
-        return types.first().copied().filter(|t| t.is_numeric()).unwrap_or(Type::Number);
+        return types
+            .first()
+            .copied()
+            .filter(|t| t.is_numeric())
+            .unwrap_or(Type::Number);
     }
     func.returns
 }

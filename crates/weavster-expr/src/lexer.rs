@@ -21,8 +21,8 @@ pub(crate) struct Token {
 }
 
 const OPS: &[&str] = &[
-    "**", "//", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~", "<", ">", "(", ")", "[", "]", "{", "}", ",", ":",
-    ".", "|",
+    "**", "//", "==", "!=", "<=", ">=", "+", "-", "*", "/", "%", "~", "<", ">", "(", ")", "[", "]",
+    "{", "}", ",", ":", ".", "|",
 ];
 
 pub(crate) fn lex(src: &str) -> Result<Vec<Token>, ExprError> {
@@ -40,7 +40,11 @@ pub(crate) fn lex(src: &str) -> Result<Vec<Token>, ExprError> {
             while i < bytes.len() && (bytes[i].is_ascii_alphanumeric() || bytes[i] == b'_') {
                 i += 1;
             }
-            out.push(Token { tok: Tok::Ident(src[start..i].to_string()), start, end: i });
+            out.push(Token {
+                tok: Tok::Ident(src[start..i].to_string()),
+                start,
+                end: i,
+            });
             continue;
         }
         if c.is_ascii_digit() {
@@ -70,27 +74,42 @@ pub(crate) fn lex(src: &str) -> Result<Vec<Token>, ExprError> {
             }
             let text: String = src[start..i].chars().filter(|c| *c != '_').collect();
             let tok = if float {
-                Tok::Float(text.parse().map_err(|_| ExprError::new("invalid number", start, i))?)
+                Tok::Float(
+                    text.parse()
+                        .map_err(|_| ExprError::new("invalid number", start, i))?,
+                )
             } else {
-                Tok::Int(text.parse().map_err(|_| ExprError::new("integer literal out of range", start, i))?)
+                Tok::Int(
+                    text.parse()
+                        .map_err(|_| ExprError::new("integer literal out of range", start, i))?,
+                )
             };
             out.push(Token { tok, start, end: i });
             continue;
         }
         if c == b'\'' || c == b'"' {
             let (s, end) = lex_string(src, i)?;
-            out.push(Token { tok: Tok::Str(s), start, end });
+            out.push(Token {
+                tok: Tok::Str(s),
+                start,
+                end,
+            });
             i = end;
             continue;
         }
         match OPS.iter().find(|op| src[i..].starts_with(**op)) {
             Some(op) => {
                 i += op.len();
-                out.push(Token { tok: Tok::Op(op), start, end: i });
+                out.push(Token {
+                    tok: Tok::Op(op),
+                    start,
+                    end: i,
+                });
             }
             None => {
                 let ch = src[i..].chars().next().unwrap_or('?');
-                let mut err = ExprError::new(format!("unexpected character `{ch}`"), i, i + ch.len_utf8());
+                let mut err =
+                    ExprError::new(format!("unexpected character `{ch}`"), i, i + ch.len_utf8());
                 if ch == '=' {
                     err = err.with_hint("use `==` to compare; expressions do not assign");
                 } else if ch == '&' || ch == '!' {
@@ -100,7 +119,11 @@ pub(crate) fn lex(src: &str) -> Result<Vec<Token>, ExprError> {
             }
         }
     }
-    out.push(Token { tok: Tok::Eof, start: src.len(), end: src.len() });
+    out.push(Token {
+        tok: Tok::Eof,
+        start: src.len(),
+        end: src.len(),
+    });
     Ok(out)
 }
 
@@ -127,17 +150,30 @@ fn lex_string(src: &str, start: usize) -> Result<(String, usize), ExprError> {
                     let code = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32);
                     match code {
                         Some(c) if hex.len() == 4 => out.push(c),
-                        _ => return Err(ExprError::new("invalid `\\u` escape: expected 4 hex digits", at, at + 2 + hex.len())),
+                        _ => {
+                            return Err(ExprError::new(
+                                "invalid `\\u` escape: expected 4 hex digits",
+                                at,
+                                at + 2 + hex.len(),
+                            ));
+                        }
                     }
                 }
                 other => {
-                    return Err(ExprError::new(format!("unknown escape `\\{other}`"), at, at + 1 + other.len_utf8())
-                        .with_hint("known escapes: \\n \\t \\r \\0 \\\\ \\' \\\" \\uXXXX"));
+                    return Err(ExprError::new(
+                        format!("unknown escape `\\{other}`"),
+                        at,
+                        at + 1 + other.len_utf8(),
+                    )
+                    .with_hint("known escapes: \\n \\t \\r \\0 \\\\ \\' \\\" \\uXXXX"));
                 }
             }
         } else {
             out.push(ch);
         }
     }
-    Err(ExprError::new("unterminated string literal", start, src.len()).with_hint(format!("close it with {quote}")))
+    Err(
+        ExprError::new("unterminated string literal", start, src.len())
+            .with_hint(format!("close it with {quote}")),
+    )
 }

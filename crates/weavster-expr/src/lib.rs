@@ -29,7 +29,12 @@ pub struct ExprError {
 
 impl ExprError {
     pub(crate) fn new(message: impl Into<String>, start: usize, end: usize) -> Self {
-        ExprError { message: message.into(), start, end, hint: None }
+        ExprError {
+            message: message.into(),
+            start,
+            end,
+            hint: None,
+        }
     }
 
     pub(crate) fn with_hint(mut self, hint: impl Into<String>) -> Self {

@@ -13,16 +13,30 @@ const MAX_DEPTH: usize = 64;
 /// Parses one expression.
 pub fn parse(src: &str) -> Result<Expr, ExprError> {
     let tokens = lex(src)?;
-    let mut p = Parser { tokens, pos: 0, depth: 0 };
+    let mut p = Parser {
+        tokens,
+        pos: 0,
+        depth: 0,
+    };
     if matches!(p.peek(), Tok::Eof) {
-        return Err(ExprError::new("empty expression", 0, src.len()).with_hint("write a value, a path or a call"));
+        return Err(ExprError::new("empty expression", 0, src.len())
+            .with_hint("write a value, a path or a call"));
     }
     let expr = p.expr()?;
     let t = p.token();
     if !matches!(t.tok, Tok::Eof) {
-        let mut err = ExprError::new(format!("unexpected {} after the end of the expression", describe(&t.tok)), t.start, t.end);
+        let mut err = ExprError::new(
+            format!(
+                "unexpected {} after the end of the expression",
+                describe(&t.tok)
+            ),
+            t.start,
+            t.end,
+        );
         if matches!(t.tok, Tok::Op("=")) || matches!(t.tok, Tok::Op(":")) {
-            err = err.with_hint("is this meant to be a YAML mapping? quote the expression or check the indentation");
+            err = err.with_hint(
+                "is this meant to be a YAML mapping? quote the expression or check the indentation",
+            );
         }
         return Err(err);
     }
@@ -58,15 +72,25 @@ struct Parser {
 
 impl Parser {
     fn token(&self) -> Token {
-        self.tokens.get(self.pos).cloned().unwrap_or(Token { tok: Tok::Eof, start: 0, end: 0 })
+        self.tokens.get(self.pos).cloned().unwrap_or(Token {
+            tok: Tok::Eof,
+            start: 0,
+            end: 0,
+        })
     }
 
     fn peek(&self) -> &Tok {
-        self.tokens.get(self.pos).map(|t| &t.tok).unwrap_or(&Tok::Eof)
+        self.tokens
+            .get(self.pos)
+            .map(|t| &t.tok)
+            .unwrap_or(&Tok::Eof)
     }
 
     fn peek_at(&self, n: usize) -> &Tok {
-        self.tokens.get(self.pos + n).map(|t| &t.tok).unwrap_or(&Tok::Eof)
+        self.tokens
+            .get(self.pos + n)
+            .map(|t| &t.tok)
+            .unwrap_or(&Tok::Eof)
     }
 
     fn bump(&mut self) -> Token {
@@ -90,14 +114,22 @@ impl Parser {
             return Ok(self.bump());
         }
         let t = self.token();
-        Err(ExprError::new(format!("expected `{op}` {what}, found {}", describe(&t.tok)), t.start, t.end.max(t.start + 1)))
+        Err(ExprError::new(
+            format!("expected `{op}` {what}, found {}", describe(&t.tok)),
+            t.start,
+            t.end.max(t.start + 1),
+        ))
     }
 
     fn enter(&mut self) -> Result<(), ExprError> {
         self.depth += 1;
         if self.depth > MAX_DEPTH {
             let t = self.token();
-            return Err(ExprError::new(format!("expression nested more than {MAX_DEPTH} levels deep"), t.start, t.end));
+            return Err(ExprError::new(
+                format!("expression nested more than {MAX_DEPTH} levels deep"),
+                t.start,
+                t.end,
+            ));
         }
         Ok(())
     }
@@ -117,7 +149,10 @@ impl Parser {
             if !self.is_kw("else") {
                 let t = self.token();
                 return Err(ExprError::new(
-                    format!("expected `else` in a conditional expression, found {}", describe(&t.tok)),
+                    format!(
+                        "expected `else` in a conditional expression, found {}",
+                        describe(&t.tok)
+                    ),
                     t.start,
                     t.end.max(t.start + 1),
                 )
@@ -127,7 +162,11 @@ impl Parser {
             let otherwise = self.expr()?;
             let (start, end) = (then.start, otherwise.end);
             return Ok(Expr {
-                kind: ExprKind::Cond { cond: Box::new(cond), then: Box::new(then), otherwise: Box::new(otherwise) },
+                kind: ExprKind::Cond {
+                    cond: Box::new(cond),
+                    then: Box::new(then),
+                    otherwise: Box::new(otherwise),
+                },
                 start,
                 end,
             });
@@ -163,7 +202,11 @@ impl Parser {
             self.depth -= 1;
             let inner = inner?;
             let end = inner.end;
-            return Ok(Expr { kind: ExprKind::Unary(UnOp::Not, Box::new(inner)), start: t.start, end });
+            return Ok(Expr {
+                kind: ExprKind::Unary(UnOp::Not, Box::new(inner)),
+                start: t.start,
+                end,
+            });
         }
         self.compare()
     }
@@ -177,7 +220,9 @@ impl Parser {
             Tok::Op(">") => Some((BinOp::Gt, 1)),
             Tok::Op(">=") => Some((BinOp::Ge, 1)),
             Tok::Ident(s) if s == "in" => Some((BinOp::In, 1)),
-            Tok::Ident(s) if s == "not" && matches!(self.peek_at(1), Tok::Ident(n) if n == "in") => {
+            Tok::Ident(s)
+                if s == "not" && matches!(self.peek_at(1), Tok::Ident(n) if n == "in") =>
+            {
                 Some((BinOp::NotIn, 2))
             }
             _ => None,
@@ -186,15 +231,19 @@ impl Parser {
 
     fn compare(&mut self) -> Result<Expr, ExprError> {
         let left = self.math1()?;
-        let Some((op, n)) = self.compare_op() else { return Ok(left) };
+        let Some((op, n)) = self.compare_op() else {
+            return Ok(left);
+        };
         for _ in 0..n {
             self.bump();
         }
         let right = self.math1()?;
         if self.compare_op().is_some() {
             let t = self.token();
-            return Err(ExprError::new("comparisons cannot be chained", t.start, t.end)
-                .with_hint("combine them with `and`, e.g. `a < b and b < c`"));
+            return Err(
+                ExprError::new("comparisons cannot be chained", t.start, t.end)
+                    .with_hint("combine them with `and`, e.g. `a < b and b < c`"),
+            );
         }
         Ok(binary(op, left, right))
     }
@@ -276,7 +325,11 @@ impl Parser {
         match self.peek() {
             Tok::Op("-") | Tok::Op("+") => {
                 let t = self.bump();
-                let op = if matches!(t.tok, Tok::Op("-")) { UnOp::Neg } else { UnOp::Pos };
+                let op = if matches!(t.tok, Tok::Op("-")) {
+                    UnOp::Neg
+                } else {
+                    UnOp::Pos
+                };
                 self.enter()?;
                 let inner = self.unary_no_filter();
                 self.depth -= 1;
@@ -291,7 +344,13 @@ impl Parser {
 
     fn primary(&mut self) -> Result<Expr, ExprError> {
         let t = self.bump();
-        let lit = |l| Ok(Expr { kind: ExprKind::Lit(l), start: t.start, end: t.end });
+        let lit = |l| {
+            Ok(Expr {
+                kind: ExprKind::Lit(l),
+                start: t.start,
+                end: t.end,
+            })
+        };
         match &t.tok {
             Tok::Int(i) => lit(Literal::Int(*i)),
             Tok::Float(f) => lit(Literal::Float(*f)),
@@ -309,17 +368,30 @@ impl Parser {
                     self.bump();
                     let (args, end) = self.args(name)?;
                     Ok(Expr {
-                        kind: ExprKind::Call { name: name.clone(), name_start: t.start, name_end: t.end, args },
+                        kind: ExprKind::Call {
+                            name: name.clone(),
+                            name_start: t.start,
+                            name_end: t.end,
+                            args,
+                        },
                         start: t.start,
                         end,
                     })
                 }
-                _ => Ok(Expr { kind: ExprKind::Path(vec![PathSeg::Key(name.clone())]), start: t.start, end: t.end }),
+                _ => Ok(Expr {
+                    kind: ExprKind::Path(vec![PathSeg::Key(name.clone())]),
+                    start: t.start,
+                    end: t.end,
+                }),
             },
             Tok::Op("(") => {
                 let inner = self.expr()?;
                 let close = self.expect_op(")", "to close `(`")?;
-                Ok(Expr { start: t.start, end: close.end, ..inner })
+                Ok(Expr {
+                    start: t.start,
+                    end: close.end,
+                    ..inner
+                })
             }
             Tok::Op("[") => {
                 let mut items = Vec::new();
@@ -331,7 +403,11 @@ impl Parser {
                     self.bump();
                 }
                 let close = self.expect_op("]", "to close the list")?;
-                Ok(Expr { kind: ExprKind::List(items), start: t.start, end: close.end })
+                Ok(Expr {
+                    kind: ExprKind::List(items),
+                    start: t.start,
+                    end: close.end,
+                })
             }
             Tok::Op("{") => {
                 let mut entries = Vec::new();
@@ -342,7 +418,10 @@ impl Parser {
                         Tok::Ident(s) => s,
                         other => {
                             return Err(ExprError::new(
-                                format!("expected a string key in a map literal, found {}", describe(&other)),
+                                format!(
+                                    "expected a string key in a map literal, found {}",
+                                    describe(&other)
+                                ),
                                 k.start,
                                 k.end.max(k.start + 1),
                             ));
@@ -356,10 +435,22 @@ impl Parser {
                     self.bump();
                 }
                 let close = self.expect_op("}", "to close the map")?;
-                Ok(Expr { kind: ExprKind::Map(entries), start: t.start, end: close.end })
+                Ok(Expr {
+                    kind: ExprKind::Map(entries),
+                    start: t.start,
+                    end: close.end,
+                })
             }
-            Tok::Eof => Err(ExprError::new("unexpected end of expression", t.start, t.end)),
-            other => Err(ExprError::new(format!("expected a value, found {}", describe(other)), t.start, t.end)),
+            Tok::Eof => Err(ExprError::new(
+                "unexpected end of expression",
+                t.start,
+                t.end,
+            )),
+            other => Err(ExprError::new(
+                format!("expected a value, found {}", describe(other)),
+                t.start,
+                t.end,
+            )),
         }
     }
 
@@ -387,7 +478,10 @@ impl Parser {
                     Tok::Int(i) => PathSeg::Index(i),
                     other => {
                         return Err(ExprError::new(
-                            format!("expected a field name after `.`, found {}", describe(&other)),
+                            format!(
+                                "expected a field name after `.`, found {}",
+                                describe(&other)
+                            ),
                             t.start,
                             t.end.max(t.start + 1),
                         ));
@@ -407,13 +501,19 @@ impl Parser {
                     Some(seg) => extend(node, seg, close.end),
                     None => {
                         let start = node.start;
-                        Expr { kind: ExprKind::Index(Box::new(node), Box::new(index)), start, end: close.end }
+                        Expr {
+                            kind: ExprKind::Index(Box::new(node), Box::new(index)),
+                            start,
+                            end: close.end,
+                        }
                     }
                 };
             } else if self.is_op("(") {
                 let t = self.token();
-                return Err(ExprError::new("only named functions can be called", t.start, t.end)
-                    .with_hint("call a function by name, e.g. `upper(x)` or `x | upper`"));
+                return Err(
+                    ExprError::new("only named functions can be called", t.start, t.end)
+                        .with_hint("call a function by name, e.g. `upper(x)` or `x | upper`"),
+                );
             } else {
                 return Ok(node);
             }
@@ -426,7 +526,10 @@ impl Parser {
             let t = self.bump();
             let Tok::Ident(name) = t.tok else {
                 return Err(ExprError::new(
-                    format!("expected a function name after `|`, found {}", describe(&t.tok)),
+                    format!(
+                        "expected a function name after `|`, found {}",
+                        describe(&t.tok)
+                    ),
                     t.start,
                     t.end.max(t.start + 1),
                 ));
@@ -440,7 +543,16 @@ impl Parser {
                 end = close;
             }
             let start = args[0].start;
-            node = Expr { kind: ExprKind::Call { name, name_start: t.start, name_end: t.end, args }, start, end };
+            node = Expr {
+                kind: ExprKind::Call {
+                    name,
+                    name_start: t.start,
+                    name_end: t.end,
+                    args,
+                },
+                start,
+                end,
+            };
         }
         Ok(node)
     }
@@ -448,18 +560,32 @@ impl Parser {
 
 fn binary(op: BinOp, left: Expr, right: Expr) -> Expr {
     let (start, end) = (left.start, right.end);
-    Expr { kind: ExprKind::Binary(op, Box::new(left), Box::new(right)), start, end }
+    Expr {
+        kind: ExprKind::Binary(op, Box::new(left), Box::new(right)),
+        start,
+        end,
+    }
 }
 
 /// `-` applied to a number literal is folded into the literal.
 fn fold_neg(op: UnOp, inner: Expr, start: usize) -> Expr {
     let end = inner.end;
     match (op, &inner.kind) {
-        (UnOp::Neg, ExprKind::Lit(Literal::Int(i))) if i.checked_neg().is_some() => {
-            Expr { kind: ExprKind::Lit(Literal::Int(-i)), start, end }
-        }
-        (UnOp::Neg, ExprKind::Lit(Literal::Float(f))) => Expr { kind: ExprKind::Lit(Literal::Float(-f)), start, end },
-        _ => Expr { kind: ExprKind::Unary(op, Box::new(inner)), start, end },
+        (UnOp::Neg, ExprKind::Lit(Literal::Int(i))) if i.checked_neg().is_some() => Expr {
+            kind: ExprKind::Lit(Literal::Int(-i)),
+            start,
+            end,
+        },
+        (UnOp::Neg, ExprKind::Lit(Literal::Float(f))) => Expr {
+            kind: ExprKind::Lit(Literal::Float(-f)),
+            start,
+            end,
+        },
+        _ => Expr {
+            kind: ExprKind::Unary(op, Box::new(inner)),
+            start,
+            end,
+        },
     }
 }
 
@@ -469,16 +595,32 @@ fn extend(node: Expr, seg: PathSeg, end: usize) -> Expr {
     match node.kind {
         ExprKind::Path(mut segs) => {
             segs.push(seg);
-            Expr { kind: ExprKind::Path(segs), start, end }
+            Expr {
+                kind: ExprKind::Path(segs),
+                start,
+                end,
+            }
         }
         other => {
-            let base = Expr { kind: other, start, end: node.end };
+            let base = Expr {
+                kind: other,
+                start,
+                end: node.end,
+            };
             let lit = match seg {
                 PathSeg::Key(k) => Literal::Str(k),
                 PathSeg::Index(i) => Literal::Int(i),
             };
-            let index = Expr { kind: ExprKind::Lit(lit), start: base.end, end };
-            Expr { kind: ExprKind::Index(Box::new(base), Box::new(index)), start, end }
+            let index = Expr {
+                kind: ExprKind::Lit(lit),
+                start: base.end,
+                end,
+            };
+            Expr {
+                kind: ExprKind::Index(Box::new(base), Box::new(index)),
+                start,
+                end,
+            }
         }
     }
 }

@@ -7,7 +7,10 @@ use proptest::prelude::*;
 fn run(src: &str) {
     if let Ok(expr) = weavster_expr::parse(src) {
         let _ = weavster_expr::check(&expr);
-        assert!(expr.start <= expr.end && expr.end <= src.len(), "span out of range for {src:?}");
+        assert!(
+            expr.start <= expr.end && expr.end <= src.len(),
+            "span out of range for {src:?}"
+        );
     }
 }
 

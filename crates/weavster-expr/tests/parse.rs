@@ -7,18 +7,37 @@ fn render(e: &Expr) -> String {
     match &e.kind {
         ExprKind::Lit(l) => format!("{l:?}"),
         ExprKind::Path(segs) => format!("Path{segs:?}"),
-        ExprKind::List(items) => format!("[{}]", items.iter().map(render).collect::<Vec<_>>().join(", ")),
+        ExprKind::List(items) => format!(
+            "[{}]",
+            items.iter().map(render).collect::<Vec<_>>().join(", ")
+        ),
         ExprKind::Map(entries) => format!(
             "{{{}}}",
-            entries.iter().map(|(k, v)| format!("{k:?}: {}", render(v))).collect::<Vec<_>>().join(", ")
+            entries
+                .iter()
+                .map(|(k, v)| format!("{k:?}: {}", render(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         ExprKind::Unary(op, inner) => format!("{op:?}({})", render(inner)),
         ExprKind::Binary(op, a, b) => format!("({} {} {})", render(a), op.symbol(), render(b)),
-        ExprKind::Cond { cond, then, otherwise } => {
-            format!("({} if {} else {})", render(then), render(cond), render(otherwise))
+        ExprKind::Cond {
+            cond,
+            then,
+            otherwise,
+        } => {
+            format!(
+                "({} if {} else {})",
+                render(then),
+                render(cond),
+                render(otherwise)
+            )
         }
         ExprKind::Call { name, args, .. } => {
-            format!("{name}({})", args.iter().map(render).collect::<Vec<_>>().join(", "))
+            format!(
+                "{name}({})",
+                args.iter().map(render).collect::<Vec<_>>().join(", ")
+            )
         }
         ExprKind::Index(a, b) => format!("{}[{}]", render(a), render(b)),
     }
@@ -26,12 +45,24 @@ fn render(e: &Expr) -> String {
 
 fn check_one(src: &str) -> String {
     match parse(src) {
-        Err(e) => format!("{src}\n  parse error at {}..{}: {}{}", e.start, e.end, e.message, hint(&e.hint)),
+        Err(e) => format!(
+            "{src}\n  parse error at {}..{}: {}{}",
+            e.start,
+            e.end,
+            e.message,
+            hint(&e.hint)
+        ),
         Ok(expr) => {
             let errors = weavster_expr::check(&expr);
             let mut out = format!("{src}\n  = {}", render(&expr));
             for e in errors {
-                out.push_str(&format!("\n  check error at {}..{}: {}{}", e.start, e.end, e.message, hint(&e.hint)));
+                out.push_str(&format!(
+                    "\n  check error at {}..{}: {}{}",
+                    e.start,
+                    e.end,
+                    e.message,
+                    hint(&e.hint)
+                ));
             }
             out
         }
@@ -39,11 +70,17 @@ fn check_one(src: &str) -> String {
 }
 
 fn hint(h: &Option<String>) -> String {
-    h.as_ref().map(|h| format!(" (hint: {h})")).unwrap_or_default()
+    h.as_ref()
+        .map(|h| format!(" (hint: {h})"))
+        .unwrap_or_default()
 }
 
 fn check(cases: &[&str]) -> String {
-    cases.iter().map(|c| check_one(c)).collect::<Vec<_>>().join("\n")
+    cases
+        .iter()
+        .map(|c| check_one(c))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]

@@ -4,7 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use weavster_spec::diag::did_you_mean;
-use weavster_spec::types::{Connector, Format, FlowFile, RegexStep, RuntimeConfig, TestCase, Transform};
+use weavster_spec::types::{
+    Connector, FlowFile, Format, RegexStep, RuntimeConfig, TestCase, Transform,
+};
 use weavster_spec::yaml::{DeError, DeErrorKind, Node, NodeKind, Step};
 use weavster_spec::{Diagnostic, Span};
 
@@ -22,7 +24,13 @@ pub(crate) fn is_identifier(s: &str) -> bool {
 pub(crate) fn to_identifier(s: &str) -> String {
     let mut out: String = s
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .collect();
     if !out.starts_with(|c: char| c.is_ascii_lowercase()) {
         out.insert_str(0, "p_");
@@ -37,26 +45,46 @@ pub(crate) fn de_diagnostic(file: &str, root: &Node, e: &DeError) -> Diagnostic 
         DeErrorKind::UnknownField { field, expected } => {
             Diagnostic::error("schema::unknown-key", format!("unknown key `{field}`"))
                 .label("not allowed here")
-                .expected(if expected.is_empty() { "no keys".into() } else { format!("one of {}", quoted_list(expected)) })
-                .maybe_hint(did_you_mean(field, expected.iter().copied()).map(|s| format!("did you mean `{s}`?")))
+                .expected(if expected.is_empty() {
+                    "no keys".into()
+                } else {
+                    format!("one of {}", quoted_list(expected))
+                })
+                .maybe_hint(
+                    did_you_mean(field, expected.iter().copied())
+                        .map(|s| format!("did you mean `{s}`?")),
+                )
         }
         DeErrorKind::UnknownVariant { variant, expected } => {
             let is_transform = expected.len() > 10 && expected.contains(&"explode");
-            let message = if is_transform { format!("unknown transform `{variant}`") } else { format!("unknown value `{variant}`") };
+            let message = if is_transform {
+                format!("unknown transform `{variant}`")
+            } else {
+                format!("unknown value `{variant}`")
+            };
             Diagnostic::error("schema::unknown-value", message)
                 .expected(format!("one of {}", quoted_list(expected)))
-                .maybe_hint(did_you_mean(variant, expected.iter().copied()).map(|s| format!("did you mean `{s}`?")))
+                .maybe_hint(
+                    did_you_mean(variant, expected.iter().copied())
+                        .map(|s| format!("did you mean `{s}`?")),
+                )
         }
-        DeErrorKind::MissingField { field } => {
-            Diagnostic::error("schema::missing-key", format!("missing required key `{field}`")).label("in this map")
-        }
-        DeErrorKind::InvalidType { found, expected } => {
-            Diagnostic::error("schema::wrong-type", format!("expected {}, found {found}", article(expected)))
-        }
+        DeErrorKind::MissingField { field } => Diagnostic::error(
+            "schema::missing-key",
+            format!("missing required key `{field}`"),
+        )
+        .label("in this map"),
+        DeErrorKind::InvalidType { found, expected } => Diagnostic::error(
+            "schema::wrong-type",
+            format!("expected {}, found {found}", article(expected)),
+        ),
         DeErrorKind::InvalidValue { found, expected } => {
-            Diagnostic::error("schema::invalid-value", format!("invalid value {found}")).expected(article(expected))
+            Diagnostic::error("schema::invalid-value", format!("invalid value {found}"))
+                .expected(article(expected))
         }
-        DeErrorKind::DuplicateField { field } => Diagnostic::error("schema::duplicate-key", format!("duplicate key `{field}`")),
+        DeErrorKind::DuplicateField { field } => {
+            Diagnostic::error("schema::duplicate-key", format!("duplicate key `{field}`"))
+        }
         DeErrorKind::Custom => Diagnostic::error("schema::invalid", e.message.clone()),
     };
     d.in_file(file).at(span)
@@ -70,7 +98,7 @@ fn article(expected: &str) -> String {
     if expected.starts_with("a ") || expected.starts_with("an ") || expected.starts_with("one ") {
         return expected.to_string();
     }
- match expected {
+    match expected {
         "a sequence" => "a list".into(),
         "u32" | "u64" | "u16" | "u8" | "usize" => "a non-negative integer".into(),
         "i32" | "i64" => "an integer".into(),
@@ -84,14 +112,21 @@ pub(crate) fn runtime(diags: &mut Vec<Diagnostic>, file: &str, node: &Node, rt: 
         let ok = q == "embedded" || q.starts_with("postgres://") || q.starts_with("postgresql://");
         if !ok && crate::render::find_unset_marker(q).is_none() {
             diags.push(
-                Diagnostic::error("runtime::queue", format!("invalid queue `{}`", crate::secrets::mask_url_password(q)))
-                    .in_file(file)
-                    .at(node.find(&[Step::Key("queue")]).span)
-                    .expected("`embedded` or a `postgres://user:password@host:port/db` URL"),
+                Diagnostic::error(
+                    "runtime::queue",
+                    format!("invalid queue `{}`", crate::secrets::mask_url_password(q)),
+                )
+                .in_file(file)
+                .at(node.find(&[Step::Key("queue")]).span)
+                .expected("`embedded` or a `postgres://user:password@host:port/db` URL"),
             );
         }
     }
-    for (key, value) in [("batch_size", rt.batch_size), ("workers", rt.workers), ("max_attempts", rt.max_attempts)] {
+    for (key, value) in [
+        ("batch_size", rt.batch_size),
+        ("workers", rt.workers),
+        ("max_attempts", rt.max_attempts),
+    ] {
         if value == Some(0) {
             diags.push(
                 Diagnostic::error("runtime::zero", format!("`{key}` must be at least 1"))
@@ -105,28 +140,42 @@ pub(crate) fn runtime(diags: &mut Vec<Diagnostic>, file: &str, node: &Node, rt: 
 pub(crate) fn connector(diags: &mut Vec<Diagnostic>, def: &ConnectorDef, node: &Node) {
     let at = |key: &str| node.get(key).map(|n| n.span).unwrap_or(node.span);
     let err = |msg: String, key: &str| {
-        Diagnostic::error("connector::invalid", format!("connector `{}`: {msg}", def.reference)).in_file(&def.file).at(at(key))
+        Diagnostic::error(
+            "connector::invalid",
+            format!("connector `{}`: {msg}", def.reference),
+        )
+        .in_file(&def.file)
+        .at(at(key))
     };
     match &def.connector {
         Connector::File(f) => {
             if f.format.is_none() && format_from_path(&f.path).is_none() {
                 diags.push(
-                    err(format!("cannot tell the format of `{}` from its extension", f.path), "path")
-                        .expected("`format: jsonl`, `json` or `csv`"),
+                    err(
+                        format!("cannot tell the format of `{}` from its extension", f.path),
+                        "path",
+                    )
+                    .expected("`format: jsonl`, `json` or `csv`"),
                 );
             }
             if f.path.trim().is_empty() {
                 diags.push(err("`path` is empty".into(), "path"));
             }
-            if let Some(d) = &f.delimiter {
-                if d.chars().count() != 1 || !d.is_ascii() {
-                    diags.push(err(format!("`delimiter` must be one ASCII character, not `{d}`"), "delimiter"));
-                }
+            if let Some(d) = &f.delimiter
+                && (d.chars().count() != 1 || !d.is_ascii())
+            {
+                diags.push(err(
+                    format!("`delimiter` must be one ASCII character, not `{d}`"),
+                    "delimiter",
+                ));
             }
         }
         Connector::Kafka(k) => {
             if k.brokers.trim().is_empty() {
-                diags.push(err("`brokers` is empty".into(), "brokers").expected("`host:port[,host:port…]`"));
+                diags.push(
+                    err("`brokers` is empty".into(), "brokers")
+                        .expected("`host:port[,host:port…]`"),
+                );
             }
         }
         Connector::Postgres(p) => {
@@ -134,12 +183,18 @@ pub(crate) fn connector(diags: &mut Vec<Diagnostic>, def: &ConnectorDef, node: &
                 diags.push(err("`url` must start with `postgres://`".into(), "url"));
             }
             if p.table.is_none() && p.query.is_none() {
-                diags.push(err("set `query` (to read) or `table` (to write)".into(), "type"));
+                diags.push(err(
+                    "set `query` (to read) or `table` (to write)".into(),
+                    "type",
+                ));
             }
         }
         Connector::Http(h) => {
             if h.listen.is_none() && h.url.is_none() {
-                diags.push(err("set `listen` (to receive) or `url` (to send)".into(), "type"));
+                diags.push(err(
+                    "set `listen` (to receive) or `url` (to send)".into(),
+                    "type",
+                ));
             }
         }
         Connector::Stdin(_) | Connector::Stdout(_) => {}
@@ -163,7 +218,13 @@ pub fn format_from_path(path: &str) -> Option<Format> {
 /// Checks every flow, then the bridge graph.
 pub(crate) fn flows(diags: &mut Vec<Diagnostic>, project: &Project, flows: &[(FlowDef, Node)]) {
     for (flow, node) in flows {
-        let mut c = FlowCheck { diags, file: &flow.file, project, flows, flow };
+        let mut c = FlowCheck {
+            diags,
+            file: &flow.file,
+            project,
+            flows,
+            flow,
+        };
         c.flow(&flow.spec, node);
     }
     bridge_cycles(diags, flows);
@@ -179,7 +240,11 @@ pub(crate) fn partial_flow(
     file: &str,
     node: &Node,
 ) {
-    let input = node.get("input").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+    let input = node
+        .get("input")
+        .and_then(|n| n.as_str())
+        .unwrap_or_default()
+        .to_string();
     let spec = FlowFile {
         name: Some(name.to_string()),
         description: None,
@@ -188,8 +253,18 @@ pub(crate) fn partial_flow(
         outputs: Vec::new(),
         unrouted: None,
     };
-    let flow = FlowDef { name: name.to_string(), file: file.to_string(), spec };
-    let mut c = FlowCheck { diags, file, project, flows, flow: &flow };
+    let flow = FlowDef {
+        name: name.to_string(),
+        file: file.to_string(),
+        spec,
+    };
+    let mut c = FlowCheck {
+        diags,
+        file,
+        project,
+        flows,
+        flow: &flow,
+    };
     if let Some(n) = node.get("input").filter(|n| n.as_str().is_some()) {
         c.reference(&input, n, false);
     }
@@ -243,9 +318,12 @@ impl FlowCheck<'_> {
             let to_node = onode.find(&[Step::Key("to")]);
             if !seen.insert(out.to.clone()) {
                 self.push(
-                    Diagnostic::error("flow::duplicate-output", format!("output `{}` is listed twice", out.to))
-                        .at(to_node.span)
-                        .hint("combine the conditions with `or` in one output's `when`"),
+                    Diagnostic::error(
+                        "flow::duplicate-output",
+                        format!("output `{}` is listed twice", out.to),
+                    )
+                    .at(to_node.span)
+                    .hint("combine the conditions with `or` in one output's `when`"),
                 );
             }
             self.reference(&out.to, to_node, true);
@@ -281,9 +359,12 @@ impl FlowCheck<'_> {
         let role = if as_output { "output" } else { "input" };
         let Some((prefix, name)) = reference.split_once('.') else {
             self.push(
-                Diagnostic::error("ref::syntax", format!("`{reference}` is not a connector reference"))
-                    .at(node.span)
-                    .expected("`<connectors file>.<key>`, e.g. `files.orders_in`, or `bridge.<flow>`"),
+                Diagnostic::error(
+                    "ref::syntax",
+                    format!("`{reference}` is not a connector reference"),
+                )
+                .at(node.span)
+                .expected("`<connectors file>.<key>`, e.g. `files.orders_in`, or `bridge.<flow>`"),
             );
             return;
         };
@@ -291,12 +372,19 @@ impl FlowCheck<'_> {
             if as_output {
                 match self.flows.iter().find(|(f, _)| f.name == name) {
                     None => {
-                        let names: Vec<&str> = self.flows.iter().map(|(f, _)| f.name.as_str()).collect();
+                        let names: Vec<&str> =
+                            self.flows.iter().map(|(f, _)| f.name.as_str()).collect();
                         self.push(
-                            Diagnostic::error("ref::unknown-flow", format!("`{reference}` names no flow"))
-                                .at(node.span)
-                                .expected("`bridge.<flow>` where <flow> is a flow of this project")
-                                .maybe_hint(did_you_mean(name, names.iter().copied()).map(|s| format!("did you mean `bridge.{s}`?"))),
+                            Diagnostic::error(
+                                "ref::unknown-flow",
+                                format!("`{reference}` names no flow"),
+                            )
+                            .at(node.span)
+                            .expected("`bridge.<flow>` where <flow> is a flow of this project")
+                            .maybe_hint(
+                                did_you_mean(name, names.iter().copied())
+                                    .map(|s| format!("did you mean `bridge.{s}`?")),
+                            ),
                         );
                     }
                     Some((target, _)) if target.spec.input != reference => {
@@ -315,24 +403,39 @@ impl FlowCheck<'_> {
                 self.push(
                     Diagnostic::error(
                         "ref::bridge-input",
-                        format!("a flow can only read its own bridge: `bridge.{}`, not `{reference}`", self.flow.name),
+                        format!(
+                            "a flow can only read its own bridge: `bridge.{}`, not `{reference}`",
+                            self.flow.name
+                        ),
                     )
                     .at(node.span)
-                    .hint(format!("other flows send to this one with `to: bridge.{}`", self.flow.name)),
+                    .hint(format!(
+                        "other flows send to this one with `to: bridge.{}`",
+                        self.flow.name
+                    )),
                 );
             }
             return;
         }
         let Some(def) = self.project.connectors.get(reference) else {
-            if self.project.broken.contains(&format!("connector:{reference}"))
-                || self.project.broken.contains(&format!("connectors:{prefix}"))
+            if self
+                .project
+                .broken
+                .contains(&format!("connector:{reference}"))
+                || self
+                    .project
+                    .broken
+                    .contains(&format!("connectors:{prefix}"))
             {
                 return;
             }
             let names: Vec<&str> = self.project.connectors.keys().map(String::as_str).collect();
-            let mut d = Diagnostic::error("ref::unknown-connector", format!("unknown connector `{reference}`"))
-                .at(node.span)
-                .label(format!("{role} not found"));
+            let mut d = Diagnostic::error(
+                "ref::unknown-connector",
+                format!("unknown connector `{reference}`"),
+            )
+            .at(node.span)
+            .label(format!("{role} not found"));
             d = match did_you_mean(reference, names.iter().copied()) {
                 Some(s) => d.hint(format!("did you mean `{s}`?")),
                 None if names.is_empty() => d.hint("define connectors in connectors/<file>.yaml and refer to them as `<file>.<key>`"),
@@ -341,15 +444,26 @@ impl FlowCheck<'_> {
             self.push(d);
             return;
         };
-        let ok = if as_output { def.connector.can_be_output() } else { def.connector.can_be_input() };
+        let ok = if as_output {
+            def.connector.can_be_output()
+        } else {
+            def.connector.can_be_input()
+        };
         if !ok {
             self.push(
                 Diagnostic::error(
                     "ref::wrong-direction",
-                    format!("`{reference}` is a `{}` connector and cannot be used as an {role}", def.connector.type_name()),
+                    format!(
+                        "`{reference}` is a `{}` connector and cannot be used as an {role}",
+                        def.connector.type_name()
+                    ),
                 )
                 .at(node.span)
-                .hint(if as_output { "`stdin` can only be an input" } else { "`stdout` can only be an output" }),
+                .hint(if as_output {
+                    "`stdin` can only be an input"
+                } else {
+                    "`stdout` can only be an output"
+                }),
             );
         }
     }
@@ -389,7 +503,11 @@ impl FlowCheck<'_> {
                 }
                 if paths.is_empty() && matches!(t, Transform::Select(_)) {
                     self.push(
-                        Diagnostic::warning("transform::empty-select", "`select: []` removes every field").at(args.span),
+                        Diagnostic::warning(
+                            "transform::empty-select",
+                            "`select: []` removes every field",
+                        )
+                        .at(args.span),
                     );
                 }
             }
@@ -398,7 +516,13 @@ impl FlowCheck<'_> {
                     let (k, v) = entry(args, i);
                     self.path(path, k);
                     if exprs.is_empty() {
-                        self.push(Diagnostic::error("transform::coalesce", "`coalesce` needs at least one expression").at(v.span));
+                        self.push(
+                            Diagnostic::error(
+                                "transform::coalesce",
+                                "`coalesce` needs at least one expression",
+                            )
+                            .at(v.span),
+                        );
                     }
                     for (j, e) in exprs.iter().enumerate() {
                         self.expr(e, v.find(&[Step::Index(j)]));
@@ -428,36 +552,53 @@ impl FlowCheck<'_> {
                 match self.project.lookups.get(&l.table) {
                     None if self.project.broken.contains(&format!("lookup:{}", l.table)) => {}
                     None => {
-                        let names: Vec<&str> = self.project.lookups.keys().map(String::as_str).collect();
+                        let names: Vec<&str> =
+                            self.project.lookups.keys().map(String::as_str).collect();
                         self.push(
-                            Diagnostic::error("lookup::unknown-table", format!("unknown lookup table `{}`", l.table))
-                                .at(table_node.span)
-                                .expected(format!("a file lookups/{}.csv", l.table))
-                                .maybe_hint(did_you_mean(&l.table, names.iter().copied()).map(|s| format!("did you mean `{s}`?"))),
+                            Diagnostic::error(
+                                "lookup::unknown-table",
+                                format!("unknown lookup table `{}`", l.table),
+                            )
+                            .at(table_node.span)
+                            .expected(format!("a file lookups/{}.csv", l.table))
+                            .maybe_hint(
+                                did_you_mean(&l.table, names.iter().copied())
+                                    .map(|s| format!("did you mean `{s}`?")),
+                            ),
                         );
                     }
                     Some(table) => {
-                        if let Some(col) = &l.column {
-                            if !table.columns.iter().any(|c| c == col) {
-                                let cols: Vec<&str> = table.columns.iter().skip(1).map(String::as_str).collect();
-                                self.push(
-                                    Diagnostic::error(
-                                        "lookup::unknown-column",
-                                        format!("lookup table `{}` has no column `{col}`", l.table),
-                                    )
-                                    .at(args.find(&[Step::Key("column")]).span)
-                                    .expected(format!("one of {}", quoted_list(&cols)))
-                                    .maybe_hint(did_you_mean(col, cols.iter().copied()).map(|s| format!("did you mean `{s}`?"))),
-                                );
-                            }
+                        if let Some(col) = &l.column
+                            && !table.columns.iter().any(|c| c == col)
+                        {
+                            let cols: Vec<&str> =
+                                table.columns.iter().skip(1).map(String::as_str).collect();
+                            self.push(
+                                Diagnostic::error(
+                                    "lookup::unknown-column",
+                                    format!("lookup table `{}` has no column `{col}`", l.table),
+                                )
+                                .at(args.find(&[Step::Key("column")]).span)
+                                .expected(format!("one of {}", quoted_list(&cols)))
+                                .maybe_hint(
+                                    did_you_mean(col, cols.iter().copied())
+                                        .map(|s| format!("did you mean `{s}`?")),
+                                ),
+                            );
                         }
                     }
                 }
-                let default_ok = matches!(l.on_miss, None | Some(weavster_spec::types::OnMiss::Default));
+                let default_ok = matches!(
+                    l.on_miss,
+                    None | Some(weavster_spec::types::OnMiss::Default)
+                );
                 if l.default.is_some() && !default_ok {
                     self.push(
-                        Diagnostic::warning("lookup::unused-default", "`default` is used only with `on_miss: default`")
-                            .at(args.find(&[Step::Key("default")]).span),
+                        Diagnostic::warning(
+                            "lookup::unused-default",
+                            "`default` is used only with `on_miss: default`",
+                        )
+                        .at(args.find(&[Step::Key("default")]).span),
                     );
                 }
             }
@@ -470,7 +611,13 @@ impl FlowCheck<'_> {
                     self.transforms(&w.otherwise, n);
                 }
                 if w.then.is_empty() && w.otherwise.is_empty() {
-                    self.push(Diagnostic::warning("transform::empty-when", "`when` has neither `then` nor `else` steps").at(args.span));
+                    self.push(
+                        Diagnostic::warning(
+                            "transform::empty-when",
+                            "`when` has neither `then` nor `else` steps",
+                        )
+                        .at(args.span),
+                    );
                 }
             }
             Transform::Explode(x) => {
@@ -502,15 +649,14 @@ impl FlowCheck<'_> {
                             .at(args.find(&[Step::Key("with")]).span),
                     );
                 }
-                if let Some(re) = self.compile_regex(p, pnode) {
-                    if re.capture_names().flatten().next().is_none() {
+                if let Some(re) = self.compile_regex(p, pnode)
+                    && re.capture_names().flatten().next().is_none() {
                         self.push(
                             Diagnostic::error("regex::no-groups", "the pattern has no named groups to extract")
                                 .at(pnode.span)
                                 .hint("name the parts to extract: `(?P<name>...)`"),
                         );
                     }
-                }
                 if let Some(into) = &r.into {
                     self.path(into, args.find(&[Step::Key("into")]));
                 }
@@ -555,18 +701,30 @@ impl FlowCheck<'_> {
     fn template(&mut self, src: &str, node: &Node) {
         let env = minijinja::Environment::new();
         if let Err(e) = env.template_from_str(src) {
-            let detail = e.detail().map(str::to_string).unwrap_or_else(|| e.kind().to_string());
-            let span = e.range().map(|r| sub_span(node, r.start, r.end)).unwrap_or(node.span);
-            self.push(Diagnostic::error("template::syntax", format!("invalid template: {detail}")).at(span));
+            let detail = e
+                .detail()
+                .map(str::to_string)
+                .unwrap_or_else(|| e.kind().to_string());
+            let span = e
+                .range()
+                .map(|r| sub_span(node, r.start, r.end))
+                .unwrap_or(node.span);
+            self.push(
+                Diagnostic::error("template::syntax", format!("invalid template: {detail}"))
+                    .at(span),
+            );
         }
     }
 
     fn path(&mut self, path: &str, node: &Node) {
         if let Err(e) = weavster_expr::parse_path(path) {
             self.push(
-                Diagnostic::error("path::invalid", format!("invalid record path `{path}`: {}", e.message))
-                    .at(node.span)
-                    .expected("`field`, `a.b.c`, `a['key with space']` or `items[0]`"),
+                Diagnostic::error(
+                    "path::invalid",
+                    format!("invalid record path `{path}`: {}", e.message),
+                )
+                .at(node.span)
+                .expected("`field`, `a.b.c`, `a['key with space']` or `items[0]`"),
             );
         }
     }
@@ -575,34 +733,51 @@ impl FlowCheck<'_> {
         let parsed = match weavster_expr::parse(src) {
             Ok(e) => e,
             Err(e) => {
-                let d = Diagnostic::error("expr::syntax", format!("invalid expression: {}", e.message))
-                    .at(sub_span(node, e.start, e.end))
-                    .maybe_hint(e.hint);
+                let d =
+                    Diagnostic::error("expr::syntax", format!("invalid expression: {}", e.message))
+                        .at(sub_span(node, e.start, e.end))
+                        .maybe_hint(e.hint);
                 self.push(d);
                 return;
             }
         };
         for e in weavster_expr::check(&parsed) {
-            let code = if e.message.starts_with("unknown function") { "expr::unknown-function" } else { "expr::type" };
-            self.push(Diagnostic::error(code, e.message.clone()).at(sub_span(node, e.start, e.end)).maybe_hint(e.hint));
+            let code = if e.message.starts_with("unknown function") {
+                "expr::unknown-function"
+            } else {
+                "expr::type"
+            };
+            self.push(
+                Diagnostic::error(code, e.message.clone())
+                    .at(sub_span(node, e.start, e.end))
+                    .maybe_hint(e.hint),
+            );
         }
         let mut missing = Vec::new();
         parsed.walk(&mut |e| {
-            if let weavster_expr::ExprKind::Call { name, args, .. } = &e.kind {
-                if name == "var" && args.len() == 1 {
-                    if let Some(weavster_expr::ExprKind::Lit(weavster_expr::Literal::Str(v))) = args.first().map(|a| &a.kind) {
-                        if !self.project.vars.contains_key(v) {
-                            missing.push((v.clone(), e.start, e.end));
-                        }
-                    }
-                }
+            if let weavster_expr::ExprKind::Call { name, args, .. } = &e.kind
+                && name == "var"
+                && args.len() == 1
+                && let Some(weavster_expr::ExprKind::Lit(weavster_expr::Literal::Str(v))) =
+                    args.first().map(|a| &a.kind)
+                && !self.project.vars.contains_key(v)
+            {
+                missing.push((v.clone(), e.start, e.end));
             }
         });
         for (v, start, end) in missing {
             self.push(
-                Diagnostic::warning("expr::unknown-var", format!("var `{v}` is not defined for target `{}`", self.project.target))
-                    .at(sub_span(node, start, end))
-                    .hint(format!("define it under `vars:` or give a default: var('{v}', 0)")),
+                Diagnostic::warning(
+                    "expr::unknown-var",
+                    format!(
+                        "var `{v}` is not defined for target `{}`",
+                        self.project.target
+                    ),
+                )
+                .at(sub_span(node, start, end))
+                .hint(format!(
+                    "define it under `vars:` or give a default: var('{v}', 0)"
+                )),
             );
         }
     }
@@ -619,12 +794,21 @@ fn entry(map: &Node, i: usize) -> (&Node, &Node) {
 /// The span of bytes `[start, end)` of a scalar's text, when the scalar is
 /// written on one line without escapes; otherwise the whole scalar.
 fn sub_span(node: &Node, start: usize, end: usize) -> Span {
-    let Some(raw) = &node.raw else { return node.span };
+    let Some(raw) = &node.raw else {
+        return node.span;
+    };
     let len = node.span.end - node.span.start;
-    let exact = if node.quoted { len == raw.len() + 2 } else { len == raw.len() };
+    let exact = if node.quoted {
+        len == raw.len() + 2
+    } else {
+        len == raw.len()
+    };
     if exact && !raw.contains('\n') {
         let prefix = node.text_start() - node.span.start;
-        let col_start = raw.get(..start.min(raw.len())).map(|s| s.chars().count()).unwrap_or(0);
+        let col_start = raw
+            .get(..start.min(raw.len()))
+            .map(|s| s.chars().count())
+            .unwrap_or(0);
         Span {
             start: node.text_start() + start,
             end: node.text_start() + end.max(start + usize::from(start == end)).min(raw.len()),
@@ -651,7 +835,7 @@ fn bridge_cycles(diags: &mut Vec<Diagnostic>, flows: &[(FlowDef, Node)]) {
         })
         .collect();
     let mut reported: BTreeSet<Vec<&str>> = BTreeSet::new();
-    for (start, _) in &edges {
+    for start in edges.keys() {
         // Depth-first search for a path back to `start`.
         let mut stack: Vec<(&str, Vec<&str>)> = vec![(start, vec![start])];
         let mut visited = BTreeSet::new();
@@ -659,16 +843,30 @@ fn bridge_cycles(diags: &mut Vec<Diagnostic>, flows: &[(FlowDef, Node)]) {
             for (next, _) in edges.get(at).into_iter().flatten() {
                 if next == start {
                     let mut cycle = path.clone();
-                    let min_pos = cycle.iter().enumerate().min_by_key(|(_, n)| **n).map(|(i, _)| i).unwrap_or(0);
+                    let min_pos = cycle
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, n)| **n)
+                        .map(|(i, _)| i)
+                        .unwrap_or(0);
                     cycle.rotate_left(min_pos);
                     if reported.insert(cycle.clone()) {
                         let closing = *path.last().unwrap_or(start);
-                        let Some((flow, node)) = flows.iter().find(|(f, _)| f.name == closing) else { continue };
+                        let Some((flow, node)) = flows.iter().find(|(f, _)| f.name == closing)
+                        else {
+                            continue;
+                        };
                         let out_index = edges
                             .get(closing)
                             .and_then(|es| es.iter().find(|(t, _)| t == start).map(|(_, i)| *i))
                             .unwrap_or(0);
-                        let at = node.find(&[Step::Key("outputs"), Step::Index(out_index), Step::Key("to")]).span;
+                        let at = node
+                            .find(&[
+                                Step::Key("outputs"),
+                                Step::Index(out_index),
+                                Step::Key("to"),
+                            ])
+                            .span;
                         let mut names: Vec<&str> = path.clone();
                         names.push(start);
                         diags.push(
@@ -688,7 +886,13 @@ fn bridge_cycles(diags: &mut Vec<Diagnostic>, flows: &[(FlowDef, Node)]) {
     }
 }
 
-pub(crate) fn test_case(diags: &mut Vec<Diagnostic>, file: &str, node: &Node, case: &TestCase, flow: &FlowDef) {
+pub(crate) fn test_case(
+    diags: &mut Vec<Diagnostic>,
+    file: &str,
+    node: &Node,
+    case: &TestCase,
+    flow: &FlowDef,
+) {
     let outputs: Vec<&str> = flow.spec.outputs.iter().map(|o| o.to.as_str()).collect();
     let expect = node.find(&[Step::Key("expect")]);
     for (key_node, value) in expect.entries() {
@@ -697,7 +901,9 @@ pub(crate) fn test_case(diags: &mut Vec<Diagnostic>, file: &str, node: &Node, ca
             for (i, item) in value.items().iter().enumerate() {
                 let ok = matches!(&item.kind, NodeKind::Map(_))
                     && item.get("stage").is_some_and(|s| s.as_str().is_some())
-                    && item.entries().iter().all(|(k, _)| matches!(k.raw.as_deref(), Some("stage" | "message" | "path")));
+                    && item.entries().iter().all(|(k, _)| {
+                        matches!(k.raw.as_deref(), Some("stage" | "message" | "path"))
+                    });
                 if !ok {
                     diags.push(
                         Diagnostic::error("test::expected-error", format!("expected error #{} must be `{{stage, message}}`", i + 1))
@@ -711,11 +917,17 @@ pub(crate) fn test_case(diags: &mut Vec<Diagnostic>, file: &str, node: &Node, ca
         }
         if !outputs.contains(&key) {
             diags.push(
-                Diagnostic::error("test::unknown-output", format!("flow `{}` has no output `{key}`", flow.name))
-                    .in_file(file)
-                    .at(key_node.span)
-                    .expected(format!("one of {}, or `errors`", quoted_list(&outputs)))
-                    .maybe_hint(did_you_mean(key, outputs.iter().copied()).map(|s| format!("did you mean `{s}`?"))),
+                Diagnostic::error(
+                    "test::unknown-output",
+                    format!("flow `{}` has no output `{key}`", flow.name),
+                )
+                .in_file(file)
+                .at(key_node.span)
+                .expected(format!("one of {}, or `errors`", quoted_list(&outputs)))
+                .maybe_hint(
+                    did_you_mean(key, outputs.iter().copied())
+                        .map(|s| format!("did you mean `{s}`?")),
+                ),
             );
         }
     }
@@ -723,28 +935,39 @@ pub(crate) fn test_case(diags: &mut Vec<Diagnostic>, file: &str, node: &Node, ca
     for (i, rec) in case.input.iter().enumerate() {
         if !rec.is_object() {
             diags.push(
-                Diagnostic::error("test::input", format!("input record #{} is not an object", i + 1))
-                    .in_file(file)
-                    .at(input.find(&[Step::Index(i)]).span)
-                    .expected("a map, e.g. `- { id: 1, name: ada }`"),
+                Diagnostic::error(
+                    "test::input",
+                    format!("input record #{} is not an object", i + 1),
+                )
+                .in_file(file)
+                .at(input.find(&[Step::Index(i)]).span)
+                .expected("a map, e.g. `- { id: 1, name: ada }`"),
             );
         }
     }
-    if let Some(now) = &case.now {
-        if !is_rfc3339(now) {
-            diags.push(
-                Diagnostic::error("test::now", format!("`now` is not an RFC 3339 timestamp: `{now}`"))
-                    .in_file(file)
-                    .at(node.find(&[Step::Key("now")]).span)
-                    .expected("e.g. `2026-01-01T00:00:00Z`"),
-            );
-        }
+    if let Some(now) = &case.now
+        && !is_rfc3339(now)
+    {
+        diags.push(
+            Diagnostic::error(
+                "test::now",
+                format!("`now` is not an RFC 3339 timestamp: `{now}`"),
+            )
+            .in_file(file)
+            .at(node.find(&[Step::Key("now")]).span)
+            .expected("e.g. `2026-01-01T00:00:00Z`"),
+        );
     }
 }
 
 fn is_rfc3339(s: &str) -> bool {
     static RE: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
-    RE.get_or_init(|| regex::Regex::new(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$").ok())
-        .as_ref()
-        .is_some_and(|re| re.is_match(s))
+    RE.get_or_init(|| {
+        regex::Regex::new(
+            r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$",
+        )
+        .ok()
+    })
+    .as_ref()
+    .is_some_and(|re| re.is_match(s))
 }

@@ -33,19 +33,33 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         secrets: Arc::new(Secrets::default()),
     };
     let secrets = Arc::clone(&l.secrets);
-    let mut project = Project { root: root.clone(), secrets: Arc::clone(&secrets), ..Project::default() };
+    let mut project = Project {
+        root: root.clone(),
+        secrets: Arc::clone(&secrets),
+        ..Project::default()
+    };
 
     // --vars
     let cli_vars = match &opts.vars {
         Some(text) => l.cli_vars(text),
         None => IndexMap::new(),
     };
-    let early = RenderContext { env: &opts.env, vars: cli_vars.clone(), target: None, project: None, secrets: &secrets, lenient_env: false, protect_record_templates: false };
+    let early = RenderContext {
+        env: &opts.env,
+        vars: cli_vars.clone(),
+        target: None,
+        project: None,
+        secrets: &secrets,
+        lenient_env: false,
+        protect_record_templates: false,
+    };
 
     // weavster.yaml
     let text = read(&project_path)?;
     let file_node = l.render_parse(PROJECT_FILE, &text, &early);
-    let project_file: Option<ProjectFile> = file_node.as_ref().and_then(|n| l.deserialize(PROJECT_FILE, n));
+    let project_file: Option<ProjectFile> = file_node
+        .as_ref()
+        .and_then(|n| l.deserialize(PROJECT_FILE, n));
     // With a broken weavster.yaml the profile name and vars are unknown:
     // problems that follow from that are not reported.
     let project_ok = project_file.is_some();
@@ -54,19 +68,30 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
         .unwrap_or_else(|| "project".into());
-    project.name = project_file.as_ref().map(|p| p.name.clone()).unwrap_or(dir_name);
+    project.name = project_file
+        .as_ref()
+        .map(|p| p.name.clone())
+        .unwrap_or(dir_name);
     if let (Some(pf), Some(node)) = (&project_file, &file_node) {
         if !check::is_identifier(&pf.name) {
             l.push(
-                Diagnostic::error("project::name", format!("invalid project name `{}`", pf.name))
-                    .in_file(PROJECT_FILE)
-                    .at(node.find(&[Step::Key("name")]).span)
-                    .expected("lowercase letters, digits and `_`, starting with a letter")
-                    .hint(format!("try `{}`", check::to_identifier(&pf.name))),
+                Diagnostic::error(
+                    "project::name",
+                    format!("invalid project name `{}`", pf.name),
+                )
+                .in_file(PROJECT_FILE)
+                .at(node.find(&[Step::Key("name")]).span)
+                .expected("lowercase letters, digits and `_`, starting with a letter")
+                .hint(format!("try `{}`", check::to_identifier(&pf.name))),
             );
         }
         if let Some(rt) = &pf.runtime {
-            check::runtime(&mut l.diags, PROJECT_FILE, node.find(&[Step::Key("runtime")]), rt);
+            check::runtime(
+                &mut l.diags,
+                PROJECT_FILE,
+                node.find(&[Step::Key("runtime")]),
+                rt,
+            );
         }
     }
     project.profile = project_file
@@ -75,7 +100,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .unwrap_or_else(|| project.name.clone());
 
     // profiles.yaml
-    let target_name = opts.target.clone().or_else(|| opts.env.get("WEAVSTER_TARGET").cloned());
+    let target_name = opts
+        .target
+        .clone()
+        .or_else(|| opts.env.get("WEAVSTER_TARGET").cloned());
     let mut target = None;
     let mut target_node = None;
     match find_profiles(opts, &root) {
@@ -83,39 +111,61 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             let rel = display_path(&root, &path);
             let text = read(&path)?;
             project.profiles_path = Some(path);
-            let lenient = RenderContext { lenient_env: true, vars: early.vars.clone(), ..early };
+            let lenient = RenderContext {
+                lenient_env: true,
+                vars: early.vars.clone(),
+                ..early
+            };
             if let Some(node) = l.render_parse(&rel, &text, &lenient) {
                 let profiles = l.profiles(&rel, &node);
                 match profiles.get(&project.profile) {
                     Some(profile) => {
                         let profile_node = node.get(&project.profile).cloned();
-                        let chosen = target_name.clone().unwrap_or_else(|| profile.target.clone());
+                        let chosen = target_name
+                            .clone()
+                            .unwrap_or_else(|| profile.target.clone());
                         match profile.outputs.get(&chosen) {
                             Some(t) => {
                                 target = Some(t.clone());
-                                target_node = profile_node
-                                    .as_ref()
-                                    .map(|p| p.find(&[Step::Key("outputs"), Step::Key(&chosen)]).clone());
+                                target_node = profile_node.as_ref().map(|p| {
+                                    p.find(&[Step::Key("outputs"), Step::Key(&chosen)]).clone()
+                                });
                                 if let Some(tn) = &target_node {
                                     l.unset_env_vars(&rel, tn);
                                 }
                                 if let (Some(rt), Some(tn)) = (&t.runtime, &target_node) {
-                                    check::runtime(&mut l.diags, &rel, tn.find(&[Step::Key("runtime")]), rt);
+                                    check::runtime(
+                                        &mut l.diags,
+                                        &rel,
+                                        tn.find(&[Step::Key("runtime")]),
+                                        rt,
+                                    );
                                 }
                             }
                             None => {
-                                let names: Vec<&str> = profile.outputs.keys().map(String::as_str).collect();
+                                let names: Vec<&str> =
+                                    profile.outputs.keys().map(String::as_str).collect();
                                 let at = match &target_name {
-                                    None => profile_node.as_ref().map(|p| p.find(&[Step::Key("target")]).span),
-                                    Some(_) => profile_node.as_ref().map(|p| p.find(&[Step::Key("outputs")]).span),
+                                    None => profile_node
+                                        .as_ref()
+                                        .map(|p| p.find(&[Step::Key("target")]).span),
+                                    Some(_) => profile_node
+                                        .as_ref()
+                                        .map(|p| p.find(&[Step::Key("outputs")]).span),
                                 };
                                 let mut d = Diagnostic::error(
                                     "profiles::unknown-target",
-                                    format!("profile `{}` has no target `{chosen}`", project.profile),
+                                    format!(
+                                        "profile `{}` has no target `{chosen}`",
+                                        project.profile
+                                    ),
                                 )
                                 .in_file(&rel)
                                 .expected(format!("one of {}", quoted_list(&names)))
-                                .maybe_hint(did_you_mean(&chosen, names.iter().copied()).map(|s| format!("did you mean `{s}`?")));
+                                .maybe_hint(
+                                    did_you_mean(&chosen, names.iter().copied())
+                                        .map(|s| format!("did you mean `{s}`?")),
+                                );
                                 if let Some(at) = at {
                                     d = d.at(at);
                                 }
@@ -124,7 +174,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                         }
                         project.target = chosen;
                     }
-                    None if !project_ok || node.get(&project.profile).is_some() || !matches!(node.kind, NodeKind::Map(_) | NodeKind::Null) => {
+                    None if !project_ok
+                        || node.get(&project.profile).is_some()
+                        || !matches!(node.kind, NodeKind::Map(_) | NodeKind::Null) =>
+                    {
                         // Already reported: weavster.yaml or this profile did not parse.
                         project.target = target_name.clone().unwrap_or_else(|| "dev".into());
                     }
@@ -135,10 +188,21 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                             format!("profile `{}` is not defined in {rel}", project.profile),
                         )
                         .in_file(PROJECT_FILE)
-                        .expected(if names.is_empty() { "a profile".to_string() } else { format!("one of {}", quoted_list(&names)) })
-                        .maybe_hint(did_you_mean(&project.profile, names.iter().copied()).map(|s| format!("did you mean `{s}`?")));
+                        .expected(if names.is_empty() {
+                            "a profile".to_string()
+                        } else {
+                            format!("one of {}", quoted_list(&names))
+                        })
+                        .maybe_hint(
+                            did_you_mean(&project.profile, names.iter().copied())
+                                .map(|s| format!("did you mean `{s}`?")),
+                        );
                         if let Some(n) = &file_node {
-                            let at = n.get("profile").or_else(|| n.get("name")).map(|n| n.span).unwrap_or(n.span);
+                            let at = n
+                                .get("profile")
+                                .or_else(|| n.get("name"))
+                                .map(|n| n.span)
+                                .unwrap_or(n.span);
                             d = d.at(at);
                         }
                         l.push(d);
@@ -157,10 +221,17 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             }
         }
     }
-    let target_file = project.profiles_path.as_ref().map(|p| display_path(&root, p)).unwrap_or_default();
+    let target_file = project
+        .profiles_path
+        .as_ref()
+        .map(|p| display_path(&root, p))
+        .unwrap_or_default();
 
     // vars: --vars over target vars over project vars
-    let mut vars = project_file.as_ref().map(|p| p.vars.clone()).unwrap_or_default();
+    let mut vars = project_file
+        .as_ref()
+        .map(|p| p.vars.clone())
+        .unwrap_or_default();
     if let Some(t) = &target {
         for (k, v) in &t.vars {
             vars.insert(k.clone(), v.clone());
@@ -195,8 +266,20 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         protect_record_templates: false,
     };
 
-    let flow_ctx = RenderContext { protect_record_templates: true, vars: ctx.vars.clone(), target: ctx.target.clone(), project: ctx.project.clone(), ..ctx };
-    let ctx = RenderContext { vars: flow_ctx.vars.clone(), target: flow_ctx.target.clone(), project: flow_ctx.project.clone(), protect_record_templates: false, ..flow_ctx };
+    let flow_ctx = RenderContext {
+        protect_record_templates: true,
+        vars: ctx.vars.clone(),
+        target: ctx.target.clone(),
+        project: ctx.project.clone(),
+        ..ctx
+    };
+    let ctx = RenderContext {
+        vars: flow_ctx.vars.clone(),
+        target: flow_ctx.target.clone(),
+        project: flow_ctx.project.clone(),
+        protect_record_templates: false,
+        ..flow_ctx
+    };
 
     // lookups/*.csv
     for path in list(&root.join("lookups"), &["csv"])? {
@@ -210,9 +293,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         if let Some(table) = table {
             if !check::is_identifier(&name) {
                 l.push(
-                    Diagnostic::error("lookup::name", format!("invalid lookup table name `{name}`"))
-                        .in_file(&rel)
-                        .expected("a file name of lowercase letters, digits and `_`, starting with a letter"),
+                    Diagnostic::error(
+                        "lookup::name",
+                        format!("invalid lookup table name `{name}`"),
+                    )
+                    .in_file(&rel)
+                    .expected(
+                        "a file name of lowercase letters, digits and `_`, starting with a letter",
+                    ),
                 );
             }
             project.lookups.insert(name, table);
@@ -220,7 +308,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     }
 
     // connectors/*.yaml
-    let overrides = target.as_ref().map(|t| t.connectors.clone()).unwrap_or_default();
+    let overrides = target
+        .as_ref()
+        .map(|t| t.connectors.clone())
+        .unwrap_or_default();
     let mut connector_nodes: IndexMap<String, Node> = IndexMap::new();
     for path in list(&root.join("connectors"), &["yaml", "yml"])? {
         let rel = display_path(&root, &path);
@@ -232,10 +323,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         };
         if file_stem == "bridge" {
             l.push(
-                Diagnostic::error("connector::reserved", "`bridge` is reserved for flow-to-flow references")
-                    .in_file(&rel)
-                    .at(file_start())
-                    .hint("rename this file; refer to another flow's queue as `bridge.<flow>`"),
+                Diagnostic::error(
+                    "connector::reserved",
+                    "`bridge` is reserved for flow-to-flow references",
+                )
+                .in_file(&rel)
+                .at(file_start())
+                .hint("rename this file; refer to another flow's queue as `bridge.<flow>`"),
             );
             continue;
         }
@@ -255,10 +349,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                     let key = k.raw.clone().unwrap_or_default();
                     if !check::is_identifier(&key) {
                         l.push(
-                            Diagnostic::error("connector::name", format!("invalid connector name `{key}`"))
-                                .in_file(&rel)
-                                .at(k.span)
-                                .expected("lowercase letters, digits and `_`, starting with a letter"),
+                            Diagnostic::error(
+                                "connector::name",
+                                format!("invalid connector name `{key}`"),
+                            )
+                            .in_file(&rel)
+                            .at(k.span)
+                            .expected("lowercase letters, digits and `_`, starting with a letter"),
                         );
                         continue;
                     }
@@ -266,9 +363,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
                     match l.connector(&rel, v) {
                         Some(c) => {
                             connector_nodes.insert(reference.clone(), v.clone());
-                            project
-                                .connectors
-                                .insert(reference.clone(), ConnectorDef { reference, file: rel.clone(), connector: c });
+                            project.connectors.insert(
+                                reference.clone(),
+                                ConnectorDef {
+                                    reference,
+                                    file: rel.clone(),
+                                    connector: c,
+                                },
+                            );
                         }
                         None => {
                             project.broken.insert(format!("connector:{reference}"));
@@ -278,28 +380,45 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             }
             NodeKind::Null => {}
             other => l.push(
-                Diagnostic::error("schema::wrong-type", format!("expected a map of `name: connector`, found {}", other.describe()))
-                    .in_file(&rel)
-                    .at(node.span),
+                Diagnostic::error(
+                    "schema::wrong-type",
+                    format!(
+                        "expected a map of `name: connector`, found {}",
+                        other.describe()
+                    ),
+                )
+                .in_file(&rel)
+                .at(node.span),
             ),
         }
     }
     // target connector overrides
     for (reference, patch) in &overrides {
-        let at = target_node.as_ref().map(|t| t.find(&[Step::Key("connectors"), Step::Key(reference)]).span);
+        let at = target_node.as_ref().map(|t| {
+            t.find(&[Step::Key("connectors"), Step::Key(reference)])
+                .span
+        });
         let Some(def) = project.connectors.get_mut(reference) else {
             if project.broken.contains(&format!("connector:{reference}"))
-                || reference.split_once('.').is_some_and(|(f, _)| project.broken.contains(&format!("connectors:{f}")))
+                || reference
+                    .split_once('.')
+                    .is_some_and(|(f, _)| project.broken.contains(&format!("connectors:{f}")))
             {
                 continue;
             }
             let names: Vec<&str> = project.connectors.keys().map(String::as_str).collect();
             let mut d = Diagnostic::error(
                 "profiles::unknown-connector",
-                format!("target `{}` overrides unknown connector `{reference}`", project.target),
+                format!(
+                    "target `{}` overrides unknown connector `{reference}`",
+                    project.target
+                ),
             )
             .in_file(&target_file)
-            .maybe_hint(did_you_mean(reference, names.iter().copied()).map(|s| format!("did you mean `{s}`?")));
+            .maybe_hint(
+                did_you_mean(reference, names.iter().copied())
+                    .map(|s| format!("did you mean `{s}`?")),
+            );
             if let Some(at) = at {
                 d = d.at(at);
             }
@@ -348,26 +467,43 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             continue;
         };
         let name = spec.name.clone().unwrap_or_else(|| stem(&path));
-        let name_span = node.get("name").map(|n| n.span).unwrap_or(Span { start: 0, end: 0, line: 1, col: 1 });
+        let name_span = node.get("name").map(|n| n.span).unwrap_or(Span {
+            start: 0,
+            end: 0,
+            line: 1,
+            col: 1,
+        });
         if !check::is_identifier(&name) {
             l.push(
                 Diagnostic::error("flow::name", format!("invalid flow name `{name}`"))
                     .in_file(&rel)
                     .at(name_span)
                     .expected("lowercase letters, digits and `_`, starting with a letter")
-                    .maybe_hint(spec.name.is_none().then(|| "the name defaults to the file stem; set `name:` or rename the file".into())),
+                    .maybe_hint(spec.name.is_none().then(|| {
+                        "the name defaults to the file stem; set `name:` or rename the file".into()
+                    })),
             );
         }
         if let Some((first, _)) = flow_nodes.iter().find(|(f, _)| f.name == name) {
             l.push(
-                Diagnostic::error("flow::duplicate", format!("flow `{name}` is already defined in {}", first.file))
-                    .in_file(&rel)
-                    .at(name_span)
-                    .hint("flow names must be unique; set a different `name:`"),
+                Diagnostic::error(
+                    "flow::duplicate",
+                    format!("flow `{name}` is already defined in {}", first.file),
+                )
+                .in_file(&rel)
+                .at(name_span)
+                .hint("flow names must be unique; set a different `name:`"),
             );
             continue;
         }
-        flow_nodes.push((FlowDef { name, file: rel, spec }, node));
+        flow_nodes.push((
+            FlowDef {
+                name,
+                file: rel,
+                spec,
+            },
+            node,
+        ));
     }
     check::flows(&mut l.diags, &project, &flow_nodes);
     for (name, rel, node) in &partial_flows {
@@ -379,34 +515,58 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let tests_dir = root.join("tests");
     if tests_dir.is_dir() {
         let mut dirs: Vec<PathBuf> = std::fs::read_dir(&tests_dir)
-            .map_err(|source| LoadError::Io { path: tests_dir.clone(), source })?
+            .map_err(|source| LoadError::Io {
+                path: tests_dir.clone(),
+                source,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.is_dir())
             .collect();
         dirs.sort();
         for dir in dirs {
-            let flow_name = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let flow_name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             for path in list(&dir, &["yaml", "yml"])? {
                 let rel = display_path(&root, &path);
                 let text = read(&path)?;
-                let Some(node) = l.render_parse(&rel, &text, &ctx) else { continue };
-                let Some(spec) = l.deserialize::<TestCase>(&rel, &node) else { continue };
+                let Some(node) = l.render_parse(&rel, &text, &ctx) else {
+                    continue;
+                };
+                let Some(spec) = l.deserialize::<TestCase>(&rel, &node) else {
+                    continue;
+                };
                 let Some(flow) = project.flow(&flow_name) else {
                     if broken_flows.contains(&flow_name) {
                         continue;
                     }
                     let names: Vec<&str> = project.flows.iter().map(|f| f.name.as_str()).collect();
                     l.push(
-                        Diagnostic::error("test::unknown-flow", format!("tests/{flow_name}/ names no flow"))
-                            .in_file(&rel)
-                            .at(file_start())
-                            .expected(format!("a directory named after a flow: {}", quoted_list(&names)))
-                            .maybe_hint(did_you_mean(&flow_name, names.iter().copied()).map(|s| format!("did you mean `tests/{s}/`?"))),
+                        Diagnostic::error(
+                            "test::unknown-flow",
+                            format!("tests/{flow_name}/ names no flow"),
+                        )
+                        .in_file(&rel)
+                        .at(file_start())
+                        .expected(format!(
+                            "a directory named after a flow: {}",
+                            quoted_list(&names)
+                        ))
+                        .maybe_hint(
+                            did_you_mean(&flow_name, names.iter().copied())
+                                .map(|s| format!("did you mean `tests/{s}/`?")),
+                        ),
                     );
                     continue;
                 };
                 check::test_case(&mut l.diags, &rel, &node, &spec, flow);
-                project.tests.push(TestDef { flow: flow_name.clone(), name: stem(&path), file: rel, spec });
+                project.tests.push(TestDef {
+                    flow: flow_name.clone(),
+                    name: stem(&path),
+                    file: rel,
+                    spec,
+                });
             }
         }
     }
@@ -417,10 +577,18 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     }
     // Stable order: by file, then position, then message.
     diagnostics.sort_by(|a, b| {
-        (&a.file, a.span.map(|s| (s.line, s.col)), &a.message).cmp(&(&b.file, b.span.map(|s| (s.line, s.col)), &b.message))
+        (&a.file, a.span.map(|s| (s.line, s.col)), &a.message).cmp(&(
+            &b.file,
+            b.span.map(|s| (s.line, s.col)),
+            &b.message,
+        ))
     });
     diagnostics.dedup();
-    let sources = l.sources.into_iter().map(|(k, v)| (k, secrets.mask(&v))).collect();
+    let sources = l
+        .sources
+        .into_iter()
+        .map(|(k, v)| (k, secrets.mask(&v)))
+        .collect();
     let diagnostics = diagnostics
         .into_iter()
         .map(|mut d| {
@@ -428,7 +596,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             d
         })
         .collect();
-    Ok(Loaded { project, diagnostics, sources })
+    Ok(Loaded {
+        project,
+        diagnostics,
+        sources,
+    })
 }
 
 struct Loader {
@@ -459,7 +631,11 @@ impl Loader {
                 self.push(
                     Diagnostic::error("yaml::syntax", format!("invalid YAML: {}", e.message))
                         .in_file(rel)
-                        .at(Span { line: e.span.line, col: e.span.col, ..span }),
+                        .at(Span {
+                            line: e.span.line,
+                            col: e.span.col,
+                            ..span
+                        }),
                 );
                 None
             }
@@ -468,7 +644,11 @@ impl Loader {
 
     /// Reports env vars that rendered as unset markers inside `node`.
     fn unset_env_vars(&mut self, rel: &str, node: &Node) {
-        if let Some(name) = node.raw.as_deref().and_then(crate::render::find_unset_marker) {
+        if let Some(name) = node
+            .raw
+            .as_deref()
+            .and_then(crate::render::find_unset_marker)
+        {
             self.push(
                 Diagnostic::error(
                     "render::env-var",
@@ -507,7 +687,10 @@ impl Loader {
             Ok(node) => match yaml::from_node::<IndexMap<String, Value>>(&node) {
                 Ok(v) => v,
                 Err(_) => {
-                    self.push(bad(format!("--vars must be a map, found {}", node.kind.describe())));
+                    self.push(bad(format!(
+                        "--vars must be a map, found {}",
+                        node.kind.describe()
+                    )));
                     IndexMap::new()
                 }
             },
@@ -530,9 +713,12 @@ impl Loader {
             }
             NodeKind::Null => {}
             other => self.push(
-                Diagnostic::error("schema::wrong-type", format!("expected a map of profiles, found {}", other.describe()))
-                    .in_file(rel)
-                    .at(node.span),
+                Diagnostic::error(
+                    "schema::wrong-type",
+                    format!("expected a map of profiles, found {}", other.describe()),
+                )
+                .in_file(rel)
+                .at(node.span),
             ),
         }
         out
@@ -541,9 +727,14 @@ impl Loader {
     fn connector(&mut self, rel: &str, node: &Node) -> Option<Connector> {
         let Some((type_key, type_node)) = node.entry("type") else {
             let d = match &node.kind {
-                NodeKind::Map(_) => Diagnostic::error("schema::missing-key", "connector has no `type`")
-                    .expected(format!("`type: ` one of {}", quoted_list(Connector::TYPES))),
-                other => Diagnostic::error("schema::wrong-type", format!("expected a connector map, found {}", other.describe())),
+                NodeKind::Map(_) => {
+                    Diagnostic::error("schema::missing-key", "connector has no `type`")
+                        .expected(format!("`type: ` one of {}", quoted_list(Connector::TYPES)))
+                }
+                other => Diagnostic::error(
+                    "schema::wrong-type",
+                    format!("expected a connector map, found {}", other.describe()),
+                ),
             };
             self.push(d.in_file(rel).at(node.span));
             return None;
@@ -558,14 +749,20 @@ impl Loader {
             "postgres" => yaml::from_node_skipping(node, &["type"]).map(Connector::Postgres),
             "http" => yaml::from_node_skipping(node, &["type"]).map(Connector::Http),
             other => {
-                let mut d = Diagnostic::error("connector::unknown-type", format!("unknown connector type `{other}`"))
-                    .in_file(rel)
-                    .at(type_node.span)
-                    .expected(format!("one of {}", quoted_list(Connector::TYPES)));
+                let mut d = Diagnostic::error(
+                    "connector::unknown-type",
+                    format!("unknown connector type `{other}`"),
+                )
+                .in_file(rel)
+                .at(type_node.span)
+                .expected(format!("one of {}", quoted_list(Connector::TYPES)));
                 if other == "bridge" {
                     d = d.hint("bridges need no connector: write `to: bridge.<flow>` in the flow's outputs");
                 } else {
-                    d = d.maybe_hint(did_you_mean(other, Connector::TYPES.iter().copied()).map(|s| format!("did you mean `{s}`?")));
+                    d = d.maybe_hint(
+                        did_you_mean(other, Connector::TYPES.iter().copied())
+                            .map(|s| format!("did you mean `{s}`?")),
+                    );
                 }
                 self.push(d);
                 return None;
@@ -604,7 +801,9 @@ impl Loader {
 
     fn lookup(&mut self, rel: &str, text: &str) -> Option<LookupTable> {
         self.sources.insert(rel.to_string(), text.to_string());
-        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(text.as_bytes());
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(text.as_bytes());
         let err = |msg: String, line: Option<u64>| {
             let mut d = Diagnostic::error("lookup::csv", msg).in_file(rel);
             if let Some(line) = line {
@@ -637,8 +836,11 @@ impl Loader {
                     let key = row.first().cloned().unwrap_or_default();
                     if let Some(first) = seen.get(&key) {
                         self.push(
-                            err(format!("duplicate key `{key}` (first on line {first})"), Some(line))
-                                .hint("each key may appear once; the first column is the key"),
+                            err(
+                                format!("duplicate key `{key}` (first on line {first})"),
+                                Some(line),
+                            )
+                            .hint("each key may appear once; the first column is the key"),
                         );
                         ok = false;
                     } else {
@@ -653,17 +855,29 @@ impl Loader {
                 }
             }
         }
-        ok.then(|| LookupTable { file: rel.to_string(), columns, rows })
+        ok.then(|| LookupTable {
+            file: rel.to_string(),
+            columns,
+            rows,
+        })
     }
 }
 
 /// The start of a file, for problems with a file as a whole.
 fn file_start() -> Span {
-    Span { start: 0, end: 0, line: 1, col: 1 }
+    Span {
+        start: 0,
+        end: 0,
+        line: 1,
+        col: 1,
+    }
 }
 
 fn read(path: &Path) -> Result<String, LoadError> {
-    std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.to_path_buf(), source })
+    std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Files in `dir` with one of `exts`, sorted by name; none if `dir` is absent.
@@ -671,7 +885,10 @@ fn list(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>, LoadError> {
     if !dir.is_dir() {
         return Ok(Vec::new());
     }
-    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Io { path: dir.to_path_buf(), source })?;
+    let entries = std::fs::read_dir(dir).map_err(|source| LoadError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file() && p.extension().is_some_and(|e| exts.iter().any(|x| e == *x)))
@@ -681,13 +898,18 @@ fn list(dir: &Path, exts: &[&str]) -> Result<Vec<PathBuf>, LoadError> {
 }
 
 fn stem(path: &Path) -> String {
-    path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()
+    path.file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default()
 }
 
 /// Path relative to the project root with `/` separators (absolute if outside).
 pub(crate) fn display_path(root: &Path, path: &Path) -> String {
     let rel = path.strip_prefix(root).unwrap_or(path);
-    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
+    rel.components()
+        .map(|c| c.as_os_str().to_string_lossy())
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 fn find_profiles(opts: &LoadOptions, root: &Path) -> Option<PathBuf> {
@@ -710,7 +932,11 @@ pub(crate) fn quoted_list<S: AsRef<str>>(items: &[S]) -> String {
     if items.is_empty() {
         return "nothing (none defined)".to_string();
     }
-    items.iter().map(|s| format!("`{}`", s.as_ref())).collect::<Vec<_>>().join(", ")
+    items
+        .iter()
+        .map(|s| format!("`{}`", s.as_ref()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn deep_merge(base: &mut Value, patch: &Value) {

@@ -58,7 +58,10 @@ impl Manifest {
             project: p.name.clone(),
             profile: p.profile.clone(),
             target: p.target.clone(),
-            runtime: Runtime { queue: crate::secrets::mask_url_password(&secrets.mask(&p.runtime.queue)), ..p.runtime.clone() },
+            runtime: Runtime {
+                queue: crate::secrets::mask_url_password(&secrets.mask(&p.runtime.queue)),
+                ..p.runtime.clone()
+            },
             vars: secrets.mask_value(&serde_json::to_value(&p.vars).unwrap_or(Value::Null)),
             flows: p
                 .flows

@@ -58,7 +58,10 @@ fn protect_runtime_blocks(src: &str) -> String {
     let mut out = String::with_capacity(src.len());
     let mut rest = src;
     while let Some(open) = rest.find("{{") {
-        let line_end = rest[open..].find('\n').map(|e| open + e).unwrap_or(rest.len());
+        let line_end = rest[open..]
+            .find('\n')
+            .map(|e| open + e)
+            .unwrap_or(rest.len());
         let Some(close) = rest[open..line_end].find("}}").map(|c| open + c + 2) else {
             // An unclosed `{{` on its line: leave it to the template checks.
             out.push_str(&rest[..open]);
@@ -91,7 +94,11 @@ pub fn render(file: &str, src: &str, ctx: &RenderContext<'_>) -> Result<String, 
     if !src.contains("{{") && !src.contains("{%") && !src.contains("{#") {
         return Ok(src.to_string());
     }
-    let protected = if ctx.protect_record_templates { protect_runtime_blocks(src) } else { src.to_string() };
+    let protected = if ctx.protect_record_templates {
+        protect_runtime_blocks(src)
+    } else {
+        src.to_string()
+    };
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     if let Ok(syntax) = SyntaxConfig::builder().keep_trailing_newline(true).build() {
@@ -105,11 +112,10 @@ pub fn render(file: &str, src: &str, ctx: &RenderContext<'_>) -> Result<String, 
         env.add_function("env_var", move |name: String, default: Option<JValue>| -> Result<JValue, Error> {
             match envs.get(&name) {
                 Some(v) => {
-                    if name.starts_with(SECRET_ENV_PREFIX) {
-                        if let Ok(mut used) = used.lock() {
+                    if name.starts_with(SECRET_ENV_PREFIX)
+                        && let Ok(mut used) = used.lock() {
                             used.push(v.clone());
                         }
-                    }
                     Ok(JValue::from(v.clone()))
                 }
                 None => match default {
@@ -157,7 +163,10 @@ pub fn render(file: &str, src: &str, ctx: &RenderContext<'_>) -> Result<String, 
 }
 
 fn render_error(file: &str, src: &str, protected: &str, e: &Error, early: bool) -> Diagnostic {
-    let detail = e.detail().map(str::to_string).unwrap_or_else(|| e.kind().to_string());
+    let detail = e
+        .detail()
+        .map(str::to_string)
+        .unwrap_or_else(|| e.kind().to_string());
     let code = match e.kind() {
         ErrorKind::SyntaxError => "render::syntax",
         ErrorKind::UndefinedError => "render::undefined",
@@ -174,7 +183,11 @@ fn render_error(file: &str, src: &str, protected: &str, e: &Error, early: bool) 
     };
     let span = e
         .range()
-        .filter(|r| r.end <= protected.len() && protected.is_char_boundary(r.start) && protected.is_char_boundary(r.end))
+        .filter(|r| {
+            r.end <= protected.len()
+                && protected.is_char_boundary(r.start)
+                && protected.is_char_boundary(r.end)
+        })
         .map(|r| span_of(src, to_src(r.start), to_src(r.end)))
         .or_else(|| e.line().map(|l| line_span(src, l)));
     if let Some(span) = span {
@@ -201,7 +214,12 @@ pub fn span_of(src: &str, start: usize, end: usize) -> Span {
     let line = before.matches('\n').count() + 1;
     let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
     let col = src[line_start..floor_char(src, start)].chars().count() + 1;
-    Span { start, end: end.clamp(start, src.len()), line, col }
+    Span {
+        start,
+        end: end.clamp(start, src.len()),
+        line,
+        col,
+    }
 }
 
 /// The span of a whole 1-based line.
@@ -210,11 +228,21 @@ pub fn line_span(src: &str, line: usize) -> Span {
     for (i, l) in src.split_inclusive('\n').enumerate() {
         if i + 1 == line {
             let text = l.trim_end_matches('\n');
-            return Span { start: offset, end: offset + text.len(), line, col: 1 };
+            return Span {
+                start: offset,
+                end: offset + text.len(),
+                line,
+                col: 1,
+            };
         }
         offset += l.len();
     }
-    Span { start: src.len(), end: src.len(), line, col: 1 }
+    Span {
+        start: src.len(),
+        end: src.len(),
+        line,
+        col: 1,
+    }
 }
 
 fn floor_char(s: &str, mut i: usize) -> usize {

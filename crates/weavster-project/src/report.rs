@@ -41,7 +41,9 @@ impl miette::Diagnostic for Report<'_> {
     }
 
     fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
-        self.help.as_ref().map(|h| Box::new(h) as Box<dyn fmt::Display>)
+        self.help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
 
     fn source_code(&self) -> Option<&dyn miette::SourceCode> {
@@ -51,17 +53,29 @@ impl miette::Diagnostic for Report<'_> {
     fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
         let span = self.diag.span?;
         self.source.as_ref()?;
-        let len = span.end.saturating_sub(span.start).max(usize::from(span.end == span.start));
+        let len = span
+            .end
+            .saturating_sub(span.start)
+            .max(usize::from(span.end == span.start));
         let label = self.diag.label.clone().or_else(|| Some("here".to_string()));
-        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(label, SourceSpan::from((span.start, len))))))
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
+            label,
+            SourceSpan::from((span.start, len)),
+        ))))
     }
 }
 
 /// Renders diagnostics as text. `sources` maps file names to their (masked,
 /// rendered) text for snippets. `color` turns on ANSI colours.
 pub fn render(diags: &[Diagnostic], sources: &BTreeMap<String, String>, color: bool) -> String {
-    let theme = if color { GraphicalTheme::unicode() } else { GraphicalTheme::unicode_nocolor() };
-    let handler = GraphicalReportHandler::new_themed(theme).with_width(100).with_context_lines(1);
+    let theme = if color {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_width(100)
+        .with_context_lines(1);
     let mut out = String::new();
     for d in diags {
         let source = d.file.as_ref().and_then(|f| {
@@ -70,11 +84,14 @@ pub fn render(diags: &[Diagnostic], sources: &BTreeMap<String, String>, color: b
             Some(NamedSource::new(f.clone(), text.clone()))
         });
         let mut help = Vec::new();
-        if source.is_none() {
-            if let Some(f) = &d.file {
-                let loc = d.span.map(|s| format!(":{}:{}", s.line, s.col)).unwrap_or_default();
-                help.push(format!("in {f}{loc}"));
-            }
+        if source.is_none()
+            && let Some(f) = &d.file
+        {
+            let loc = d
+                .span
+                .map(|s| format!(":{}:{}", s.line, s.col))
+                .unwrap_or_default();
+            help.push(format!("in {f}{loc}"));
         }
         if let Some(e) = &d.expected {
             help.push(format!("expected {e}"));
@@ -82,7 +99,11 @@ pub fn render(diags: &[Diagnostic], sources: &BTreeMap<String, String>, color: b
         if let Some(h) = &d.hint {
             help.push(h.clone());
         }
-        let report = Report { diag: d, source, help: (!help.is_empty()).then(|| help.join("\n")) };
+        let report = Report {
+            diag: d,
+            source,
+            help: (!help.is_empty()).then(|| help.join("\n")),
+        };
         if handler.render_report(&mut out, &report).is_err() {
             out.push_str(&format!("{}: {}\n", d.code, d.message));
         }

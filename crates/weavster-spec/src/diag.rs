@@ -16,7 +16,12 @@ impl Span {
     /// A sub-span `[from, to)` (byte offsets relative to this span's start),
     /// assuming the text is on one line.
     pub fn sub(&self, from: usize, to: usize) -> Span {
-        Span { start: self.start + from, end: self.start + to.max(from), line: self.line, col: self.col + from }
+        Span {
+            start: self.start + from,
+            end: self.start + to.max(from),
+            line: self.line,
+            col: self.col + from,
+        }
     }
 }
 
@@ -64,7 +69,10 @@ impl Diagnostic {
     }
 
     pub fn warning(code: &str, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Warning, ..Diagnostic::error(code, message) }
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(code, message)
+        }
     }
 
     pub fn in_file(mut self, file: impl Into<String>) -> Self {
@@ -101,11 +109,16 @@ impl Diagnostic {
 }
 
 /// The closest candidate to `word`, if any is close enough to be a likely typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     candidates
         .into_iter()
         .map(|c| (strsim::levenshtein(word, c), c))
-        .filter(|(d, c)| *d <= (c.len().max(word.len()) / 3).max(1) || c.starts_with(word) && word.len() >= 3)
+        .filter(|(d, c)| {
+            *d <= (c.len().max(word.len()) / 3).max(1) || c.starts_with(word) && word.len() >= 3
+        })
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
@@ -116,7 +129,10 @@ mod tests {
 
     #[test]
     fn suggests_close_words_only() {
-        assert_eq!(did_you_mean("renam", ["rename", "drop", "set"]), Some("rename"));
+        assert_eq!(
+            did_you_mean("renam", ["rename", "drop", "set"]),
+            Some("rename")
+        );
         assert_eq!(did_you_mean("xyz", ["rename", "drop", "set"]), None);
     }
 }

@@ -118,7 +118,8 @@ pub enum Connector {
 
 impl Connector {
     /// Every `type` value, in the order they are documented.
-    pub const TYPES: &'static [&'static str] = &["file", "stdin", "stdout", "kafka", "postgres", "http"];
+    pub const TYPES: &'static [&'static str] =
+        &["file", "stdin", "stdout", "kafka", "postgres", "http"];
 
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -361,8 +362,8 @@ pub enum Transform {
 impl Transform {
     /// Every transform name, as written in YAML.
     pub const NAMES: &'static [&'static str] = &[
-        "set", "add", "default", "rename", "drop", "select", "coalesce", "cast", "filter", "regex", "template",
-        "lookup", "when", "explode",
+        "set", "add", "default", "rename", "drop", "select", "coalesce", "cast", "filter", "regex",
+        "template", "lookup", "when", "explode",
     ];
 
     pub fn name(&self) -> &'static str {
@@ -522,7 +523,13 @@ pub struct Runtime {
 
 impl Default for Runtime {
     fn default() -> Self {
-        Runtime { queue: "embedded".into(), batch_size: 1000, linger_ms: 50, workers: 2, max_attempts: 5 }
+        Runtime {
+            queue: "embedded".into(),
+            batch_size: 1000,
+            linger_ms: 50,
+            workers: 2,
+            max_attempts: 5,
+        }
     }
 }
 
@@ -552,7 +559,10 @@ pub fn schemas() -> BTreeMap<&'static str, schemars::Schema> {
     let mut out = BTreeMap::new();
     out.insert("weavster.schema.json", schemars::schema_for!(ProjectFile));
     out.insert("profiles.schema.json", schemars::schema_for!(ProfilesFile));
-    out.insert("connectors.schema.json", schemars::schema_for!(ConnectorsFile));
+    out.insert(
+        "connectors.schema.json",
+        schemars::schema_for!(ConnectorsFile),
+    );
     out.insert("flow.schema.json", schemars::schema_for!(FlowFile));
     out.insert("test.schema.json", schemars::schema_for!(TestCase));
     out

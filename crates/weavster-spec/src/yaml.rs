@@ -155,7 +155,12 @@ impl Offsets {
     }
 
     fn span(&self, s: saphyr_parser::Span) -> Span {
-        let at = |i: usize| self.bytes.get(i).copied().unwrap_or_else(|| self.bytes.last().copied().unwrap_or(0));
+        let at = |i: usize| {
+            self.bytes
+                .get(i)
+                .copied()
+                .unwrap_or_else(|| self.bytes.last().copied().unwrap_or(0))
+        };
         Span {
             start: at(s.start.index()),
             end: at(s.end.index()).max(at(s.start.index())),
@@ -165,8 +170,17 @@ impl Offsets {
     }
 
     fn point(&self, m: &saphyr_parser::Marker) -> Span {
-        let at = self.bytes.get(m.index()).copied().unwrap_or_else(|| self.bytes.last().copied().unwrap_or(0));
-        Span { start: at, end: at, line: m.line(), col: m.col() + 1 }
+        let at = self
+            .bytes
+            .get(m.index())
+            .copied()
+            .unwrap_or_else(|| self.bytes.last().copied().unwrap_or(0));
+        Span {
+            start: at,
+            end: at,
+            line: m.line(),
+            col: m.col() + 1,
+        }
     }
 }
 
@@ -174,9 +188,14 @@ impl Offsets {
 pub fn parse(src: &str) -> Result<Node, YamlError> {
     let offsets = Offsets::new(src);
     let mut parser = Parser::new_from_str(src);
-    let mut builder = Builder { offsets: &offsets, stack: Vec::new(), anchors: HashMap::new(), root: None, docs: 0 };
-    loop {
-        let Some(next) = parser.next_event() else { break };
+    let mut builder = Builder {
+        offsets: &offsets,
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        root: None,
+        docs: 0,
+    };
+    while let Some(next) = parser.next_event() {
         match next {
             Ok((event, span)) => {
                 let span = offsets.span(span);
@@ -185,16 +204,33 @@ pub fn parse(src: &str) -> Result<Node, YamlError> {
                 }
             }
             Err(e) => {
-                return Err(YamlError { message: e.info().to_string(), span: offsets.point(e.marker()) });
+                return Err(YamlError {
+                    message: e.info().to_string(),
+                    span: offsets.point(e.marker()),
+                });
             }
         }
     }
-    Ok(builder.root.unwrap_or(Node { kind: NodeKind::Null, span: Span::default(), raw: None, quoted: false }))
+    Ok(builder.root.unwrap_or(Node {
+        kind: NodeKind::Null,
+        span: Span::default(),
+        raw: None,
+        quoted: false,
+    }))
 }
 
 enum Frame {
-    Seq { span: Span, anchor: usize, items: Vec<Node> },
-    Map { span: Span, anchor: usize, entries: Vec<(Node, Node)>, key: Option<Node> },
+    Seq {
+        span: Span,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        span: Span,
+        anchor: usize,
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+    },
 }
 
 struct Builder<'a> {
@@ -215,7 +251,8 @@ impl Builder<'_> {
                 self.docs += 1;
                 if self.docs > 1 {
                     return Err(YamlError {
-                        message: "expected a single YAML document, found a second one (`---`)".into(),
+                        message: "expected a single YAML document, found a second one (`---`)"
+                            .into(),
                         span,
                     });
                 }
@@ -231,26 +268,65 @@ impl Builder<'_> {
             Event::Scalar(value, style, anchor, tag) => {
                 let forced_str = tag.as_ref().is_some_and(|t| t.suffix == "str");
                 let quoted = !matches!(style, ScalarStyle::Plain);
-                let kind = if quoted || forced_str { NodeKind::Str(value.to_string()) } else { resolve_plain(&value) };
-                let node = Node { kind, span, raw: Some(value.to_string()), quoted: quoted || forced_str };
+                let kind = if quoted || forced_str {
+                    NodeKind::Str(value.to_string())
+                } else {
+                    resolve_plain(&value)
+                };
+                let node = Node {
+                    kind,
+                    span,
+                    raw: Some(value.to_string()),
+                    quoted: quoted || forced_str,
+                };
                 if anchor > 0 {
                     self.anchors.insert(anchor, node.clone());
                 }
                 self.push(node)?;
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq { span, anchor, items: Vec::new() }),
-            Event::MappingStart(anchor, _) => {
-                self.stack.push(Frame::Map { span, anchor, entries: Vec::new(), key: None })
-            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
+                span,
+                anchor,
+                items: Vec::new(),
+            }),
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
+                span,
+                anchor,
+                entries: Vec::new(),
+                key: None,
+            }),
             Event::SequenceEnd | Event::MappingEnd => {
-                let Some(frame) = self.stack.pop() else { return Ok(false) };
+                let Some(frame) = self.stack.pop() else {
+                    return Ok(false);
+                };
                 let (node, anchor) = match frame {
-                    Frame::Seq { span: start, anchor, items } => {
-                        (Node { kind: NodeKind::Seq(items), span: join(start, span), raw: None, quoted: false }, anchor)
-                    }
-                    Frame::Map { span: start, anchor, entries, .. } => {
-                        (Node { kind: NodeKind::Map(entries), span: join(start, span), raw: None, quoted: false }, anchor)
-                    }
+                    Frame::Seq {
+                        span: start,
+                        anchor,
+                        items,
+                    } => (
+                        Node {
+                            kind: NodeKind::Seq(items),
+                            span: join(start, span),
+                            raw: None,
+                            quoted: false,
+                        },
+                        anchor,
+                    ),
+                    Frame::Map {
+                        span: start,
+                        anchor,
+                        entries,
+                        ..
+                    } => (
+                        Node {
+                            kind: NodeKind::Map(entries),
+                            span: join(start, span),
+                            raw: None,
+                            quoted: false,
+                        },
+                        anchor,
+                    ),
                 };
                 if anchor > 0 {
                     self.anchors.insert(anchor, node.clone());
@@ -269,7 +345,10 @@ impl Builder<'_> {
             Some(Frame::Map { entries, key, .. }) => match key.take() {
                 None => {
                     if matches!(node.kind, NodeKind::Seq(_) | NodeKind::Map(_)) {
-                        return Err(YamlError { message: "a map key must be a scalar".into(), span: node.span });
+                        return Err(YamlError {
+                            message: "a map key must be a scalar".into(),
+                            span: node.span,
+                        });
                     }
                     if let Some((first, _)) = entries.iter().find(|(k, _)| k.raw == node.raw) {
                         return Err(YamlError {
@@ -291,7 +370,12 @@ impl Builder<'_> {
 }
 
 fn join(start: Span, end: Span) -> Span {
-    Span { start: start.start, end: end.end.max(start.start), line: start.line, col: start.col }
+    Span {
+        start: start.start,
+        end: end.end.max(start.start),
+        line: start.line,
+        col: start.col,
+    }
 }
 
 /// YAML 1.2 core schema resolution of a plain scalar.
@@ -300,36 +384,39 @@ fn resolve_plain(s: &str) -> NodeKind {
         "" | "~" | "null" | "Null" | "NULL" => return NodeKind::Null,
         "true" | "True" | "TRUE" => return NodeKind::Bool(true),
         "false" | "False" | "FALSE" => return NodeKind::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => return NodeKind::Float(f64::INFINITY),
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" => {
+            return NodeKind::Float(f64::INFINITY);
+        }
         "-.inf" | "-.Inf" | "-.INF" => return NodeKind::Float(f64::NEG_INFINITY),
         ".nan" | ".NaN" | ".NAN" => return NodeKind::Float(f64::NAN),
         _ => {}
     }
-    if let Some(hex) = s.strip_prefix("0x") {
-        if let Ok(i) = i64::from_str_radix(hex, 16) {
-            return NodeKind::Int(i);
-        }
+    if let Some(hex) = s.strip_prefix("0x")
+        && let Ok(i) = i64::from_str_radix(hex, 16)
+    {
+        return NodeKind::Int(i);
     }
-    if let Some(oct) = s.strip_prefix("0o") {
-        if let Ok(i) = i64::from_str_radix(oct, 8) {
-            return NodeKind::Int(i);
-        }
+    if let Some(oct) = s.strip_prefix("0o")
+        && let Ok(i) = i64::from_str_radix(oct, 8)
+    {
+        return NodeKind::Int(i);
     }
     let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
-    if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        if let Ok(i) = s.parse::<i64>() {
-            return NodeKind::Int(i);
-        }
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(i) = s.parse::<i64>()
+    {
+        return NodeKind::Int(i);
     }
     let looks_float = !digits.is_empty()
-        && digits.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
+        && digits
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'-' | b'+'))
         && digits.bytes().any(|b| b.is_ascii_digit())
         && digits.as_bytes()[0] != b'e'
         && digits.as_bytes()[0] != b'E';
-    if looks_float {
-        if let Ok(f) = s.parse::<f64>() {
-            return NodeKind::Float(f);
-        }
+    if looks_float && let Ok(f) = s.parse::<f64>() {
+        return NodeKind::Float(f);
     }
     NodeKind::Str(s.to_string())
 }
@@ -341,12 +428,28 @@ fn resolve_plain(s: &str) -> NodeKind {
 /// What went wrong while turning a node into a typed value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeErrorKind {
-    UnknownField { field: String, expected: Vec<&'static str> },
-    UnknownVariant { variant: String, expected: Vec<&'static str> },
-    MissingField { field: &'static str },
-    InvalidType { found: String, expected: String },
-    InvalidValue { found: String, expected: String },
-    DuplicateField { field: &'static str },
+    UnknownField {
+        field: String,
+        expected: Vec<&'static str>,
+    },
+    UnknownVariant {
+        variant: String,
+        expected: Vec<&'static str>,
+    },
+    MissingField {
+        field: &'static str,
+    },
+    InvalidType {
+        found: String,
+        expected: String,
+    },
+    InvalidValue {
+        found: String,
+        expected: String,
+    },
+    DuplicateField {
+        field: &'static str,
+    },
     Custom,
 }
 
@@ -388,7 +491,11 @@ fn one_of(expected: &[&'static str]) -> String {
 
 impl de::Error for DeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
-        DeError { kind: DeErrorKind::Custom, message: msg.to_string(), span: None }
+        DeError {
+            kind: DeErrorKind::Custom,
+            message: msg.to_string(),
+            span: None,
+        }
     }
 
     fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
@@ -414,7 +521,10 @@ impl de::Error for DeError {
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
         DeError {
             message: format!("unknown key `{field}`"),
-            kind: DeErrorKind::UnknownField { field: field.to_string(), expected: expected.to_vec() },
+            kind: DeErrorKind::UnknownField {
+                field: field.to_string(),
+                expected: expected.to_vec(),
+            },
             span: None,
         }
     }
@@ -422,17 +532,28 @@ impl de::Error for DeError {
     fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
         DeError {
             message: format!("unknown variant `{variant}`, expected {}", one_of(expected)),
-            kind: DeErrorKind::UnknownVariant { variant: variant.to_string(), expected: expected.to_vec() },
+            kind: DeErrorKind::UnknownVariant {
+                variant: variant.to_string(),
+                expected: expected.to_vec(),
+            },
             span: None,
         }
     }
 
     fn missing_field(field: &'static str) -> Self {
-        DeError { message: format!("missing key `{field}`"), kind: DeErrorKind::MissingField { field }, span: None }
+        DeError {
+            message: format!("missing key `{field}`"),
+            kind: DeErrorKind::MissingField { field },
+            span: None,
+        }
     }
 
     fn duplicate_field(field: &'static str) -> Self {
-        DeError { message: format!("duplicate key `{field}`"), kind: DeErrorKind::DuplicateField { field }, span: None }
+        DeError {
+            message: format!("duplicate key `{field}`"),
+            kind: DeErrorKind::DuplicateField { field },
+            span: None,
+        }
     }
 }
 
@@ -464,7 +585,11 @@ pub fn from_node_skipping<T: DeserializeOwned>(node: &Node, skip: &[&str]) -> Re
 
 /// Parses YAML text and deserializes `T` from it.
 pub fn from_str<T: DeserializeOwned>(src: &str) -> Result<T, DeError> {
-    let node = parse(src).map_err(|e| DeError { kind: DeErrorKind::Custom, message: e.message, span: Some(e.span) })?;
+    let node = parse(src).map_err(|e| DeError {
+        kind: DeErrorKind::Custom,
+        message: e.message,
+        span: Some(e.span),
+    })?;
     from_node(&node)
 }
 
@@ -488,7 +613,11 @@ impl<'a> NodeDe<'a> {
     }
 
     fn map_access(&self) -> MapDe<'a> {
-        MapDe { entries: self.node.entries().iter(), skip: self.skip, value: None }
+        MapDe {
+            entries: self.node.entries().iter(),
+            skip: self.skip,
+            value: None,
+        }
     }
 }
 
@@ -513,7 +642,9 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
             NodeKind::Int(i) => visitor.visit_i64(*i),
             NodeKind::Float(f) => visitor.visit_f64(*f),
             NodeKind::Str(s) => visitor.visit_borrowed_str(s),
-            NodeKind::Seq(items) => visitor.visit_seq(SeqDe { items: items.iter() }),
+            NodeKind::Seq(items) => visitor.visit_seq(SeqDe {
+                items: items.iter(),
+            }),
             NodeKind::Map(_) => visitor.visit_map(self.map_access()),
         };
         result.map_err(|e| e.at(span))
@@ -521,7 +652,9 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
 
     fn deserialize_str<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match self.scalar_text() {
-            Some(s) => visitor.visit_borrowed_str(s).map_err(|e: DeError| e.at(self.node.span)),
+            Some(s) => visitor
+                .visit_borrowed_str(s)
+                .map_err(|e: DeError| e.at(self.node.span)),
             None => self.deserialize_any(visitor),
         }
     }
@@ -546,11 +679,19 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
         self.deserialize_any(visitor)
     }
 
-    fn deserialize_unit_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_unit_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_any(visitor)
     }
 
-    fn deserialize_newtype_struct<V: Visitor<'de>>(self, _name: &'static str, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_newtype_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         visitor.visit_newtype_struct(self)
     }
 
@@ -565,16 +706,22 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
 
     fn deserialize_map<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.kind {
-            NodeKind::Map(_) => visitor.visit_map(self.map_access()).map_err(|e| e.at(self.node.span)),
+            NodeKind::Map(_) => visitor
+                .visit_map(self.map_access())
+                .map_err(|e| e.at(self.node.span)),
             // An empty value (`key:`) stands for an empty map.
-            NodeKind::Null => visitor.visit_map(self.map_access()).map_err(|e| e.at(self.node.span)),
+            NodeKind::Null => visitor
+                .visit_map(self.map_access())
+                .map_err(|e| e.at(self.node.span)),
             _ => self.deserialize_any(visitor),
         }
     }
 
     fn deserialize_seq<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
         match &self.node.kind {
-            NodeKind::Null => visitor.visit_seq(SeqDe { items: [].iter() }).map_err(|e| e.at(self.node.span)),
+            NodeKind::Null => visitor
+                .visit_seq(SeqDe { items: [].iter() })
+                .map_err(|e| e.at(self.node.span)),
             _ => self.deserialize_any(visitor),
         }
     }
@@ -589,11 +736,15 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
         match &self.node.kind {
             NodeKind::Str(_) | NodeKind::Int(_) | NodeKind::Bool(_) | NodeKind::Float(_) => {
                 let text = self.scalar_text().unwrap_or_default();
-                visitor.visit_enum(text.into_deserializer()).map_err(|e: DeError| e.at(span))
+                visitor
+                    .visit_enum(text.into_deserializer())
+                    .map_err(|e: DeError| e.at(span))
             }
             NodeKind::Map(entries) if entries.len() == 1 => {
                 let (k, v) = &entries[0];
-                visitor.visit_enum(EnumDe { key: k, value: v }).map_err(|e| e.at(span))
+                visitor
+                    .visit_enum(EnumDe { key: k, value: v })
+                    .map_err(|e| e.at(span))
             }
             other => {
                 let found = match other {
@@ -621,7 +772,11 @@ impl<'de> de::Deserializer<'de> for NodeDe<'de> {
         deserialize_f32 deserialize_f64 deserialize_char deserialize_bytes deserialize_byte_buf
     }
 
-    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
+    fn deserialize_tuple<V: Visitor<'de>>(
+        self,
+        _len: usize,
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         self.deserialize_seq(visitor)
     }
 
@@ -642,9 +797,15 @@ struct SeqDe<'a> {
 impl<'de> de::SeqAccess<'de> for SeqDe<'de> {
     type Error = DeError;
 
-    fn next_element_seed<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, DeError> {
+    fn next_element_seed<T: DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, DeError> {
         match self.items.next() {
-            Some(node) => seed.deserialize(NodeDe::new(node)).map(Some).map_err(|e| e.at(node.span)),
+            Some(node) => seed
+                .deserialize(NodeDe::new(node))
+                .map(Some)
+                .map_err(|e| e.at(node.span)),
             None => Ok(None),
         }
     }
@@ -663,20 +824,30 @@ struct MapDe<'a> {
 impl<'de> de::MapAccess<'de> for MapDe<'de> {
     type Error = DeError;
 
-    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, DeError> {
+    fn next_key_seed<K: DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, DeError> {
         for (k, v) in self.entries.by_ref() {
             if k.raw.as_deref().is_some_and(|raw| self.skip.contains(&raw)) {
                 continue;
             }
             self.value = Some(v);
-            return seed.deserialize(NodeDe::new(k)).map(Some).map_err(|e| e.at(k.span));
+            return seed
+                .deserialize(NodeDe::new(k))
+                .map(Some)
+                .map_err(|e| e.at(k.span));
         }
         Ok(None)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
-        let node = self.value.take().ok_or_else(|| de::Error::custom("value requested before key"))?;
-        seed.deserialize(NodeDe::new(node)).map_err(|e| e.at(node.span))
+        let node = self
+            .value
+            .take()
+            .ok_or_else(|| de::Error::custom("value requested before key"))?;
+        seed.deserialize(NodeDe::new(node))
+            .map_err(|e| e.at(node.span))
     }
 }
 
@@ -689,8 +860,13 @@ impl<'de> de::EnumAccess<'de> for EnumDe<'de> {
     type Error = DeError;
     type Variant = VariantDe<'de>;
 
-    fn variant_seed<V: DeserializeSeed<'de>>(self, seed: V) -> Result<(V::Value, VariantDe<'de>), DeError> {
-        let v = seed.deserialize(NodeDe::new(self.key)).map_err(|e| e.at(self.key.span))?;
+    fn variant_seed<V: DeserializeSeed<'de>>(
+        self,
+        seed: V,
+    ) -> Result<(V::Value, VariantDe<'de>), DeError> {
+        let v = seed
+            .deserialize(NodeDe::new(self.key))
+            .map_err(|e| e.at(self.key.span))?;
         Ok((v, VariantDe { value: self.value }))
     }
 }
@@ -705,19 +881,27 @@ impl<'de> de::VariantAccess<'de> for VariantDe<'de> {
     fn unit_variant(self) -> Result<(), DeError> {
         match self.value.kind {
             NodeKind::Null => Ok(()),
-            _ => Err(de::Error::invalid_type(de::Unexpected::Map, &"a name without arguments")),
+            _ => Err(de::Error::invalid_type(
+                de::Unexpected::Map,
+                &"a name without arguments",
+            )),
         }
     }
 
     fn newtype_variant_seed<T: DeserializeSeed<'de>>(self, seed: T) -> Result<T::Value, DeError> {
-        seed.deserialize(NodeDe::new(self.value)).map_err(|e| e.at(self.value.span))
+        seed.deserialize(NodeDe::new(self.value))
+            .map_err(|e| e.at(self.value.span))
     }
 
     fn tuple_variant<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, DeError> {
         de::Deserializer::deserialize_seq(NodeDe::new(self.value), visitor)
     }
 
-    fn struct_variant<V: Visitor<'de>>(self, _fields: &'static [&'static str], visitor: V) -> Result<V::Value, DeError> {
+    fn struct_variant<V: Visitor<'de>>(
+        self,
+        _fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, DeError> {
         de::Deserializer::deserialize_map(NodeDe::new(self.value), visitor)
     }
 }
@@ -742,7 +926,8 @@ mod tests {
 
     #[test]
     fn plain_numbers_coerce_to_strings_when_asked() {
-        let v: std::collections::BTreeMap<String, String> = from_str("a: 1.0\nb: true\n").expect("coerces");
+        let v: std::collections::BTreeMap<String, String> =
+            from_str("a: 1.0\nb: true\n").expect("coerces");
         assert_eq!(v["a"], "1.0");
         assert_eq!(v["b"], "true");
     }

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Quick start: set everything up, build weavster, scaffold a demo project and
+# check it end to end on the embedded default.
+#   scripts/quickstart.sh [DIR]      (default DIR: ./demo)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+demo="${1:-$repo/demo}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
+
+scripts/setup.sh
+printf '==> building weavster\n' >&2
+cargo build --release --locked -p weavster-cli
+weavster="$CARGO_TARGET_DIR/release/weavster"
+
+if [ -f "$demo/weavster.yaml" ]; then
+  printf '==> %s already holds a project; using it\n' "$demo" >&2
+else
+  "$weavster" init "$demo"
+fi
+"$weavster" -C "$demo" debug
+"$weavster" -C "$demo" validate
+"$weavster" -C "$demo" ls
+
+cat <<MSG
+
+Done. The project is in $demo; the weavster binary is $weavster.
+Its flow reads $demo/data/orders.jsonl.
+MSG

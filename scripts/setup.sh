@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs what Weavster needs on a fresh Debian machine, idempotently:
+# the pinned Rust toolchain with the wasm32-wasip1 target (for `weavster
+# compile`), and Debian's PostgreSQL server binaries (for `queue: embedded`).
+# Safe to run again: each step is skipped when already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+
+if ! command -v rustup >/dev/null 2>&1; then
+  say "rustup is required (https://rustup.rs); it is not on PATH"
+  exit 2
+fi
+if ! rustup toolchain list | grep -q "^${toolchain}"; then
+  say "installing Rust ${toolchain}"
+  rustup toolchain install "${toolchain}" --profile minimal
+fi
+if ! rustup +"${toolchain}" target list --installed | grep -qx wasm32-wasip1; then
+  say "adding the wasm32-wasip1 target"
+  rustup +"${toolchain}" target add wasm32-wasip1
+fi
+
+# Debian packages: name of a file each provides → package.
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql postgresql-contrib)
+command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
+    say "missing Debian packages: ${need[*]} (run as root or install them)"
+    exit 2
+  fi
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  say "installing Debian packages: ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+say "setup complete"

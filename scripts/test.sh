@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite — what CI runs (.ci/run calls exactly this).
+# Installs what is missing first (scripts/setup.sh), then: formatting,
+# clippy with warnings as errors, and every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+scripts/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
