@@ -112,3 +112,6 @@ pub trait Flow {
     /// Runs one record; pushes one outcome (several after `explode`).
     fn run(&self, record: Value, ctx: &Ctx<'_>, out: &mut Vec<Outcome>);
 }
+
+// Re-exported for generated code, which depends on this crate only.
+pub use {phf, regex, serde_json};

@@ -121,10 +121,10 @@ pub fn lookup_key(v: Option<&Value>) -> Option<String> {
 }
 
 /// Translates `field` through a table (`get`), writing to `into`.
-pub fn lookup(
+pub fn lookup<'t>(
     rec: &mut Value,
     field: &[Seg<'_>],
-    get: impl Fn(&str) -> Option<&'static str>,
+    get: impl Fn(&str) -> Option<&'t str>,
     into: &[Seg<'_>],
     on_miss: OnMiss,
     default: &Value,

@@ -1,0 +1,157 @@
+//! IR types. Everything is ordered (no hash maps) so that serializing the IR
+//! is canonical and its fingerprint stable across processes and machines.
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::Digest as _;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Seg {
+    Key(String),
+    Idx(i64),
+}
+
+pub type Path = Vec<Seg>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum UnOp {
+    Not,
+    Neg,
+    Pos,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum BinOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    FloorDiv,
+    Rem,
+    Pow,
+    Concat,
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    In,
+    NotIn,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Expr {
+    Lit(Value),
+    Path(Path),
+    List(Vec<Expr>),
+    Map(Vec<(String, Expr)>),
+    Unary(UnOp, Box<Expr>),
+    Binary(BinOp, Box<Expr>, Box<Expr>),
+    /// Short-circuit: the right side is evaluated only when needed.
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Cond { cond: Box<Expr>, then: Box<Expr>, otherwise: Box<Expr> },
+    /// A library function (`weavster_guest::func`).
+    Call { func: String, args: Vec<Expr> },
+    /// `exists(path)`.
+    Exists(Path),
+    Index(Box<Expr>, Box<Expr>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum OnNoMatch {
+    Keep,
+    Drop,
+    Null,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum OnMiss {
+    Default,
+    Keep,
+    Drop,
+    Error,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CastType {
+    Int,
+    Float,
+    String,
+    Bool,
+    Timestamp,
+}
+
+/// A piece of a template that is only substitutions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Piece {
+    Text(String),
+    Path(Path),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub enum Template {
+    /// Only text and `{{ path }}`: lowered to string building.
+    Plain(Vec<Piece>),
+    /// Anything else: rendered by MiniJinja; `id` indexes the flow's templates.
+    Full { id: usize, source: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum Step {
+    Set(Vec<(Path, Expr)>),
+    Add(Vec<(Path, Value)>),
+    Default(Vec<(Path, Value)>),
+    Rename(Vec<(Path, Path)>),
+    Drop(Vec<Path>),
+    Select(Vec<Path>),
+    Coalesce(Vec<(Path, Vec<Expr>)>),
+    Cast(Vec<(Path, CastType)>),
+    Filter(Expr),
+    /// `regex` indexes the flow's regexes.
+    RegexExtract { field: Path, regex: usize, into: Option<Path>, on_no_match: OnNoMatch },
+    RegexReplace { field: Path, regex: usize, with: String },
+    Template(Vec<(Path, Template)>),
+    /// `table` indexes the flow's lookup tables.
+    Lookup { field: Path, table: usize, into: Path, on_miss: OnMiss, default: Value },
+    When { cond: Expr, then: Vec<Step>, otherwise: Vec<Step> },
+    Explode { field: Path, into: Path },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Output {
+    pub to: String,
+    pub when: Option<Expr>,
+}
+
+/// One lookup column: key → value, sorted by key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Table {
+    /// `<table>.<column>`, for messages and generated names.
+    pub name: String,
+    pub entries: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Flow {
+    pub name: String,
+    pub steps: Vec<Step>,
+    pub outputs: Vec<Output>,
+    /// `unrouted: error`.
+    pub unrouted_error: bool,
+    pub regexes: Vec<String>,
+    /// Full templates, by id.
+    pub templates: Vec<String>,
+    pub tables: Vec<Table>,
+}
+
+impl Flow {
+    /// A stable hash of the normalized IR (hex SHA-256 of its canonical JSON).
+    pub fn fingerprint(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        let digest = sha2::Sha256::digest(&json);
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
