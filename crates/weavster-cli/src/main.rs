@@ -2,9 +2,11 @@
 //! exit codes: 0 ok, 1 the project failed (invalid config, failed check),
 //! 2 usage or environment error.
 
+mod compile;
 mod debug;
 mod init;
 mod ls;
+mod test;
 mod validate;
 
 use std::io::IsTerminal;
@@ -82,6 +84,10 @@ enum Command {
     Ls(ls::Args),
     /// Check the environment: Rust toolchain, wasm target, PostgreSQL, configured services.
     Debug(debug::Args),
+    /// Compile flows to wasm32-wasip1 modules (cached under .weavster/).
+    Compile(compile::Args),
+    /// Run the fixture tests (tests/<flow>/*.yaml) through the compiled modules.
+    Test(test::Args),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +98,8 @@ fn main() -> ExitCode {
         Command::Validate(args) => validate::run(&cli.global, args),
         Command::Ls(args) => ls::run(&cli.global, args),
         Command::Debug(args) => debug::run(&cli.global, args),
+        Command::Compile(args) => compile::run(&cli.global, args),
+        Command::Test(args) => test::run(&cli.global, args),
     };
     match result {
         Ok(code) => code,

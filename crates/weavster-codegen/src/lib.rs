@@ -221,7 +221,10 @@ impl Gen {
                     let else_block = self.block(otherwise);
                     let rest_block = self.block(rest);
                     body.push(quote! {
-                        let cond = (|| -> R<Value> { Ok(#c) })();
+                        let cond = {
+                            let rec = &rec;
+                            (|| -> R<Value> { Ok(#c) })()
+                        };
                         match cond {
                             Ok(v) => {
                                 let next: Cont<'_> = &|me, r, c, o| me.#rest_block(r, c, o, k);

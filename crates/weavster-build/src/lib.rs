@@ -1,0 +1,379 @@
+//! The build driver.
+//!
+//! `.weavster/build/` is one cargo workspace: the guest crate (its source is
+//! embedded in this crate and written out, so users need no checkout of
+//! Weavster) and one crate per flow, sharing `.weavster/build/target`, so
+//! dependencies compile once. Finished modules are copied to
+//! `.weavster/target/wasm/<flow>-<key>.wasm`, where `key` hashes the
+//! normalized IR, the guest's version and source, the rustc version and the
+//! profile. A flow whose module exists for its key is not rebuilt; when no
+//! flow changed, cargo is not run at all.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use sha2::Digest as _;
+use weavster_ir::Flow;
+
+/// The wasm target.
+pub const TARGET: &str = "wasm32-wasip1";
+
+/// Guest sources, embedded at build time (path, contents).
+const GUEST_FILES: &[(&str, &str)] = &[
+    ("src/lib.rs", include_str!("../../weavster-guest/src/lib.rs")),
+    ("src/abi.rs", include_str!("../../weavster-guest/src/abi.rs")),
+    ("src/func.rs", include_str!("../../weavster-guest/src/func.rs")),
+    ("src/ops.rs", include_str!("../../weavster-guest/src/ops.rs")),
+    ("src/path.rs", include_str!("../../weavster-guest/src/path.rs")),
+    ("src/step.rs", include_str!("../../weavster-guest/src/step.rs")),
+];
+
+/// The guest's dependencies, as in the repository's `[workspace.dependencies]`
+/// (a test keeps them equal).
+pub const GUEST_DEPENDENCIES: &str = r#"serde_json = { version = "1", features = ["preserve_order"] }
+regex = "1"
+minijinja = { version = "3", features = ["serde"] }
+phf = "0.11"
+sha2 = "0.10"
+base64 = "0.22"
+chrono = { version = "0.4", default-features = false, features = ["alloc"] }
+"#;
+
+/// Build profile of the flow modules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    /// opt-level 3, fat LTO, one codegen unit, panic=abort, stripped.
+    Release,
+}
+
+impl Profile {
+    fn name(self) -> &'static str {
+        "release"
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot run `{command}`: {source} (is Rust installed? `weavster debug` checks)")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the Rust target {TARGET} is not installed: run `rustup target add {TARGET}`")]
+    MissingTarget,
+    #[error(
+        "the generated code of flow `{flow}` failed to compile. This is a bug in Weavster, not in your project; \
+         please report it with the generated file {generated}\n\n{output}"
+    )]
+    Generated { flow: String, generated: PathBuf, output: String },
+    #[error("cargo failed while building the flow modules:\n\n{0}")]
+    Cargo(String),
+    #[error("cannot generate the code of flow `{flow}`: {message} (a bug in Weavster)")]
+    Codegen { flow: String, message: String },
+}
+
+/// One flow to build.
+pub struct FlowInput<'a> {
+    pub ir: &'a Flow,
+    /// Project-relative file the flow came from (for messages).
+    pub origin: &'a str,
+}
+
+/// A built (or cached) flow module.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Built {
+    pub flow: String,
+    pub wasm: PathBuf,
+    pub key: String,
+    pub fingerprint: String,
+    pub cached: bool,
+}
+
+/// Progress reported while building (the CLI draws it).
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Cargo is compiling `crate_name` (count so far).
+    Compiling { crate_name: String, done: usize },
+    /// Every flow was cached.
+    UpToDate,
+}
+
+/// Where things live under `.weavster/`.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(project_root: &Path) -> Self {
+        // Absolute, because cargo runs in the build dir.
+        let root = std::path::absolute(project_root).unwrap_or_else(|_| project_root.to_path_buf());
+        Layout { root: root.join(".weavster") }
+    }
+
+    pub fn build_dir(&self) -> PathBuf {
+        self.root.join("build")
+    }
+
+    pub fn wasm_dir(&self) -> PathBuf {
+        self.root.join("target").join("wasm")
+    }
+
+    pub fn debug_dir(&self) -> PathBuf {
+        self.root.join("debug")
+    }
+}
+
+fn write_if_changed(path: &Path, contents: &str) -> Result<(), BuildError> {
+    if std::fs::read_to_string(path).ok().as_deref() == Some(contents) {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| BuildError::Io { path: parent.to_path_buf(), source })?;
+    }
+    std::fs::write(path, contents).map_err(|source| BuildError::Io { path: path.to_path_buf(), source })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The version line of the rustc that cargo will use in `dir`.
+pub fn rustc_version(dir: &Path) -> Result<String, BuildError> {
+    let out = Command::new("rustc")
+        .arg("-vV")
+        .current_dir(dir)
+        .output()
+        .map_err(|source| BuildError::Spawn { command: "rustc -vV".into(), source })?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// A hash of everything a module depends on besides the flow itself.
+pub fn toolchain_key(rustc: &str, profile: Profile) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(weavster_guest::VERSION.as_bytes());
+    for (path, src) in GUEST_FILES {
+        h.update(path.as_bytes());
+        h.update(src.as_bytes());
+    }
+    h.update(GUEST_DEPENDENCIES.as_bytes());
+    h.update(rustc.as_bytes());
+    h.update(profile.name().as_bytes());
+    hex(&h.finalize())
+}
+
+/// The cache key of one flow.
+pub fn flow_key(fingerprint: &str, toolchain: &str) -> String {
+    let mut h = sha2::Sha256::new();
+    h.update(fingerprint.as_bytes());
+    h.update(toolchain.as_bytes());
+    hex(&h.finalize())[..16].to_string()
+}
+
+fn crate_name(flow: &str) -> String {
+    format!("flow_{flow}")
+}
+
+/// Options of [`build`].
+pub struct Options<'a> {
+    pub project_root: &'a Path,
+    pub force: bool,
+    /// Also write the generated Rust to `.weavster/debug/<flow>.rs`.
+    pub debug: bool,
+    pub profile: Profile,
+}
+
+/// Builds every flow whose module is not cached; returns all modules.
+pub fn build(flows: &[FlowInput<'_>], opts: &Options<'_>, progress: &mut dyn FnMut(Event)) -> Result<Vec<Built>, BuildError> {
+    let layout = Layout::new(opts.project_root);
+    let wasm_dir = layout.wasm_dir();
+    std::fs::create_dir_all(&wasm_dir).map_err(|source| BuildError::Io { path: wasm_dir.clone(), source })?;
+    let rustc = rustc_version(opts.project_root)?;
+    let toolchain = toolchain_key(&rustc, opts.profile);
+
+    let mut results = Vec::new();
+    let mut stale = Vec::new();
+    for f in flows {
+        let fingerprint = f.ir.fingerprint();
+        let key = flow_key(&fingerprint, &toolchain);
+        let wasm = wasm_dir.join(format!("{}-{key}.wasm", f.ir.name));
+        if opts.debug {
+            let source = weavster_codegen::generate(f.ir, f.origin)
+                .map_err(|e| BuildError::Codegen { flow: f.ir.name.clone(), message: e.to_string() })?;
+            write_if_changed(&layout.debug_dir().join(format!("{}.rs", f.ir.name)), &source)?;
+        }
+        let cached = !opts.force && wasm.is_file();
+        if !cached {
+            stale.push(f);
+        }
+        results.push(Built { flow: f.ir.name.clone(), wasm, key, fingerprint, cached });
+    }
+    if stale.is_empty() {
+        progress(Event::UpToDate);
+        return Ok(results);
+    }
+
+    let build_dir = layout.build_dir();
+    write_workspace(&build_dir, flows)?;
+    for f in &stale {
+        let source = weavster_codegen::generate(f.ir, f.origin)
+            .map_err(|e| BuildError::Codegen { flow: f.ir.name.clone(), message: e.to_string() })?;
+        write_if_changed(&build_dir.join("flows").join(&f.ir.name).join("src/lib.rs"), &source)?;
+    }
+    run_cargo(&build_dir, &stale, opts.profile, progress)?;
+    let target_dir = build_dir.join("target").join(TARGET).join(opts.profile.name());
+    for b in results.iter().filter(|b| !b.cached) {
+        let built = target_dir.join(format!("{}.wasm", crate_name(&b.flow)));
+        // Old modules of this flow are replaced by the new one.
+        if let Ok(entries) = std::fs::read_dir(&wasm_dir) {
+            for e in entries.filter_map(Result::ok) {
+                let name = e.file_name().to_string_lossy().to_string();
+                if name.starts_with(&format!("{}-", b.flow)) && e.path() != b.wasm {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        std::fs::copy(&built, &b.wasm).map_err(|source| BuildError::Io { path: built.clone(), source })?;
+    }
+    Ok(results)
+}
+
+fn write_workspace(dir: &Path, flows: &[FlowInput<'_>]) -> Result<(), BuildError> {
+    let members: Vec<String> = flows.iter().map(|f| format!("\"flows/{}\"", f.ir.name)).collect();
+    let manifest = format!(
+        r#"# Generated by Weavster. Do not edit: it is rewritten by `weavster compile`.
+[workspace]
+resolver = "2"
+members = ["weavster-guest", {members}]
+
+[profile.release]
+opt-level = 3
+lto = "fat"
+codegen-units = 1
+panic = "abort"
+strip = true
+"#,
+        members = members.join(", ")
+    );
+    write_if_changed(&dir.join("Cargo.toml"), &manifest)?;
+    let guest_manifest = format!(
+        r#"[package]
+name = "weavster-guest"
+version = "{version}"
+edition = "2024"
+publish = false
+
+[dependencies]
+{deps}"#,
+        version = weavster_guest::VERSION,
+        deps = GUEST_DEPENDENCIES
+    );
+    write_if_changed(&dir.join("weavster-guest/Cargo.toml"), &guest_manifest)?;
+    for (path, src) in GUEST_FILES {
+        write_if_changed(&dir.join("weavster-guest").join(path), src)?;
+    }
+    for f in flows {
+        let manifest = format!(
+            r#"[package]
+name = "{name}"
+version = "0.0.0"
+edition = "2024"
+publish = false
+
+[lib]
+# cdylib only: with an rlib beside it cargo silently drops LTO.
+crate-type = ["cdylib"]
+path = "src/lib.rs"
+
+[dependencies]
+weavster-guest = {{ path = "../../weavster-guest" }}
+"#,
+            name = crate_name(&f.ir.name)
+        );
+        write_if_changed(&dir.join("flows").join(&f.ir.name).join("Cargo.toml"), &manifest)?;
+    }
+    Ok(())
+}
+
+fn run_cargo(dir: &Path, stale: &[&FlowInput<'_>], profile: Profile, progress: &mut dyn FnMut(Event)) -> Result<(), BuildError> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(dir)
+        .args(["build", "--target", TARGET, "--message-format=json-render-diagnostics"])
+        .env_remove("CARGO_TARGET_DIR")
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if profile == Profile::Release {
+        cmd.arg("--release");
+    }
+    for f in stale {
+        cmd.args(["-p", &crate_name(&f.ir.name)]);
+    }
+    let mut child = cmd.spawn().map_err(|source| BuildError::Spawn { command: "cargo build".into(), source })?;
+    let stderr = child.stderr.take();
+    let stderr_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut e) = stderr {
+            let _ = std::io::Read::read_to_string(&mut e, &mut s);
+        }
+        s
+    });
+    let mut done = 0;
+    let mut messages = String::new();
+    if let Some(stdout) = child.stdout.take() {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+            match msg.get("reason").and_then(|r| r.as_str()) {
+                Some("compiler-artifact") => {
+                    done += 1;
+                    let name = msg.pointer("/target/name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
+                    progress(Event::Compiling { crate_name: name, done });
+                }
+                Some("compiler-message") => {
+                    if let Some(r) = msg.pointer("/message/rendered").and_then(|r| r.as_str()) {
+                        messages.push_str(r);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let status = child.wait().map_err(|source| BuildError::Spawn { command: "cargo build".into(), source })?;
+    let stderr = stderr_thread.join().unwrap_or_default();
+    if status.success() {
+        return Ok(());
+    }
+    let output = format!("{messages}{stderr}");
+    if output.contains("target may not be installed") || output.contains("can't find crate for `std`") {
+        return Err(BuildError::MissingTarget);
+    }
+    for f in stale {
+        let generated = dir.join("flows").join(&f.ir.name).join("src/lib.rs");
+        if output.contains(&format!("flows/{}/src/lib.rs", f.ir.name)) {
+            return Err(BuildError::Generated { flow: f.ir.name.clone(), generated, output });
+        }
+    }
+    Err(BuildError::Cargo(output))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GUEST_DEPENDENCIES;
+
+    /// The guest's dependencies in generated manifests match the workspace's.
+    #[test]
+    fn guest_dependencies_match_the_workspace() {
+        let ws = include_str!("../../../Cargo.toml");
+        for line in GUEST_DEPENDENCIES.lines().filter(|l| !l.trim().is_empty()) {
+            assert!(ws.lines().any(|w| w.trim() == line.trim()), "workspace Cargo.toml lacks `{line}`");
+        }
+    }
+}

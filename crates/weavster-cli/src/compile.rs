@@ -1,0 +1,138 @@
+//! `weavster compile`
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use weavster_build::{Built, Event, FlowInput, Options, Profile};
+use weavster_ir::LookupData;
+use weavster_project::report::render;
+use weavster_project::{Loaded, Manifest};
+
+use crate::{Global, color_stderr};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Only this flow (repeatable).
+    #[arg(long)]
+    pub flow: Vec<String>,
+    /// Rebuild even if cached.
+    #[arg(long)]
+    pub force: bool,
+    /// Also write the generated Rust to .weavster/debug/<flow>.rs.
+    #[arg(long)]
+    pub debug: bool,
+}
+
+/// A compiled flow, with what `test` and `run` need.
+pub struct Compiled {
+    pub built: Vec<Built>,
+    pub irs: Vec<weavster_ir::Flow>,
+}
+
+#[derive(Serialize)]
+struct CompiledManifest<'a> {
+    #[serde(flatten)]
+    manifest: Manifest,
+    compiled: &'a [Built],
+}
+
+/// Loads, validates, lowers and builds; prints diagnostics and progress.
+/// `Ok(None)` means the project is invalid (diagnostics were printed).
+pub fn compile(g: &Global, args: &Args, quiet: bool) -> anyhow::Result<Option<(Loaded, Compiled)>> {
+    let loaded = g.load()?;
+    if !loaded.is_valid() {
+        eprint!("{}", render(&loaded.diagnostics, &loaded.sources, color_stderr()));
+        eprintln!("✘ the project is invalid; nothing was compiled");
+        return Ok(None);
+    }
+    let project = &loaded.project;
+    for f in &args.flow {
+        if project.flow(f).is_none() {
+            let names: Vec<&str> = project.flows.iter().map(|f| f.name.as_str()).collect();
+            bail!("no flow named `{f}` (flows: {})", names.join(", "));
+        }
+    }
+    let lookups: BTreeMap<String, LookupData> = project
+        .lookups
+        .iter()
+        .map(|(k, t)| (k.clone(), LookupData { columns: t.columns.clone(), rows: t.rows.clone() }))
+        .collect();
+    let selected: Vec<_> = project.flows.iter().filter(|f| args.flow.is_empty() || args.flow.contains(&f.name)).collect();
+    let irs = selected
+        .iter()
+        .map(|f| {
+            weavster_ir::lower(&f.name, &f.spec, &lookups)
+                .with_context(|| format!("internal error lowering {} (a bug in Weavster)", f.file))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let inputs: Vec<FlowInput<'_>> =
+        irs.iter().zip(&selected).map(|(ir, f)| FlowInput { ir, origin: &f.file }).collect();
+    let started = Instant::now();
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()));
+        b.enable_steady_tick(std::time::Duration::from_millis(120));
+        b.set_message("compiling flows");
+        b
+    });
+    let opts = Options { project_root: &project.root, force: args.force, debug: args.debug, profile: Profile::Release };
+    let mut announced = false;
+    let built = weavster_build::build(&inputs, &opts, &mut |e| match e {
+        Event::Compiling { crate_name, done } => {
+            if let Some(b) = &bar {
+                b.set_message(format!("compiling to wasm: {crate_name} ({done} crates)"));
+            } else if !announced && !quiet {
+                eprintln!("compiling flows to wasm (the first build compiles dependencies and takes a while)…");
+                announced = true;
+            }
+        }
+        Event::UpToDate => {}
+    });
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let built = built?;
+    // Native code for wasmtime, cached beside each module.
+    let host = weavster_host::Host::new()?;
+    for b in &built {
+        host.precompile(&b.wasm)?;
+    }
+    let target = project.root.join(".weavster/target");
+    std::fs::create_dir_all(&target).with_context(|| format!("cannot create {}", target.display()))?;
+    let manifest = CompiledManifest { manifest: Manifest::new(project), compiled: &built };
+    let manifest_path = target.join("manifest.json");
+    std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest)?)
+        .with_context(|| format!("cannot write {}", manifest_path.display()))?;
+    if !quiet {
+        let secs = started.elapsed().as_secs_f64();
+        for b in &built {
+            let state = if b.cached { "up to date" } else { "compiled" };
+            println!("✔ {:<20} {state:<10} {}", b.flow, relative(&project.root, &b.wasm));
+        }
+        if args.debug {
+            for b in &built {
+                println!("  generated Rust: {}", relative(&project.root, &project.root.join(".weavster/debug").join(format!("{}.rs", b.flow))));
+            }
+        }
+        println!("{} flow{} in {secs:.2}s; manifest: {}", built.len(), crate::validate::plural(built.len()), relative(&project.root, &manifest_path));
+    }
+    Ok(Some((loaded, Compiled { built, irs })))
+}
+
+pub fn relative(root: &std::path::Path, p: &std::path::Path) -> String {
+    let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
+    let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    p.strip_prefix(&root).map(PathBuf::from).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+}
+
+pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
+    Ok(match compile(g, args, g.quiet)? {
+        Some(_) => ExitCode::SUCCESS,
+        None => ExitCode::from(1),
+    })
+}
