@@ -188,6 +188,9 @@ pub struct Options<'a> {
     /// Also write the generated Rust to `.weavster/debug/<flow>.rs`.
     pub debug: bool,
     pub profile: Profile,
+    /// Cargo's target dir (default `.weavster/build/target`); sharing one
+    /// across projects lets them share compiled dependencies.
+    pub cargo_target_dir: Option<PathBuf>,
 }
 
 /// Builds every flow whose module is not cached; returns all modules.
@@ -227,8 +230,12 @@ pub fn build(flows: &[FlowInput<'_>], opts: &Options<'_>, progress: &mut dyn FnM
             .map_err(|e| BuildError::Codegen { flow: f.ir.name.clone(), message: e.to_string() })?;
         write_if_changed(&build_dir.join("flows").join(&f.ir.name).join("src/lib.rs"), &source)?;
     }
-    run_cargo(&build_dir, &stale, opts.profile, progress)?;
-    let target_dir = build_dir.join("target").join(TARGET).join(opts.profile.name());
+    let cargo_target = match &opts.cargo_target_dir {
+        Some(d) => std::path::absolute(d).unwrap_or_else(|_| d.clone()),
+        None => build_dir.join("target"),
+    };
+    run_cargo(&build_dir, &cargo_target, &stale, opts.profile, progress)?;
+    let target_dir = cargo_target.join(TARGET).join(opts.profile.name());
     for b in results.iter().filter(|b| !b.cached) {
         let built = target_dir.join(format!("{}.wasm", crate_name(&b.flow)));
         // Old modules of this flow are replaced by the new one.
@@ -302,12 +309,18 @@ weavster-guest = {{ path = "../../weavster-guest" }}
     Ok(())
 }
 
-fn run_cargo(dir: &Path, stale: &[&FlowInput<'_>], profile: Profile, progress: &mut dyn FnMut(Event)) -> Result<(), BuildError> {
+fn run_cargo(
+    dir: &Path,
+    target_dir: &Path,
+    stale: &[&FlowInput<'_>],
+    profile: Profile,
+    progress: &mut dyn FnMut(Event),
+) -> Result<(), BuildError> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(dir)
         .args(["build", "--target", TARGET, "--message-format=json-render-diagnostics"])
         .env_remove("CARGO_TARGET_DIR")
-        .env("CARGO_TARGET_DIR", dir.join("target"))
+        .env("CARGO_TARGET_DIR", target_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if profile == Profile::Release {

@@ -80,7 +80,13 @@ pub fn compile(g: &Global, args: &Args, quiet: bool) -> anyhow::Result<Option<(L
         b.set_message("compiling flows");
         b
     });
-    let opts = Options { project_root: &project.root, force: args.force, debug: args.debug, profile: Profile::Release };
+    let opts = Options {
+        project_root: &project.root,
+        force: args.force,
+        debug: args.debug,
+        profile: Profile::Release,
+        cargo_target_dir: std::env::var_os("WEAVSTER_CARGO_TARGET_DIR").map(PathBuf::from),
+    };
     let mut announced = false;
     let built = weavster_build::build(&inputs, &opts, &mut |e| match e {
         Event::Compiling { crate_name, done } => {
