@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Quick start: set everything up, build weavster, scaffold a demo project and
-# check it end to end on the embedded default.
+# compile its flow to wasm and run its fixture tests.
 #   scripts/quickstart.sh [DIR]      (default DIR: ./demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,8 @@ fi
 "$weavster" -C "$demo" debug
 "$weavster" -C "$demo" validate
 "$weavster" -C "$demo" ls
+"$weavster" -C "$demo" compile
+"$weavster" -C "$demo" test
 
 cat <<MSG
 

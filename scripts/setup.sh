@@ -23,6 +23,14 @@ if ! rustup +"${toolchain}" target list --installed | grep -qx wasm32-wasip1; th
   rustup +"${toolchain}" target add wasm32-wasip1
 fi
 
+# Flow modules are built in each project's .weavster/build, outside this
+# repository, by the default toolchain: it needs the target too.
+default_tc=$(cd / && rustup show active-toolchain 2>/dev/null | cut -d' ' -f1)
+if [ -n "$default_tc" ] && ! rustup +"$default_tc" target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  say "adding the wasm32-wasip1 target to the default toolchain ($default_tc)"
+  rustup +"$default_tc" target add wasm32-wasip1
+fi
+
 # Debian packages: name of a file each provides → package.
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql postgresql-contrib)

@@ -20,12 +20,30 @@ pub const TARGET: &str = "wasm32-wasip1";
 
 /// Guest sources, embedded at build time (path, contents).
 const GUEST_FILES: &[(&str, &str)] = &[
-    ("src/lib.rs", include_str!("../../weavster-guest/src/lib.rs")),
-    ("src/abi.rs", include_str!("../../weavster-guest/src/abi.rs")),
-    ("src/func.rs", include_str!("../../weavster-guest/src/func.rs")),
-    ("src/ops.rs", include_str!("../../weavster-guest/src/ops.rs")),
-    ("src/path.rs", include_str!("../../weavster-guest/src/path.rs")),
-    ("src/step.rs", include_str!("../../weavster-guest/src/step.rs")),
+    (
+        "src/lib.rs",
+        include_str!("../../weavster-guest/src/lib.rs"),
+    ),
+    (
+        "src/abi.rs",
+        include_str!("../../weavster-guest/src/abi.rs"),
+    ),
+    (
+        "src/func.rs",
+        include_str!("../../weavster-guest/src/func.rs"),
+    ),
+    (
+        "src/ops.rs",
+        include_str!("../../weavster-guest/src/ops.rs"),
+    ),
+    (
+        "src/path.rs",
+        include_str!("../../weavster-guest/src/path.rs"),
+    ),
+    (
+        "src/step.rs",
+        include_str!("../../weavster-guest/src/step.rs"),
+    ),
 ];
 
 /// The guest's dependencies, as in the repository's `[workspace.dependencies]`
@@ -72,7 +90,11 @@ pub enum BuildError {
         "the generated code of flow `{flow}` failed to compile. This is a bug in Weavster, not in your project; \
          please report it with the generated file {generated}\n\n{output}"
     )]
-    Generated { flow: String, generated: PathBuf, output: String },
+    Generated {
+        flow: String,
+        generated: PathBuf,
+        output: String,
+    },
     #[error("cargo failed while building the flow modules:\n\n{0}")]
     Cargo(String),
     #[error("cannot generate the code of flow `{flow}`: {message} (a bug in Weavster)")]
@@ -115,7 +137,9 @@ impl Layout {
     pub fn new(project_root: &Path) -> Self {
         // Absolute, because cargo runs in the build dir.
         let root = std::path::absolute(project_root).unwrap_or_else(|_| project_root.to_path_buf());
-        Layout { root: root.join(".weavster") }
+        Layout {
+            root: root.join(".weavster"),
+        }
     }
 
     pub fn build_dir(&self) -> PathBuf {
@@ -136,9 +160,15 @@ fn write_if_changed(path: &Path, contents: &str) -> Result<(), BuildError> {
         return Ok(());
     }
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(|source| BuildError::Io { path: parent.to_path_buf(), source })?;
+        std::fs::create_dir_all(parent).map_err(|source| BuildError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
     }
-    std::fs::write(path, contents).map_err(|source| BuildError::Io { path: path.to_path_buf(), source })
+    std::fs::write(path, contents).map_err(|source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -151,7 +181,10 @@ pub fn rustc_version(dir: &Path) -> Result<String, BuildError> {
         .arg("-vV")
         .current_dir(dir)
         .output()
-        .map_err(|source| BuildError::Spawn { command: "rustc -vV".into(), source })?;
+        .map_err(|source| BuildError::Spawn {
+            command: "rustc -vV".into(),
+            source,
+        })?;
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
@@ -194,10 +227,17 @@ pub struct Options<'a> {
 }
 
 /// Builds every flow whose module is not cached; returns all modules.
-pub fn build(flows: &[FlowInput<'_>], opts: &Options<'_>, progress: &mut dyn FnMut(Event)) -> Result<Vec<Built>, BuildError> {
+pub fn build(
+    flows: &[FlowInput<'_>],
+    opts: &Options<'_>,
+    progress: &mut dyn FnMut(Event),
+) -> Result<Vec<Built>, BuildError> {
     let layout = Layout::new(opts.project_root);
     let wasm_dir = layout.wasm_dir();
-    std::fs::create_dir_all(&wasm_dir).map_err(|source| BuildError::Io { path: wasm_dir.clone(), source })?;
+    std::fs::create_dir_all(&wasm_dir).map_err(|source| BuildError::Io {
+        path: wasm_dir.clone(),
+        source,
+    })?;
     let rustc = rustc_version(opts.project_root)?;
     let toolchain = toolchain_key(&rustc, opts.profile);
 
@@ -208,15 +248,27 @@ pub fn build(flows: &[FlowInput<'_>], opts: &Options<'_>, progress: &mut dyn FnM
         let key = flow_key(&fingerprint, &toolchain);
         let wasm = wasm_dir.join(format!("{}-{key}.wasm", f.ir.name));
         if opts.debug {
-            let source = weavster_codegen::generate(f.ir, f.origin)
-                .map_err(|e| BuildError::Codegen { flow: f.ir.name.clone(), message: e.to_string() })?;
-            write_if_changed(&layout.debug_dir().join(format!("{}.rs", f.ir.name)), &source)?;
+            let source =
+                weavster_codegen::generate(f.ir, f.origin).map_err(|e| BuildError::Codegen {
+                    flow: f.ir.name.clone(),
+                    message: e.to_string(),
+                })?;
+            write_if_changed(
+                &layout.debug_dir().join(format!("{}.rs", f.ir.name)),
+                &source,
+            )?;
         }
         let cached = !opts.force && wasm.is_file();
         if !cached {
             stale.push(f);
         }
-        results.push(Built { flow: f.ir.name.clone(), wasm, key, fingerprint, cached });
+        results.push(Built {
+            flow: f.ir.name.clone(),
+            wasm,
+            key,
+            fingerprint,
+            cached,
+        });
     }
     if stale.is_empty() {
         progress(Event::UpToDate);
@@ -226,9 +278,15 @@ pub fn build(flows: &[FlowInput<'_>], opts: &Options<'_>, progress: &mut dyn FnM
     let build_dir = layout.build_dir();
     write_workspace(&build_dir, flows)?;
     for f in &stale {
-        let source = weavster_codegen::generate(f.ir, f.origin)
-            .map_err(|e| BuildError::Codegen { flow: f.ir.name.clone(), message: e.to_string() })?;
-        write_if_changed(&build_dir.join("flows").join(&f.ir.name).join("src/lib.rs"), &source)?;
+        let source =
+            weavster_codegen::generate(f.ir, f.origin).map_err(|e| BuildError::Codegen {
+                flow: f.ir.name.clone(),
+                message: e.to_string(),
+            })?;
+        write_if_changed(
+            &build_dir.join("flows").join(&f.ir.name).join("src/lib.rs"),
+            &source,
+        )?;
     }
     let cargo_target = match &opts.cargo_target_dir {
         Some(d) => std::path::absolute(d).unwrap_or_else(|_| d.clone()),
@@ -247,13 +305,19 @@ pub fn build(flows: &[FlowInput<'_>], opts: &Options<'_>, progress: &mut dyn FnM
                 }
             }
         }
-        std::fs::copy(&built, &b.wasm).map_err(|source| BuildError::Io { path: built.clone(), source })?;
+        std::fs::copy(&built, &b.wasm).map_err(|source| BuildError::Io {
+            path: built.clone(),
+            source,
+        })?;
     }
     Ok(results)
 }
 
 fn write_workspace(dir: &Path, flows: &[FlowInput<'_>]) -> Result<(), BuildError> {
-    let members: Vec<String> = flows.iter().map(|f| format!("\"flows/{}\"", f.ir.name)).collect();
+    let members: Vec<String> = flows
+        .iter()
+        .map(|f| format!("\"flows/{}\"", f.ir.name))
+        .collect();
     let manifest = format!(
         r#"# Generated by Weavster. Do not edit: it is rewritten by `weavster compile`.
 [workspace]
@@ -304,7 +368,10 @@ weavster-guest = {{ path = "../../weavster-guest" }}
 "#,
             name = crate_name(&f.ir.name)
         );
-        write_if_changed(&dir.join("flows").join(&f.ir.name).join("Cargo.toml"), &manifest)?;
+        write_if_changed(
+            &dir.join("flows").join(&f.ir.name).join("Cargo.toml"),
+            &manifest,
+        )?;
     }
     Ok(())
 }
@@ -318,7 +385,12 @@ fn run_cargo(
 ) -> Result<(), BuildError> {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(dir)
-        .args(["build", "--target", TARGET, "--message-format=json-render-diagnostics"])
+        .args([
+            "build",
+            "--target",
+            TARGET,
+            "--message-format=json-render-diagnostics",
+        ])
         .env_remove("CARGO_TARGET_DIR")
         .env("CARGO_TARGET_DIR", target_dir)
         .stdout(Stdio::piped())
@@ -329,7 +401,10 @@ fn run_cargo(
     for f in stale {
         cmd.args(["-p", &crate_name(&f.ir.name)]);
     }
-    let mut child = cmd.spawn().map_err(|source| BuildError::Spawn { command: "cargo build".into(), source })?;
+    let mut child = cmd.spawn().map_err(|source| BuildError::Spawn {
+        command: "cargo build".into(),
+        source,
+    })?;
     let stderr = child.stderr.take();
     let stderr_thread = std::thread::spawn(move || {
         let mut s = String::new();
@@ -342,13 +417,25 @@ fn run_cargo(
     let mut messages = String::new();
     if let Some(stdout) = child.stdout.take() {
         use std::io::BufRead as _;
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let Ok(msg) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
             match msg.get("reason").and_then(|r| r.as_str()) {
                 Some("compiler-artifact") => {
                     done += 1;
-                    let name = msg.pointer("/target/name").and_then(|n| n.as_str()).unwrap_or_default().to_string();
-                    progress(Event::Compiling { crate_name: name, done });
+                    let name = msg
+                        .pointer("/target/name")
+                        .and_then(|n| n.as_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    progress(Event::Compiling {
+                        crate_name: name,
+                        done,
+                    });
                 }
                 Some("compiler-message") => {
                     if let Some(r) = msg.pointer("/message/rendered").and_then(|r| r.as_str()) {
@@ -359,19 +446,28 @@ fn run_cargo(
             }
         }
     }
-    let status = child.wait().map_err(|source| BuildError::Spawn { command: "cargo build".into(), source })?;
+    let status = child.wait().map_err(|source| BuildError::Spawn {
+        command: "cargo build".into(),
+        source,
+    })?;
     let stderr = stderr_thread.join().unwrap_or_default();
     if status.success() {
         return Ok(());
     }
     let output = format!("{messages}{stderr}");
-    if output.contains("target may not be installed") || output.contains("can't find crate for `std`") {
+    if output.contains("target may not be installed")
+        || output.contains("can't find crate for `std`")
+    {
         return Err(BuildError::MissingTarget);
     }
     for f in stale {
         let generated = dir.join("flows").join(&f.ir.name).join("src/lib.rs");
         if output.contains(&format!("flows/{}/src/lib.rs", f.ir.name)) {
-            return Err(BuildError::Generated { flow: f.ir.name.clone(), generated, output });
+            return Err(BuildError::Generated {
+                flow: f.ir.name.clone(),
+                generated,
+                output,
+            });
         }
     }
     Err(BuildError::Cargo(output))
@@ -386,7 +482,10 @@ mod tests {
     fn guest_dependencies_match_the_workspace() {
         let ws = include_str!("../../../Cargo.toml");
         for line in GUEST_DEPENDENCIES.lines().filter(|l| !l.trim().is_empty()) {
-            assert!(ws.lines().any(|w| w.trim() == line.trim()), "workspace Cargo.toml lacks `{line}`");
+            assert!(
+                ws.lines().any(|w| w.trim() == line.trim()),
+                "workspace Cargo.toml lacks `{line}`"
+            );
         }
     }
 }

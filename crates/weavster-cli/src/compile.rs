@@ -46,7 +46,10 @@ struct CompiledManifest<'a> {
 pub fn compile(g: &Global, args: &Args, quiet: bool) -> anyhow::Result<Option<(Loaded, Compiled)>> {
     let loaded = g.load()?;
     if !loaded.is_valid() {
-        eprint!("{}", render(&loaded.diagnostics, &loaded.sources, color_stderr()));
+        eprint!(
+            "{}",
+            render(&loaded.diagnostics, &loaded.sources, color_stderr())
+        );
         eprintln!("✘ the project is invalid; nothing was compiled");
         return Ok(None);
     }
@@ -60,9 +63,21 @@ pub fn compile(g: &Global, args: &Args, quiet: bool) -> anyhow::Result<Option<(L
     let lookups: BTreeMap<String, LookupData> = project
         .lookups
         .iter()
-        .map(|(k, t)| (k.clone(), LookupData { columns: t.columns.clone(), rows: t.rows.clone() }))
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                LookupData {
+                    columns: t.columns.clone(),
+                    rows: t.rows.clone(),
+                },
+            )
+        })
         .collect();
-    let selected: Vec<_> = project.flows.iter().filter(|f| args.flow.is_empty() || args.flow.contains(&f.name)).collect();
+    let selected: Vec<_> = project
+        .flows
+        .iter()
+        .filter(|f| args.flow.is_empty() || args.flow.contains(&f.name))
+        .collect();
     let irs = selected
         .iter()
         .map(|f| {
@@ -70,12 +85,21 @@ pub fn compile(g: &Global, args: &Args, quiet: bool) -> anyhow::Result<Option<(L
                 .with_context(|| format!("internal error lowering {} (a bug in Weavster)", f.file))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let inputs: Vec<FlowInput<'_>> =
-        irs.iter().zip(&selected).map(|(ir, f)| FlowInput { ir, origin: &f.file }).collect();
+    let inputs: Vec<FlowInput<'_>> = irs
+        .iter()
+        .zip(&selected)
+        .map(|(ir, f)| FlowInput {
+            ir,
+            origin: &f.file,
+        })
+        .collect();
     let started = Instant::now();
     let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new_spinner();
-        b.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()));
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
         b.enable_steady_tick(std::time::Duration::from_millis(120));
         b.set_message("compiling flows");
         b
@@ -93,7 +117,9 @@ pub fn compile(g: &Global, args: &Args, quiet: bool) -> anyhow::Result<Option<(L
             if let Some(b) = &bar {
                 b.set_message(format!("compiling to wasm: {crate_name} ({done} crates)"));
             } else if !announced && !quiet {
-                eprintln!("compiling flows to wasm (the first build compiles dependencies and takes a while)…");
+                eprintln!(
+                    "compiling flows to wasm (the first build compiles dependencies and takes a while)…"
+                );
                 announced = true;
             }
         }
@@ -109,8 +135,12 @@ pub fn compile(g: &Global, args: &Args, quiet: bool) -> anyhow::Result<Option<(L
         host.precompile(&b.wasm)?;
     }
     let target = project.root.join(".weavster/target");
-    std::fs::create_dir_all(&target).with_context(|| format!("cannot create {}", target.display()))?;
-    let manifest = CompiledManifest { manifest: Manifest::new(project), compiled: &built };
+    std::fs::create_dir_all(&target)
+        .with_context(|| format!("cannot create {}", target.display()))?;
+    let manifest = CompiledManifest {
+        manifest: Manifest::new(project),
+        compiled: &built,
+    };
     let manifest_path = target.join("manifest.json");
     std::fs::write(&manifest_path, serde_json::to_string_pretty(&manifest)?)
         .with_context(|| format!("cannot write {}", manifest_path.display()))?;
@@ -118,14 +148,32 @@ pub fn compile(g: &Global, args: &Args, quiet: bool) -> anyhow::Result<Option<(L
         let secs = started.elapsed().as_secs_f64();
         for b in &built {
             let state = if b.cached { "up to date" } else { "compiled" };
-            println!("✔ {:<20} {state:<10} {}", b.flow, relative(&project.root, &b.wasm));
+            println!(
+                "✔ {:<20} {state:<10} {}",
+                b.flow,
+                relative(&project.root, &b.wasm)
+            );
         }
         if args.debug {
             for b in &built {
-                println!("  generated Rust: {}", relative(&project.root, &project.root.join(".weavster/debug").join(format!("{}.rs", b.flow))));
+                println!(
+                    "  generated Rust: {}",
+                    relative(
+                        &project.root,
+                        &project
+                            .root
+                            .join(".weavster/debug")
+                            .join(format!("{}.rs", b.flow))
+                    )
+                );
             }
         }
-        println!("{} flow{} in {secs:.2}s; manifest: {}", built.len(), crate::validate::plural(built.len()), relative(&project.root, &manifest_path));
+        println!(
+            "{} flow{} in {secs:.2}s; manifest: {}",
+            built.len(),
+            crate::validate::plural(built.len()),
+            relative(&project.root, &manifest_path)
+        );
     }
     Ok(Some((loaded, Compiled { built, irs })))
 }
@@ -133,7 +181,11 @@ pub fn compile(g: &Global, args: &Args, quiet: bool) -> anyhow::Result<Option<(L
 pub fn relative(root: &std::path::Path, p: &std::path::Path) -> String {
     let root = std::path::absolute(root).unwrap_or_else(|_| root.to_path_buf());
     let p = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
-    p.strip_prefix(&root).map(PathBuf::from).unwrap_or_else(|_| p.to_path_buf()).display().to_string()
+    p.strip_prefix(&root)
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| p.to_path_buf())
+        .display()
+        .to_string()
 }
 
 pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {

@@ -32,7 +32,10 @@ pub struct Produced {
 
 /// Groups decoded outcomes by output index.
 pub fn group(outcomes: &[Outcome], n_outputs: usize) -> Produced {
-    let mut p = Produced { outputs: vec![Vec::new(); n_outputs], errors: Vec::new() };
+    let mut p = Produced {
+        outputs: vec![Vec::new(); n_outputs],
+        errors: Vec::new(),
+    };
     for o in outcomes {
         match o {
             Outcome::Routed { routes, record } => {
@@ -57,8 +60,26 @@ pub fn group(outcomes: &[Outcome], n_outputs: usize) -> Produced {
     p
 }
 
+/// Keys sorted, so that a diff shows values, not key order (which is ignored).
+fn sorted(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            Value::Object(
+                keys.into_iter()
+                    .map(|k| (k.clone(), sorted(&m[k])))
+                    .collect(),
+            )
+        }
+        Value::Array(a) => Value::Array(a.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
 fn pretty(v: &[Value]) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default()
+    let v: Vec<Value> = v.iter().map(sorted).collect();
+    serde_json::to_string_pretty(&v).unwrap_or_default()
 }
 
 fn diff(expected: &[Value], actual: &[Value]) -> String {
@@ -86,13 +107,19 @@ fn records_equal(a: &[Value], b: &[Value]) -> bool {
 fn errors_match(expected: &[Value], actual: &[Value]) -> bool {
     expected.len() == actual.len()
         && expected.iter().zip(actual).all(|(e, a)| {
-            ["stage", "message", "path"].iter().all(|k| match e.get(*k).and_then(Value::as_str) {
-                None => true,
-                Some(want) => {
-                    let got = a.get(*k).and_then(Value::as_str).unwrap_or_default();
-                    if *k == "message" { got.contains(want) } else { got == want }
-                }
-            })
+            ["stage", "message", "path"]
+                .iter()
+                .all(|k| match e.get(*k).and_then(Value::as_str) {
+                    None => true,
+                    Some(want) => {
+                        let got = a.get(*k).and_then(Value::as_str).unwrap_or_default();
+                        if *k == "message" {
+                            got.contains(want)
+                        } else {
+                            got == want
+                        }
+                    }
+                })
         })
 }
 
@@ -102,56 +129,92 @@ pub fn check_case(case: &TestCase, outputs: &[String], produced: &Produced) -> O
     for (key, expected) in &case.expect {
         if key == "errors" {
             if !errors_match(expected, &produced.errors) {
-                report.push_str(&format!("    errors (- expected, + actual; messages match as substrings):\n{}", diff(expected, &produced.errors)));
+                report.push_str(&format!(
+                    "    errors (- expected, + actual; messages match as substrings):\n{}",
+                    diff(expected, &produced.errors)
+                ));
             }
             continue;
         }
-        let Some(i) = outputs.iter().position(|o| o == key) else { continue };
+        let Some(i) = outputs.iter().position(|o| o == key) else {
+            continue;
+        };
         if !records_equal(expected, &produced.outputs[i]) {
-            report.push_str(&format!("    {key} (- expected, + actual):\n{}", diff(expected, &produced.outputs[i])));
+            report.push_str(&format!(
+                "    {key} (- expected, + actual):\n{}",
+                diff(expected, &produced.outputs[i])
+            ));
         }
     }
     if case.strict {
         for (i, o) in outputs.iter().enumerate() {
             if !case.expect.contains_key(o) && !produced.outputs[i].is_empty() {
-                report.push_str(&format!("    {o} is not listed (strict) but received:\n{}", diff(&[], &produced.outputs[i])));
+                report.push_str(&format!(
+                    "    {o} is not listed (strict) but received:\n{}",
+                    diff(&[], &produced.outputs[i])
+                ));
             }
         }
         if !case.expect.contains_key("errors") && !produced.errors.is_empty() {
-            report.push_str(&format!("    unexpected record errors (strict):\n{}", diff(&[], &produced.errors)));
+            report.push_str(&format!(
+                "    unexpected record errors (strict):\n{}",
+                diff(&[], &produced.errors)
+            ));
         }
     }
     (!report.is_empty()).then_some(report)
 }
 
 pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
-    let compile_args = CompileArgs { flow: args.select.clone(), force: false, debug: false };
-    let Some((loaded, compiled)) = compile::compile(g, &compile_args, true)? else { return Ok(ExitCode::from(1)) };
+    let compile_args = CompileArgs {
+        flow: args.select.clone(),
+        force: false,
+        debug: false,
+    };
+    let Some((loaded, compiled)) = compile::compile(g, &compile_args, true)? else {
+        return Ok(ExitCode::from(1));
+    };
     let project = &loaded.project;
     let host = weavster_host::Host::new()?;
     let (mut passed, mut failed) = (0usize, 0usize);
     for (built, ir) in compiled.built.iter().zip(&compiled.irs) {
-        let cases: Vec<_> = project.tests.iter().filter(|t| t.flow == built.flow).collect();
+        let cases: Vec<_> = project
+            .tests
+            .iter()
+            .filter(|t| t.flow == built.flow)
+            .collect();
         if cases.is_empty() {
             continue;
         }
         let module = host.load(&built.wasm)?;
         let outputs: Vec<String> = ir.outputs.iter().map(|o| o.to.clone()).collect();
         for t in cases {
-            let mut vars: Map<String, Value> = project.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let mut vars: Map<String, Value> = project
+                .vars
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
             for (k, v) in &t.spec.vars {
                 vars.insert(k.clone(), v.clone());
             }
             let name = format!("{}/{}", t.flow, t.name);
             let mut instance = module.instantiate(&vars)?;
             let mut batch = Vec::new();
-            encode_batch(t.spec.now.as_deref().unwrap_or(DEFAULT_NOW), SEED, &t.spec.input, &mut batch);
-            let result = instance.process(&batch).map_err(|e| e.to_string()).and_then(|out| {
-                out.split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .map(|l| decode_line(l).map(|(_, o)| o))
-                    .collect::<Result<Vec<_>, _>>()
-            });
+            encode_batch(
+                t.spec.now.as_deref().unwrap_or(DEFAULT_NOW),
+                SEED,
+                &t.spec.input,
+                &mut batch,
+            );
+            let result = instance
+                .process(&batch)
+                .map_err(|e| e.to_string())
+                .and_then(|out| {
+                    out.split(|b| *b == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .map(|l| decode_line(l).map(|(_, o)| o))
+                        .collect::<Result<Vec<_>, _>>()
+                });
             match result {
                 Err(e) => {
                     failed += 1;
@@ -176,5 +239,9 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         }
     }
     println!("{passed} passed, {failed} failed");
-    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

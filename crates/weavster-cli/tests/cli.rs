@@ -302,6 +302,93 @@ fn debug_reports_checks_with_fixes() {
     );
 }
 
+/// A project copied from `flows-examples/` into a temp dir, and env that
+/// shares compiled wasm dependencies across tests.
+fn example(name: &str) -> (tempfile::TempDir, Vec<(String, String)>) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    copy_dir(&repo().join("flows-examples").join(name), tmp.path());
+    let _ = std::fs::remove_dir_all(tmp.path().join(".weavster"));
+    let env = vec![(
+        "WEAVSTER_CARGO_TARGET_DIR".to_string(),
+        repo().join("target/weavster-flows").display().to_string(),
+    )];
+    (tmp, env)
+}
+
+#[test]
+fn examples_compile_and_pass_their_fixtures() {
+    for name in ["orders", "kitchen_sink", "events"] {
+        let (tmp, env) = example(name);
+        let c = weavster(tmp.path(), &["compile", "--debug"], &env);
+        assert_eq!(
+            c.code, 0,
+            "{name}: compile failed:\n{}{}",
+            c.stdout, c.stderr
+        );
+        assert!(
+            c.stdout.contains("generated Rust: .weavster/debug/"),
+            "{}",
+            c.stdout
+        );
+        assert!(tmp.path().join(".weavster/target/manifest.json").is_file());
+        // Nothing changed: no cargo, every module up to date.
+        let again = weavster(tmp.path(), &["compile"], &env);
+        assert_eq!(again.code, 0);
+        assert!(!again.stdout.contains(" compiled "), "{}", again.stdout);
+        let t = weavster(tmp.path(), &["test"], &env);
+        assert_eq!(
+            t.code, 0,
+            "{name}: fixtures failed:\n{}{}",
+            t.stdout, t.stderr
+        );
+        assert!(
+            t.stdout
+                .lines()
+                .last()
+                .is_some_and(|l| l.ends_with("passed, 0 failed")),
+            "{}",
+            t.stdout
+        );
+    }
+}
+
+#[test]
+fn a_failing_fixture_prints_a_diff_and_exits_1() {
+    let (tmp, env) = example("orders");
+    let case = tmp.path().join("tests/orders/basic.yaml");
+    let text = std::fs::read_to_string(&case)
+        .expect("fixture")
+        .replace("country_name: Germany", "country_name: Deutschland");
+    std::fs::write(&case, text).expect("write");
+    let out = weavster(tmp.path(), &["test", "--select", "orders"], &env);
+    assert_eq!(out.code, 1, "{}{}", out.stdout, out.stderr);
+    insta::assert_snapshot!("test_failure", out.stdout);
+}
+
+#[test]
+fn compile_reports_unknown_flows_and_invalid_projects() {
+    let (tmp, env) = example("orders");
+    let out = weavster(tmp.path(), &["compile", "--flow", "order"], &env);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("no flow named `order`"),
+        "{}",
+        out.stderr
+    );
+    std::fs::write(
+        tmp.path().join("flows/broken.yaml"),
+        "input: nope\noutputs: []\n",
+    )
+    .expect("write");
+    let out = weavster(tmp.path(), &["compile"], &env);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("nothing was compiled"),
+        "{}",
+        out.stderr
+    );
+}
+
 #[test]
 fn examples_validate() {
     let examples = repo().join("flows-examples");

@@ -16,7 +16,10 @@ use weavster_ir::LookupData;
 use weavster_ir::interp::Interpreter;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 fn examples() -> Vec<PathBuf> {
@@ -30,14 +33,33 @@ fn examples() -> Vec<PathBuf> {
 }
 
 fn load(dir: &Path) -> weavster_project::Loaded {
-    let opts = weavster_project::LoadOptions { project_dir: dir.to_path_buf(), ..Default::default() };
+    let opts = weavster_project::LoadOptions {
+        project_dir: dir.to_path_buf(),
+        ..Default::default()
+    };
     let loaded = weavster_project::load(&opts).expect("loads");
-    assert!(loaded.is_valid(), "{} is invalid: {:?}", dir.display(), loaded.diagnostics);
+    assert!(
+        loaded.is_valid(),
+        "{} is invalid: {:?}",
+        dir.display(),
+        loaded.diagnostics
+    );
     loaded
 }
 
 fn lookups(p: &weavster_project::Project) -> BTreeMap<String, LookupData> {
-    p.lookups.iter().map(|(k, t)| (k.clone(), LookupData { columns: t.columns.clone(), rows: t.rows.clone() })).collect()
+    p.lookups
+        .iter()
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                LookupData {
+                    columns: t.columns.clone(),
+                    rows: t.rows.clone(),
+                },
+            )
+        })
+        .collect()
 }
 
 /// Every key name the flow mentions (from its IR), to make records that
@@ -67,11 +89,24 @@ fn leaf() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         (-1000i64..1000).prop_map(Value::from),
-        (-1.0e6f64..1.0e6).prop_map(|f| serde_json::Number::from_f64(f).map(Value::Number).unwrap_or(Value::Null)),
+        (-1.0e6f64..1.0e6).prop_map(|f| serde_json::Number::from_f64(f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null)),
         "[a-zA-Z ]{0,6}".prop_map(Value::String),
         "-?[0-9]{1,4}(\\.[0-9]{1,2})?".prop_map(Value::String),
-        prop::sample::select(vec!["de", "DE", "us", "test", "new", "yes", "", "2026-01-02T03:04:05Z", "a,b", "+49 170 1"])
-            .prop_map(|s| Value::String(s.to_string())),
+        prop::sample::select(vec![
+            "de",
+            "DE",
+            "us",
+            "test",
+            "new",
+            "yes",
+            "",
+            "2026-01-02T03:04:05Z",
+            "a,b",
+            "+49 170 1"
+        ])
+        .prop_map(|s| Value::String(s.to_string())),
     ]
 }
 
@@ -79,7 +114,8 @@ fn value() -> impl Strategy<Value = Value> {
     leaf().prop_recursive(2, 12, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map("[a-z]{1,3}", inner, 0..3).prop_map(|m| Value::Object(m.into_iter().collect())),
+            prop::collection::btree_map("[a-z]{1,3}", inner, 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -90,7 +126,13 @@ fn records(fields: Vec<String>) -> impl Strategy<Value = Vec<Value>> {
     prop::collection::vec(record, 1..8)
 }
 
-fn compare(name: &str, interp: &Interpreter, wasm: &mut weavster_host::Instance, vars: &Map<String, Value>, batch: &[u8]) {
+fn compare(
+    name: &str,
+    interp: &Interpreter,
+    wasm: &mut weavster_host::Instance,
+    vars: &Map<String, Value>,
+    batch: &[u8],
+) {
     let mut native = Vec::new();
     process_batch(interp, vars, batch, &mut native).expect("interpreter batch");
     let compiled = wasm.process(batch).expect("wasm batch");
@@ -120,8 +162,14 @@ fn wasm_matches_the_interpreter() {
             .iter()
             .map(|f| weavster_ir::lower(&f.name, &f.spec, &tables).expect("lowers"))
             .collect();
-        let inputs: Vec<_> =
-            irs.iter().zip(&project.flows).map(|(ir, f)| weavster_build::FlowInput { ir, origin: &f.file }).collect();
+        let inputs: Vec<_> = irs
+            .iter()
+            .zip(&project.flows)
+            .map(|(ir, f)| weavster_build::FlowInput {
+                ir,
+                origin: &f.file,
+            })
+            .collect();
         let opts = weavster_build::Options {
             project_root: tmp.path(),
             force: false,
@@ -130,7 +178,11 @@ fn wasm_matches_the_interpreter() {
             cargo_target_dir: Some(shared_target.clone()),
         };
         let built = weavster_build::build(&inputs, &opts, &mut |_| {}).expect("builds");
-        let vars: Map<String, Value> = project.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let vars: Map<String, Value> = project
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let data: Vec<Value> = std::fs::read_dir(tmp.path().join("data"))
             .into_iter()
             .flatten()
@@ -138,7 +190,9 @@ fn wasm_matches_the_interpreter() {
             .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
             .flat_map(|e| {
                 let text = std::fs::read_to_string(e.path()).expect("data");
-                text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect::<Vec<_>>()
+                text.lines()
+                    .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .collect::<Vec<_>>()
             })
             .collect();
         for (ir, b) in irs.iter().zip(&built) {
@@ -151,7 +205,12 @@ fn wasm_matches_the_interpreter() {
                 case_vars.extend(t.spec.vars.iter().map(|(k, v)| (k.clone(), v.clone())));
                 let mut inst = module.instantiate(&case_vars).expect("instance");
                 let mut batch = Vec::new();
-                encode_batch(t.spec.now.as_deref().unwrap_or("2000-01-01T00:00:00Z"), 0, &t.spec.input, &mut batch);
+                encode_batch(
+                    t.spec.now.as_deref().unwrap_or("2000-01-01T00:00:00Z"),
+                    0,
+                    &t.spec.input,
+                    &mut batch,
+                );
                 compare(&ir.name, &interp, &mut inst, &case_vars, &batch);
             }
             // The example's data files.
@@ -159,7 +218,11 @@ fn wasm_matches_the_interpreter() {
             encode_batch("2026-01-01T00:00:00Z", 7, &data, &mut batch);
             compare(&ir.name, &interp, &mut wasm, &vars, &batch);
             // Property-generated records.
-            let mut runner = TestRunner::new(Config { cases: 64, failure_persistence: None, ..Config::default() });
+            let mut runner = TestRunner::new(Config {
+                cases: 64,
+                failure_persistence: None,
+                ..Config::default()
+            });
             let wasm = std::cell::RefCell::new(wasm);
             let result = runner.run(&(records(field_names(ir)), any::<u64>()), |(recs, seed)| {
                 let mut batch = Vec::new();
@@ -173,7 +236,10 @@ fn wasm_matches_the_interpreter() {
             flows_checked += 1;
         }
     }
-    assert!(flows_checked >= 5, "only {flows_checked} flows were compared");
+    assert!(
+        flows_checked >= 5,
+        "only {flows_checked} flows were compared"
+    );
 }
 
 #[test]
@@ -184,7 +250,10 @@ fn generated_rust_is_stable() {
         for f in &loaded.project.flows {
             let ir = weavster_ir::lower(&f.name, &f.spec, &tables).expect("lowers");
             let source = weavster_codegen::generate(&ir, &f.file).expect("generates");
-            let project = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let project = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             insta::with_settings!({ snapshot_suffix => format!("{project}-{}", f.name), prepend_module_to_snapshot => false, omit_expression => true }, {
                 insta::assert_snapshot!("generated", source);
             });
@@ -194,7 +263,10 @@ fn generated_rust_is_stable() {
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir").filter_map(Result::ok) {
+    for entry in std::fs::read_dir(from)
+        .expect("read dir")
+        .filter_map(Result::ok)
+    {
         if entry.file_name() == ".weavster" || entry.file_name() == "out" {
             continue;
         }

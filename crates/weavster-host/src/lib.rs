@@ -13,7 +13,10 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
-use wasmtime::{Caller, Config, Engine, InstancePre, Linker, Memory, Module, Store, StoreLimits, StoreLimitsBuilder, TypedFunc};
+use wasmtime::{
+    Caller, Config, Engine, InstancePre, Linker, Memory, Module, Store, StoreLimits,
+    StoreLimitsBuilder, TypedFunc,
+};
 
 /// The ABI version this host speaks.
 pub const ABI_VERSION: i32 = weavster_guest::ABI_VERSION;
@@ -65,7 +68,11 @@ impl Host {
         let engine = Engine::new(&config).map_err(|e| HostError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         add_wasi_imports(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
-        Ok(Host { engine, linker, memory_limit: 512 << 20 })
+        Ok(Host {
+            engine,
+            linker,
+            memory_limit: 512 << 20,
+        })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -86,15 +93,24 @@ impl Host {
         if cwasm.is_file() {
             return Ok(cwasm);
         }
-        let bytes = std::fs::read(wasm).map_err(|e| HostError::Load { path: wasm.to_path_buf(), message: e.to_string() })?;
+        let bytes = std::fs::read(wasm).map_err(|e| HostError::Load {
+            path: wasm.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let native = self
             .engine
             .precompile_module(&bytes)
-            .map_err(|e| HostError::NotAFlow { path: wasm.to_path_buf(), message: e.to_string() })?;
+            .map_err(|e| HostError::NotAFlow {
+                path: wasm.to_path_buf(),
+                message: e.to_string(),
+            })?;
         let tmp = cwasm.with_extension("tmp");
         std::fs::write(&tmp, native)
             .and_then(|()| std::fs::rename(&tmp, &cwasm))
-            .map_err(|e| HostError::Load { path: cwasm.clone(), message: e.to_string() })?;
+            .map_err(|e| HostError::Load {
+                path: cwasm.clone(),
+                message: e.to_string(),
+            })?;
         Ok(cwasm)
     }
 
@@ -109,13 +125,19 @@ impl Host {
                 let cwasm = self.precompile(wasm).map_err(|e| e.to_string())?;
                 deserialize(&self.engine, &cwasm)
             })
-            .map_err(|e| HostError::NotAFlow { path: wasm.to_path_buf(), message: e })?;
+            .map_err(|e| HostError::NotAFlow {
+                path: wasm.to_path_buf(),
+                message: e,
+            })?;
         self.module(module, wasm)
     }
 
     /// Loads a module from wasm bytes (or text), without the cache.
     pub fn load_bytes(&self, bytes: &[u8], name: &Path) -> Result<FlowModule, HostError> {
-        let module = Module::new(&self.engine, bytes).map_err(|e| HostError::NotAFlow { path: name.to_path_buf(), message: e.to_string() })?;
+        let module = Module::new(&self.engine, bytes).map_err(|e| HostError::NotAFlow {
+            path: name.to_path_buf(),
+            message: e.to_string(),
+        })?;
         self.module(module, name)
     }
 
@@ -123,21 +145,46 @@ impl Host {
         let mut linker = self.linker.clone();
         linker
             .define_unknown_imports_as_traps(&module)
-            .map_err(|e| HostError::NotAFlow { path: path.to_path_buf(), message: e.to_string() })?;
+            .map_err(|e| HostError::NotAFlow {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         let pre = linker
             .instantiate_pre(&module)
-            .map_err(|e| HostError::NotAFlow { path: path.to_path_buf(), message: e.to_string() })?;
-        let flow = FlowModule { pre, path: path.to_path_buf(), memory_limit: self.memory_limit };
+            .map_err(|e| HostError::NotAFlow {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let flow = FlowModule {
+            pre,
+            path: path.to_path_buf(),
+            memory_limit: self.memory_limit,
+        };
         // Check the ABI version on a throwaway instance.
         let mut store = flow.store();
-        let instance = flow.pre.instantiate(&mut store).map_err(|e| HostError::NotAFlow { path: path.to_path_buf(), message: e.to_string() })?;
+        let instance = flow
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| HostError::NotAFlow {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         let version = instance
             .get_typed_func::<(), i32>(&mut store, "weavster_abi_version")
-            .map_err(|_| HostError::NotAFlow { path: path.to_path_buf(), message: "it exports no `weavster_abi_version`".into() })?
+            .map_err(|_| HostError::NotAFlow {
+                path: path.to_path_buf(),
+                message: "it exports no `weavster_abi_version`".into(),
+            })?
             .call(&mut store, ())
-            .map_err(|e| HostError::NotAFlow { path: path.to_path_buf(), message: e.to_string() })?;
+            .map_err(|e| HostError::NotAFlow {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         if version != ABI_VERSION {
-            return Err(HostError::AbiVersion { path: path.to_path_buf(), found: version });
+            return Err(HostError::AbiVersion {
+                path: path.to_path_buf(),
+                found: version,
+            });
         }
         Ok(flow)
     }
@@ -160,8 +207,18 @@ pub struct FlowModule {
 
 impl FlowModule {
     fn store(&self) -> Store<StoreState> {
-        let limits = StoreLimitsBuilder::new().memory_size(self.memory_limit).instances(1).build();
-        let mut store = Store::new(self.pre.module().engine(), StoreState { limits, messages: Vec::new(), rng: 0x5eed });
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.memory_limit)
+            .instances(1)
+            .build();
+        let mut store = Store::new(
+            self.pre.module().engine(),
+            StoreState {
+                limits,
+                messages: Vec::new(),
+                rng: 0x5eed,
+            },
+        );
         store.limiter(|s| &mut s.limits);
         store
     }
@@ -174,27 +231,49 @@ impl FlowModule {
         let func = |store: &mut Store<StoreState>, name: &str| {
             instance
                 .get_typed_func::<i32, i32>(&mut *store, name)
-                .map_err(|_| HostError::NotAFlow { path: self.path.clone(), message: format!("it exports no `{name}`") })
+                .map_err(|_| HostError::NotAFlow {
+                    path: self.path.clone(),
+                    message: format!("it exports no `{name}`"),
+                })
         };
         let input = func(&mut store, "weavster_input")?;
         let init = func(&mut store, "weavster_init")?;
         let process = func(&mut store, "weavster_process")?;
         let output = instance
             .get_typed_func::<(), i32>(&mut store, "weavster_output")
-            .map_err(|_| HostError::NotAFlow { path: self.path.clone(), message: "it exports no `weavster_output`".into() })?;
+            .map_err(|_| HostError::NotAFlow {
+                path: self.path.clone(),
+                message: "it exports no `weavster_output`".into(),
+            })?;
         let output_len = instance
             .get_typed_func::<(), i32>(&mut store, "weavster_output_len")
-            .map_err(|_| HostError::NotAFlow { path: self.path.clone(), message: "it exports no `weavster_output_len`".into() })?;
-        let memory = instance
-            .get_memory(&mut store, "memory")
-            .ok_or_else(|| HostError::NotAFlow { path: self.path.clone(), message: "it exports no memory".into() })?;
-        let mut inst = Instance { store, input, process, output, output_len, memory };
+            .map_err(|_| HostError::NotAFlow {
+                path: self.path.clone(),
+                message: "it exports no `weavster_output_len`".into(),
+            })?;
+        let memory =
+            instance
+                .get_memory(&mut store, "memory")
+                .ok_or_else(|| HostError::NotAFlow {
+                    path: self.path.clone(),
+                    message: "it exports no memory".into(),
+                })?;
+        let mut inst = Instance {
+            store,
+            input,
+            process,
+            output,
+            output_len,
+            memory,
+        };
         let ctx = serde_json::json!({ "vars": vars }).to_string();
         let len = inst.write_input(ctx.as_bytes())?;
         let status = init.call(&mut inst.store, len).map_err(|e| inst.trap(e))?;
         if status != 0 {
             let len = inst.output_len()?;
-            return Err(HostError::Init(String::from_utf8_lossy(&inst.read_output(len)?).to_string()));
+            return Err(HostError::Init(
+                String::from_utf8_lossy(&inst.read_output(len)?).to_string(),
+            ));
         }
         Ok(inst)
     }
@@ -212,13 +291,23 @@ pub struct Instance {
 
 impl Instance {
     fn trap(&mut self, e: wasmtime::Error) -> HostError {
-        let messages = String::from_utf8_lossy(&self.store.data().messages).trim().to_string();
-        if messages.is_empty() { HostError::Trap(format!("{e:#}")) } else { HostError::Trap(format!("{e:#}: {messages}")) }
+        let messages = String::from_utf8_lossy(&self.store.data().messages)
+            .trim()
+            .to_string();
+        if messages.is_empty() {
+            HostError::Trap(format!("{e:#}"))
+        } else {
+            HostError::Trap(format!("{e:#}: {messages}"))
+        }
     }
 
     fn write_input(&mut self, bytes: &[u8]) -> Result<i32, HostError> {
-        let len = i32::try_from(bytes.len()).map_err(|_| HostError::Batch("batch larger than 2 GiB".into()))?;
-        let ptr = self.input.call(&mut self.store, len).map_err(|e| self.trap(e))?;
+        let len = i32::try_from(bytes.len())
+            .map_err(|_| HostError::Batch("batch larger than 2 GiB".into()))?;
+        let ptr = self
+            .input
+            .call(&mut self.store, len)
+            .map_err(|e| self.trap(e))?;
         self.memory
             .write(&mut self.store, ptr as u32 as usize, bytes)
             .map_err(|e| HostError::Trap(format!("input buffer out of bounds: {e}")))?;
@@ -226,25 +315,38 @@ impl Instance {
     }
 
     fn read_output(&mut self, len: usize) -> Result<Vec<u8>, HostError> {
-        let ptr = self.output.call(&mut self.store, ()).map_err(|e| self.trap(e))? as u32 as usize;
+        let ptr = self
+            .output
+            .call(&mut self.store, ())
+            .map_err(|e| self.trap(e))? as u32 as usize;
         let data = self.memory.data(&self.store);
-        data.get(ptr..ptr + len).map(<[u8]>::to_vec).ok_or_else(|| HostError::Trap("output buffer out of bounds".into()))
+        data.get(ptr..ptr + len)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| HostError::Trap("output buffer out of bounds".into()))
     }
 
     /// Runs one encoded batch (`weavster_guest::abi::encode_batch`); returns
     /// the encoded outcomes.
     pub fn process(&mut self, batch: &[u8]) -> Result<Vec<u8>, HostError> {
         let len = self.write_input(batch)?;
-        let n = self.process.call(&mut self.store, len).map_err(|e| self.trap(e))?;
+        let n = self
+            .process
+            .call(&mut self.store, len)
+            .map_err(|e| self.trap(e))?;
         if n < 0 {
             let len = self.output_len()?;
-            return Err(HostError::Batch(String::from_utf8_lossy(&self.read_output(len)?).to_string()));
+            return Err(HostError::Batch(
+                String::from_utf8_lossy(&self.read_output(len)?).to_string(),
+            ));
         }
         self.read_output(n as usize)
     }
 
     fn output_len(&mut self) -> Result<usize, HostError> {
-        let n = self.output_len.call(&mut self.store, ()).map_err(|e| self.trap(e))?;
+        let n = self
+            .output_len
+            .call(&mut self.store, ())
+            .map_err(|e| self.trap(e))?;
         Ok(n.max(0) as usize)
     }
 
@@ -259,41 +361,71 @@ fn add_wasi_imports(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
     fn mem(caller: &mut Caller<'_, StoreState>) -> Option<Memory> {
         caller.get_export("memory").and_then(|e| e.into_memory())
     }
-    linker.func_wrap(M, "random_get", |mut caller: Caller<'_, StoreState>, buf: i32, len: i32| -> i32 {
-        let Some(memory) = mem(&mut caller) else { return 8 };
-        let mut bytes = vec![0u8; len.max(0) as usize];
-        let mut x = caller.data().rng;
-        for b in &mut bytes {
-            // xorshift64: deterministic, which keeps runs reproducible.
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
-        caller.data_mut().rng = x;
-        match memory.write(&mut caller, buf as u32 as usize, &bytes) {
-            Ok(()) => 0,
-            Err(_) => 21, // EFAULT
-        }
-    })?;
-    linker.func_wrap(M, "environ_sizes_get", |mut caller: Caller<'_, StoreState>, count: i32, size: i32| -> i32 {
-        let Some(memory) = mem(&mut caller) else { return 8 };
-        let zero = 0u32.to_le_bytes();
-        let ok = memory.write(&mut caller, count as u32 as usize, &zero).is_ok()
-            && memory.write(&mut caller, size as u32 as usize, &zero).is_ok();
-        if ok { 0 } else { 21 }
-    })?;
-    linker.func_wrap(M, "environ_get", |_: Caller<'_, StoreState>, _environ: i32, _buf: i32| -> i32 { 0 })?;
+    linker.func_wrap(
+        M,
+        "random_get",
+        |mut caller: Caller<'_, StoreState>, buf: i32, len: i32| -> i32 {
+            let Some(memory) = mem(&mut caller) else {
+                return 8;
+            };
+            let mut bytes = vec![0u8; len.max(0) as usize];
+            let mut x = caller.data().rng;
+            for b in &mut bytes {
+                // xorshift64: deterministic, which keeps runs reproducible.
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            caller.data_mut().rng = x;
+            match memory.write(&mut caller, buf as u32 as usize, &bytes) {
+                Ok(()) => 0,
+                Err(_) => 21, // EFAULT
+            }
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "environ_sizes_get",
+        |mut caller: Caller<'_, StoreState>, count: i32, size: i32| -> i32 {
+            let Some(memory) = mem(&mut caller) else {
+                return 8;
+            };
+            let zero = 0u32.to_le_bytes();
+            let ok = memory
+                .write(&mut caller, count as u32 as usize, &zero)
+                .is_ok()
+                && memory
+                    .write(&mut caller, size as u32 as usize, &zero)
+                    .is_ok();
+            if ok { 0 } else { 21 }
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "environ_get",
+        |_: Caller<'_, StoreState>, _environ: i32, _buf: i32| -> i32 { 0 },
+    )?;
     linker.func_wrap(
         M,
         "fd_write",
-        |mut caller: Caller<'_, StoreState>, _fd: i32, iovs: i32, iovs_len: i32, nwritten: i32| -> i32 {
-            let Some(memory) = mem(&mut caller) else { return 8 };
+        |mut caller: Caller<'_, StoreState>,
+         _fd: i32,
+         iovs: i32,
+         iovs_len: i32,
+         nwritten: i32|
+         -> i32 {
+            let Some(memory) = mem(&mut caller) else {
+                return 8;
+            };
             let mut total = 0u32;
             let mut captured = Vec::new();
             for i in 0..iovs_len.max(0) as usize {
                 let mut iov = [0u8; 8];
-                if memory.read(&caller, iovs as u32 as usize + i * 8, &mut iov).is_err() {
+                if memory
+                    .read(&caller, iovs as u32 as usize + i * 8, &mut iov)
+                    .is_err()
+                {
                     return 21;
                 }
                 let ptr = u32::from_le_bytes([iov[0], iov[1], iov[2], iov[3]]) as usize;
@@ -313,8 +445,14 @@ fn add_wasi_imports(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
             }
         },
     )?;
-    linker.func_wrap(M, "proc_exit", |_: Caller<'_, StoreState>, code: i32| -> wasmtime::Result<()> {
-        Err(wasmtime::Error::msg(format!("the guest exited with code {code}")))
-    })?;
+    linker.func_wrap(
+        M,
+        "proc_exit",
+        |_: Caller<'_, StoreState>, code: i32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::msg(format!(
+                "the guest exited with code {code}"
+            )))
+        },
+    )?;
     Ok(())
 }

@@ -38,19 +38,43 @@ type Cont<'a> = &'a dyn Fn(&Interpreter, Value, &Ctx<'_>, &mut Vec<Outcome>);
 
 impl Interpreter {
     pub fn new(flow: Flow) -> Result<Self, String> {
-        let regexes = flow.regexes.iter().map(|r| Regex::new(r).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+        let regexes = flow
+            .regexes
+            .iter()
+            .map(|r| Regex::new(r).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
         let names: Vec<String> = (0..flow.templates.len()).map(|i| format!("t{i}")).collect();
-        let sources: Vec<(&str, &str)> = names.iter().map(String::as_str).zip(flow.templates.iter().map(String::as_str)).collect();
+        let sources: Vec<(&str, &str)> = names
+            .iter()
+            .map(String::as_str)
+            .zip(flow.templates.iter().map(String::as_str))
+            .collect();
         let templates = Templates::new(&sources)?;
-        let tables = flow.tables.iter().map(|t| t.entries.iter().cloned().collect()).collect();
-        Ok(Interpreter { flow, regexes, templates, tables })
+        let tables = flow
+            .tables
+            .iter()
+            .map(|t| t.entries.iter().cloned().collect())
+            .collect();
+        Ok(Interpreter {
+            flow,
+            regexes,
+            templates,
+            tables,
+        })
     }
 
     pub fn flow(&self) -> &Flow {
         &self.flow
     }
 
-    fn block(&self, steps: &[Step], mut rec: Value, ctx: &Ctx<'_>, out: &mut Vec<Outcome>, k: Cont<'_>) {
+    fn block(
+        &self,
+        steps: &[Step],
+        mut rec: Value,
+        ctx: &Ctx<'_>,
+        out: &mut Vec<Outcome>,
+        k: Cont<'_>,
+    ) {
         for (i, s) in steps.iter().enumerate() {
             let rest = &steps[i + 1..];
             match s {
@@ -66,11 +90,17 @@ impl Interpreter {
                     }
                     return;
                 }
-                Step::When { cond, then, otherwise } => {
+                Step::When {
+                    cond,
+                    then,
+                    otherwise,
+                } => {
                     match self.eval(cond, &rec, ctx) {
                         Ok(v) => {
                             let branch = if ops::truthy(&v) { then } else { otherwise };
-                            self.block(branch, rec, ctx, out, &|me, r, c, o| me.block(rest, r, c, o, k));
+                            self.block(branch, rec, ctx, out, &|me, r, c, o| {
+                                me.block(rest, r, c, o, k)
+                            });
                         }
                         Err(e) => out.push(Outcome::Error(e)),
                     }
@@ -97,7 +127,10 @@ impl Interpreter {
             Step::Set(assignments) => {
                 let mut values = Vec::with_capacity(assignments.len());
                 for (p, e) in assignments {
-                    values.push(self.eval(e, rec, ctx).map_err(|err| err.at(&path::display(&g(p))))?);
+                    values.push(
+                        self.eval(e, rec, ctx)
+                            .map_err(|err| err.at(&path::display(&g(p))))?,
+                    );
                 }
                 for ((p, _), v) in assignments.iter().zip(values) {
                     path::set(rec, &g(p), v)?;
@@ -136,7 +169,9 @@ impl Interpreter {
                 for (p, exprs) in entries {
                     let mut found = Value::Null;
                     for e in exprs {
-                        let v = self.eval(e, rec, ctx).map_err(|err| err.at(&path::display(&g(p))))?;
+                        let v = self
+                            .eval(e, rec, ctx)
+                            .map_err(|err| err.at(&path::display(&g(p))))?;
                         if !v.is_null() {
                             found = v;
                             break;
@@ -162,7 +197,12 @@ impl Interpreter {
                     return Ok(step::Flow::Drop);
                 }
             }
-            Step::RegexExtract { field, regex, into, on_no_match } => {
+            Step::RegexExtract {
+                field,
+                regex,
+                into,
+                on_no_match,
+            } => {
                 let on = match on_no_match {
                     OnNoMatch::Keep => step::OnNoMatch::Keep,
                     OnNoMatch::Drop => step::OnNoMatch::Drop,
@@ -170,9 +210,17 @@ impl Interpreter {
                     OnNoMatch::Error => step::OnNoMatch::Error,
                 };
                 let into = into.as_ref().map(g);
-                return step::regex_extract(rec, &g(field), &self.regexes[*regex], into.as_deref(), on);
+                return step::regex_extract(
+                    rec,
+                    &g(field),
+                    &self.regexes[*regex],
+                    into.as_deref(),
+                    on,
+                );
             }
-            Step::RegexReplace { field, regex, with } => step::regex_replace(rec, &g(field), &self.regexes[*regex], with)?,
+            Step::RegexReplace { field, regex, with } => {
+                step::regex_replace(rec, &g(field), &self.regexes[*regex], with)?
+            }
             Step::Template(entries) => {
                 for (p, t) in entries {
                     let v = match t {
@@ -181,19 +229,28 @@ impl Interpreter {
                             for piece in pieces {
                                 match piece {
                                     Piece::Text(t) => s.push_str(t),
-                                    Piece::Path(p) => step::push_rendered(&mut s, path::get(rec, &g(p))),
+                                    Piece::Path(p) => {
+                                        step::push_rendered(&mut s, path::get(rec, &g(p)))
+                                    }
                                 }
                             }
                             Value::String(s)
                         }
-                        Template::Full { id, .. } => {
-                            self.templates.render(&format!("t{id}"), rec).map_err(|e| e.at(&path::display(&g(p))))?
-                        }
+                        Template::Full { id, .. } => self
+                            .templates
+                            .render(&format!("t{id}"), rec)
+                            .map_err(|e| e.at(&path::display(&g(p))))?,
                     };
                     path::set(rec, &g(p), v)?;
                 }
             }
-            Step::Lookup { field, table, into, on_miss, default } => {
+            Step::Lookup {
+                field,
+                table,
+                into,
+                on_miss,
+                default,
+            } => {
                 let on = match on_miss {
                     OnMiss::Default => step::OnMiss::Default,
                     OnMiss::Keep => step::OnMiss::Keep,
@@ -201,10 +258,19 @@ impl Interpreter {
                     OnMiss::Error => step::OnMiss::Error,
                 };
                 let t = &self.tables[*table];
-                return step::lookup(rec, &g(field), |k| t.get(k).map(String::as_str), &g(into), on, default);
+                return step::lookup(
+                    rec,
+                    &g(field),
+                    |k| t.get(k).map(String::as_str),
+                    &g(into),
+                    on,
+                    default,
+                );
             }
             Step::When { .. } | Step::Explode { .. } => {
-                return Err(RecordError::transform("internal: control step in simple position"));
+                return Err(RecordError::transform(
+                    "internal: control step in simple position",
+                ));
             }
         }
         Ok(step::Flow::Keep)
@@ -215,7 +281,12 @@ impl Interpreter {
         Ok(match e {
             Expr::Lit(v) => v.clone(),
             Expr::Path(p) => path::get_or_null(rec, &g(p)),
-            Expr::List(items) => Value::Array(items.iter().map(|i| self.eval(i, rec, ctx)).collect::<R<_>>()?),
+            Expr::List(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|i| self.eval(i, rec, ctx))
+                    .collect::<R<_>>()?,
+            ),
             Expr::Map(entries) => {
                 let mut m = Map::new();
                 for (k, v) in entries {
@@ -244,7 +315,11 @@ impl Interpreter {
                 let a = self.eval(a, rec, ctx)?;
                 Value::Bool(ops::truthy(&a) || ops::truthy(&self.eval(b, rec, ctx)?))
             }
-            Expr::Cond { cond, then, otherwise } => {
+            Expr::Cond {
+                cond,
+                then,
+                otherwise,
+            } => {
                 if ops::truthy(&self.eval(cond, rec, ctx)?) {
                     self.eval(then, rec, ctx)?
                 } else {
@@ -252,8 +327,12 @@ impl Interpreter {
                 }
             }
             Expr::Call { func: name, args } => {
-                let f = func::lookup(name).ok_or_else(|| RecordError::transform(format!("unknown function `{name}`")))?;
-                let args: Vec<Value> = args.iter().map(|a| self.eval(a, rec, ctx)).collect::<R<_>>()?;
+                let f = func::lookup(name)
+                    .ok_or_else(|| RecordError::transform(format!("unknown function `{name}`")))?;
+                let args: Vec<Value> = args
+                    .iter()
+                    .map(|a| self.eval(a, rec, ctx))
+                    .collect::<R<_>>()?;
                 f(&args, ctx)?
             }
             Expr::Exists(p) => Value::Bool(path::exists(rec, &g(p))),
@@ -281,10 +360,17 @@ impl Interpreter {
             }
         }
         if routes.is_empty() && self.flow.unrouted_error {
-            out.push(Outcome::Error(RecordError { stage: "routing", message: "no output takes this record".into(), path: None }));
+            out.push(Outcome::Error(RecordError {
+                stage: "routing",
+                message: "no output takes this record".into(),
+                path: None,
+            }));
             return;
         }
-        out.push(Outcome::Routed { routes, record: rec });
+        out.push(Outcome::Routed {
+            routes,
+            record: rec,
+        });
     }
 }
 
@@ -334,6 +420,8 @@ pub fn binop_name(op: BinOp) -> &'static str {
 
 impl weavster_guest::Flow for Interpreter {
     fn run(&self, record: Value, ctx: &Ctx<'_>, out: &mut Vec<Outcome>) {
-        self.block(&self.flow.steps, record, ctx, out, &|me, r, c, o| me.route(r, c, o));
+        self.block(&self.flow.steps, record, ctx, out, &|me, r, c, o| {
+            me.route(r, c, o)
+        });
     }
 }

@@ -51,9 +51,16 @@ pub enum Expr {
     /// Short-circuit: the right side is evaluated only when needed.
     And(Box<Expr>, Box<Expr>),
     Or(Box<Expr>, Box<Expr>),
-    Cond { cond: Box<Expr>, then: Box<Expr>, otherwise: Box<Expr> },
+    Cond {
+        cond: Box<Expr>,
+        then: Box<Expr>,
+        otherwise: Box<Expr>,
+    },
     /// A library function (`weavster_guest::func`).
-    Call { func: String, args: Vec<Expr> },
+    Call {
+        func: String,
+        args: Vec<Expr>,
+    },
     /// `exists(path)`.
     Exists(Path),
     Index(Box<Expr>, Box<Expr>),
@@ -111,13 +118,35 @@ pub enum Step {
     Cast(Vec<(Path, CastType)>),
     Filter(Expr),
     /// `regex` indexes the flow's regexes.
-    RegexExtract { field: Path, regex: usize, into: Option<Path>, on_no_match: OnNoMatch },
-    RegexReplace { field: Path, regex: usize, with: String },
+    RegexExtract {
+        field: Path,
+        regex: usize,
+        into: Option<Path>,
+        on_no_match: OnNoMatch,
+    },
+    RegexReplace {
+        field: Path,
+        regex: usize,
+        with: String,
+    },
     Template(Vec<(Path, Template)>),
     /// `table` indexes the flow's lookup tables.
-    Lookup { field: Path, table: usize, into: Path, on_miss: OnMiss, default: Value },
-    When { cond: Expr, then: Vec<Step>, otherwise: Vec<Step> },
-    Explode { field: Path, into: Path },
+    Lookup {
+        field: Path,
+        table: usize,
+        into: Path,
+        on_miss: OnMiss,
+        default: Value,
+    },
+    When {
+        cond: Expr,
+        then: Vec<Step>,
+        otherwise: Vec<Step>,
+    },
+    Explode {
+        field: Path,
+        into: Path,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

@@ -31,12 +31,22 @@ struct Lowerer<'a> {
 
 /// Lowers a checked flow. `lookups` holds every table of the project.
 pub fn lower(name: &str, flow: &FlowFile, lookups: &BTreeMap<String, LookupData>) -> Res<Flow> {
-    let mut l = Lowerer { lookups, regexes: Vec::new(), templates: Vec::new(), tables: Vec::new() };
+    let mut l = Lowerer {
+        lookups,
+        regexes: Vec::new(),
+        templates: Vec::new(),
+        tables: Vec::new(),
+    };
     let steps = l.steps(&flow.transforms)?;
     let outputs = flow
         .outputs
         .iter()
-        .map(|o| Ok(Output { to: o.to.clone(), when: o.when.as_deref().map(expr).transpose()? }))
+        .map(|o| {
+            Ok(Output {
+                to: o.to.clone(),
+                when: o.when.as_deref().map(expr).transpose()?,
+            })
+        })
         .collect::<Res<Vec<_>>>()?;
     Ok(Flow {
         name: name.to_string(),
@@ -51,7 +61,8 @@ pub fn lower(name: &str, flow: &FlowFile, lookups: &BTreeMap<String, LookupData>
 
 /// Parses an expression and lowers it.
 pub fn expr(src: &str) -> Res<Expr> {
-    let parsed = weavster_expr::parse(src).map_err(|e| LowerError(format!("expression `{src}`: {}", e.message)))?;
+    let parsed = weavster_expr::parse(src)
+        .map_err(|e| LowerError(format!("expression `{src}`: {}", e.message)))?;
     if let Some(e) = weavster_expr::check(&parsed).into_iter().next() {
         return Err(LowerError(format!("expression `{src}`: {}", e.message)));
     }
@@ -79,14 +90,19 @@ fn lower_expr(e: &weavster_expr::Expr) -> Res<Expr> {
             Literal::Null => serde_json::Value::Null,
             Literal::Bool(b) => serde_json::Value::Bool(*b),
             Literal::Int(i) => serde_json::Value::from(*i),
-            Literal::Float(f) => serde_json::Number::from_f64(*f).map(serde_json::Value::Number).unwrap_or_default(),
+            Literal::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or_default(),
             Literal::Str(s) => serde_json::Value::String(s.clone()),
         }),
         ExprKind::Path(segs) => Expr::Path(segs.iter().map(seg).collect()),
         ExprKind::List(items) => Expr::List(items.iter().map(lower_expr).collect::<Res<_>>()?),
-        ExprKind::Map(entries) => {
-            Expr::Map(entries.iter().map(|(k, v)| Ok((k.clone(), lower_expr(v)?))).collect::<Res<_>>()?)
-        }
+        ExprKind::Map(entries) => Expr::Map(
+            entries
+                .iter()
+                .map(|(k, v)| Ok((k.clone(), lower_expr(v)?)))
+                .collect::<Res<_>>()?,
+        ),
         ExprKind::Unary(op, inner) => {
             let op = match op {
                 U::Not => UnOp::Not,
@@ -119,7 +135,11 @@ fn lower_expr(e: &weavster_expr::Expr) -> Res<Expr> {
             };
             Expr::Binary(op, a, b)
         }
-        ExprKind::Cond { cond, then, otherwise } => Expr::Cond {
+        ExprKind::Cond {
+            cond,
+            then,
+            otherwise,
+        } => Expr::Cond {
             cond: Box::new(lower_expr(cond)?),
             then: Box::new(lower_expr(then)?),
             otherwise: Box::new(lower_expr(otherwise)?),
@@ -134,7 +154,10 @@ fn lower_expr(e: &weavster_expr::Expr) -> Res<Expr> {
             if weavster_guest::func::lookup(name).is_none() {
                 return Err(LowerError(format!("unknown function `{name}`")));
             }
-            Expr::Call { func: name.clone(), args: args.iter().map(lower_expr).collect::<Res<_>>()? }
+            Expr::Call {
+                func: name.clone(),
+                args: args.iter().map(lower_expr).collect::<Res<_>>()?,
+            }
         }
         ExprKind::Index(a, b) => Expr::Index(Box::new(lower_expr(a)?), Box::new(lower_expr(b)?)),
     })
@@ -184,16 +207,21 @@ impl Lowerer<'_> {
     }
 
     fn table(&mut self, table: &str, column: Option<&str>) -> Res<usize> {
-        let data = self.lookups.get(table).ok_or_else(|| LowerError(format!("unknown lookup table `{table}`")))?;
-        let col = match column {
-            None => 1,
-            Some(c) => data
-                .columns
-                .iter()
-                .position(|x| x == c)
-                .ok_or_else(|| LowerError(format!("lookup table `{table}` has no column `{c}`")))?,
-        };
-        let name = format!("{table}.{}", data.columns.get(col).cloned().unwrap_or_default());
+        let data = self
+            .lookups
+            .get(table)
+            .ok_or_else(|| LowerError(format!("unknown lookup table `{table}`")))?;
+        let col =
+            match column {
+                None => 1,
+                Some(c) => data.columns.iter().position(|x| x == c).ok_or_else(|| {
+                    LowerError(format!("lookup table `{table}` has no column `{c}`"))
+                })?,
+            };
+        let name = format!(
+            "{table}.{}",
+            data.columns.get(col).cloned().unwrap_or_default()
+        );
         if let Some(i) = self.tables.iter().position(|t| t.name == name) {
             return Ok(i);
         }
@@ -211,17 +239,36 @@ impl Lowerer<'_> {
     fn step(&mut self, t: &Transform) -> Res<Step> {
         let paths = |list: &[String]| list.iter().map(|p| path(p)).collect::<Res<Vec<_>>>();
         Ok(match t {
-            Transform::Set(m) => Step::Set(m.iter().map(|(p, e)| Ok((path(p)?, expr(e)?))).collect::<Res<_>>()?),
-            Transform::Add(m) => Step::Add(m.iter().map(|(p, v)| Ok((path(p)?, v.clone()))).collect::<Res<_>>()?),
-            Transform::Default(m) => {
-                Step::Default(m.iter().map(|(p, v)| Ok((path(p)?, v.clone()))).collect::<Res<_>>()?)
-            }
-            Transform::Rename(m) => Step::Rename(m.iter().map(|(a, b)| Ok((path(a)?, path(b)?))).collect::<Res<_>>()?),
+            Transform::Set(m) => Step::Set(
+                m.iter()
+                    .map(|(p, e)| Ok((path(p)?, expr(e)?)))
+                    .collect::<Res<_>>()?,
+            ),
+            Transform::Add(m) => Step::Add(
+                m.iter()
+                    .map(|(p, v)| Ok((path(p)?, v.clone())))
+                    .collect::<Res<_>>()?,
+            ),
+            Transform::Default(m) => Step::Default(
+                m.iter()
+                    .map(|(p, v)| Ok((path(p)?, v.clone())))
+                    .collect::<Res<_>>()?,
+            ),
+            Transform::Rename(m) => Step::Rename(
+                m.iter()
+                    .map(|(a, b)| Ok((path(a)?, path(b)?)))
+                    .collect::<Res<_>>()?,
+            ),
             Transform::Drop(list) => Step::Drop(paths(list)?),
             Transform::Select(list) => Step::Select(paths(list)?),
             Transform::Coalesce(m) => Step::Coalesce(
                 m.iter()
-                    .map(|(p, es)| Ok((path(p)?, es.iter().map(|e| expr(e)).collect::<Res<Vec<_>>>()?)))
+                    .map(|(p, es)| {
+                        Ok((
+                            path(p)?,
+                            es.iter().map(|e| expr(e)).collect::<Res<Vec<_>>>()?,
+                        ))
+                    })
                     .collect::<Res<_>>()?,
             ),
             Transform::Cast(m) => Step::Cast(
@@ -258,7 +305,11 @@ impl Lowerer<'_> {
                         regex: self.regex(p)?,
                         with: r.with.clone().unwrap_or_default(),
                     },
-                    _ => return Err(LowerError("`regex` needs exactly one of `pattern` and `replace`".into())),
+                    _ => {
+                        return Err(LowerError(
+                            "`regex` needs exactly one of `pattern` and `replace`".into(),
+                        ));
+                    }
                 }
             }
             Transform::Template(m) => Step::Template(
@@ -268,7 +319,10 @@ impl Lowerer<'_> {
                             Some(pieces) => Template::Plain(pieces),
                             None => {
                                 self.templates.push(src.clone());
-                                Template::Full { id: self.templates.len() - 1, source: src.clone() }
+                                Template::Full {
+                                    id: self.templates.len() - 1,
+                                    source: src.clone(),
+                                }
                             }
                         };
                         Ok((path(p)?, t))
@@ -293,9 +347,11 @@ impl Lowerer<'_> {
                     default: l.default.clone().unwrap_or(serde_json::Value::Null),
                 }
             }
-            Transform::When(w) => {
-                Step::When { cond: expr(&w.condition)?, then: self.steps(&w.then)?, otherwise: self.steps(&w.otherwise)? }
-            }
+            Transform::When(w) => Step::When {
+                cond: expr(&w.condition)?,
+                then: self.steps(&w.then)?,
+                otherwise: self.steps(&w.otherwise)?,
+            },
             Transform::Explode(x) => {
                 let field = path(&x.field)?;
                 Step::Explode {

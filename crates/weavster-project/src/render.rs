@@ -55,21 +55,28 @@ const LOAD_TIME_NAMES: &[&str] = &["env_var", "var", "target", "project"];
 /// `{% raw %}`, so that record templates (`template:` values such as
 /// `{{ first_name }}`) reach the flow compiler untouched.
 fn protect_runtime_blocks(src: &str) -> String {
-    static RAW: std::sync::OnceLock<Option<(regex::Regex, regex::Regex)>> = std::sync::OnceLock::new();
+    static RAW: std::sync::OnceLock<Option<(regex::Regex, regex::Regex)>> =
+        std::sync::OnceLock::new();
     let raw = RAW.get_or_init(|| {
-        Some((regex::Regex::new(r"\{%-?\s*raw\s*-?%\}").ok()?, regex::Regex::new(r"\{%-?\s*endraw\s*-?%\}").ok()?))
+        Some((
+            regex::Regex::new(r"\{%-?\s*raw\s*-?%\}").ok()?,
+            regex::Regex::new(r"\{%-?\s*endraw\s*-?%\}").ok()?,
+        ))
     });
     let mut out = String::with_capacity(src.len());
     let mut rest = src;
     while let Some(open) = rest.find("{{") {
         // A `{% raw %}` block before the next `{{` is copied as it is.
-        if let Some((start_re, end_re)) = raw {
-            if let Some(m) = start_re.find(&rest[..open]) {
-                let end = end_re.find(&rest[m.end()..]).map(|e| m.end() + e.end()).unwrap_or(rest.len());
-                out.push_str(&rest[..end]);
-                rest = &rest[end..];
-                continue;
-            }
+        if let Some((start_re, end_re)) = raw
+            && let Some(m) = start_re.find(&rest[..open])
+        {
+            let end = end_re
+                .find(&rest[m.end()..])
+                .map(|e| m.end() + e.end())
+                .unwrap_or(rest.len());
+            out.push_str(&rest[..end]);
+            rest = &rest[end..];
+            continue;
         }
         let line_end = rest[open..]
             .find('\n')
