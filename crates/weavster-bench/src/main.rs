@@ -1,0 +1,171 @@
+//! `cargo run --release -p weavster-bench` (or `scripts/bench-compile.sh`):
+//! compile times (cold, one flow changed, nothing changed) and transform
+//! throughput of the `orders` example at batch sizes 1/64/1024 through
+//! wasmtime, the same generated Rust compiled natively, and a hand-written
+//! `serde_json::Value` version — measured in one run, printed as ratios.
+//! Nothing is asserted: this is a benchmark, not a test.
+
+mod records;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use serde_json::{Map, Value};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        if e.file_name() == ".weavster" || e.file_name() == "out" {
+            continue;
+        }
+        if e.path().is_dir() {
+            copy_dir(&e.path(), &to.join(e.file_name()))?;
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name()))?;
+        }
+    }
+    Ok(())
+}
+
+/// What `weavster compile` does: load, lower, build, precompile.
+fn compile(root: &Path, host: &weavster_host::Host) -> anyhow::Result<Vec<weavster_build::Built>> {
+    let loaded = weavster_project::load(&weavster_project::LoadOptions { project_dir: root.to_path_buf(), ..Default::default() })?;
+    if !loaded.is_valid() {
+        bail!("invalid project: {:?}", loaded.diagnostics);
+    }
+    let p = &loaded.project;
+    let tables: BTreeMap<_, _> = p
+        .lookups
+        .iter()
+        .map(|(k, t)| (k.clone(), weavster_ir::LookupData { columns: t.columns.clone(), rows: t.rows.clone() }))
+        .collect();
+    let irs = p.flows.iter().map(|f| weavster_ir::lower(&f.name, &f.spec, &tables)).collect::<Result<Vec<_>, _>>()?;
+    let inputs: Vec<_> = irs.iter().zip(&p.flows).map(|(ir, f)| weavster_build::FlowInput { ir, origin: &f.file }).collect();
+    let opts = weavster_build::Options {
+        project_root: root,
+        force: false,
+        debug: false,
+        profile: weavster_build::Profile::Release,
+        cargo_target_dir: None,
+    };
+    let built = weavster_build::build(&inputs, &opts, &mut |_| {})?;
+    for b in &built {
+        host.precompile(&b.wasm)?;
+    }
+    Ok(built)
+}
+
+fn main() -> anyhow::Result<()> {
+    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path().join("orders");
+    copy_dir(&repo().join("flows-examples/orders"), &root)?;
+    let host = weavster_host::Host::new()?;
+
+    eprintln!("cold build (dependencies included)…");
+    let t = Instant::now();
+    compile(&root, &host)?;
+    let cold = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let built = compile(&root, &host)?;
+    let unchanged = t.elapsed().as_secs_f64();
+
+    let flow_file = root.join("flows/orders.yaml");
+    let text = std::fs::read_to_string(&flow_file)?;
+    std::fs::write(&flow_file, text.replace("then: [ { add: { priority: high } } ]", "then: [ { add: { priority: high, flagged: true } } ]"))?;
+    eprintln!("one flow changed…");
+    let t = Instant::now();
+    let built_changed = compile(&root, &host)?;
+    let changed = t.elapsed().as_secs_f64();
+    let _ = built;
+    let wasm = built_changed.first().context("no flow built")?.wasm.clone();
+    let wasm_size = std::fs::metadata(&wasm)?.len();
+
+    eprintln!("building the native comparison program…");
+    let native = native_program(tmp.path(), &root)?;
+    let out = Command::new(&native).arg(n.to_string()).output()?;
+    if !out.status.success() {
+        bail!("native benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let native_rps: Map<String, Value> = serde_json::from_slice(&out.stdout)?;
+
+    let module = host.load(&wasm)?;
+    let mut vars = Map::new();
+    vars.insert("big_order_total".into(), serde_json::json!(100));
+    let mut instance = module.instantiate(&vars)?;
+    let recs = records::records(n);
+    println!("weavster benchmark — flows-examples/orders, {n} records, best of 3");
+    println!();
+    println!("compile: cold {cold:.1}s · one flow changed {changed:.2}s · nothing changed {unchanged:.3}s · module {} KiB", wasm_size / 1024);
+    println!();
+    println!("{:>6}  {:>14}  {:>14}  {:>14}  {:>12}  {:>12}", "batch", "wasm rec/s", "native rec/s", "serde_json rec/s", "wasm/native", "wasm/naive");
+    for size in [1usize, 64, 1024] {
+        let batches = records::batches(&recs, size);
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let t = Instant::now();
+            for b in &batches {
+                instance.process(b)?;
+            }
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        let wasm_rps = n as f64 / best;
+        let get = |k: &str| native_rps.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
+        let (nat, naive) = (get(&format!("native_{size}")), get(&format!("naive_{size}")));
+        println!(
+            "{size:>6}  {wasm_rps:>14.0}  {nat:>14.0}  {naive:>16.0}  {:>11.2}×  {:>11.2}×",
+            wasm_rps / nat,
+            wasm_rps / naive
+        );
+    }
+    println!();
+    println!("wasm/native ≥ 0.8× and wasm/naive ≥ 1.0× are the goals (throughput ratios: higher is better).");
+    Ok(())
+}
+
+/// Builds the native program: the generated flow crate as an rlib plus
+/// `native/main.rs` and the hand-written version.
+fn native_program(tmp: &Path, project: &Path) -> anyhow::Result<PathBuf> {
+    let dir = tmp.join("native");
+    let build = project.join(".weavster/build");
+    let lib = build.join("flows/orders/src/lib.rs");
+    let guest = build.join("weavster-guest");
+    std::fs::create_dir_all(dir.join("flow/src"))?;
+    std::fs::create_dir_all(dir.join("bench/src"))?;
+    std::fs::write(
+        dir.join("Cargo.toml"),
+        "[workspace]\nresolver = \"2\"\nmembers = [\"flow\", \"bench\"]\n\n[profile.release]\nopt-level = 3\nlto = \"fat\"\ncodegen-units = 1\npanic = \"abort\"\n",
+    )?;
+    std::fs::write(
+        dir.join("flow/Cargo.toml"),
+        format!(
+            "[package]\nname = \"flow_native\"\nversion = \"0.0.0\"\nedition = \"2024\"\n\n[lib]\npath = {:?}\n\n[dependencies]\nweavster-guest = {{ path = {:?} }}\n",
+            lib.display().to_string(),
+            guest.display().to_string()
+        ),
+    )?;
+    std::fs::write(
+        dir.join("bench/Cargo.toml"),
+        format!(
+            "[package]\nname = \"bench_native\"\nversion = \"0.0.0\"\nedition = \"2024\"\n\n[dependencies]\nflow_native = {{ path = \"../flow\" }}\nweavster-guest = {{ path = {:?} }}\nserde_json = {{ version = \"1\", features = [\"preserve_order\"] }}\n",
+            guest.display().to_string()
+        ),
+    )?;
+    std::fs::write(dir.join("bench/src/main.rs"), include_str!("../native/main.rs"))?;
+    std::fs::write(dir.join("bench/src/naive.rs"), include_str!("../native/naive.rs"))?;
+    std::fs::write(dir.join("bench/src/records.rs"), include_str!("records.rs"))?;
+    let status = Command::new("cargo").current_dir(&dir).args(["build", "--release", "-q"]).env_remove("CARGO_TARGET_DIR").status()?;
+    if !status.success() {
+        bail!("building the native benchmark failed");
+    }
+    Ok(dir.join("target/release/bench_native"))
+}
