@@ -37,7 +37,10 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
 
 /// What `weavster compile` does: load, lower, build, precompile.
 fn compile(root: &Path, host: &weavster_host::Host) -> anyhow::Result<Vec<weavster_build::Built>> {
-    let loaded = weavster_project::load(&weavster_project::LoadOptions { project_dir: root.to_path_buf(), ..Default::default() })?;
+    let loaded = weavster_project::load(&weavster_project::LoadOptions {
+        project_dir: root.to_path_buf(),
+        ..Default::default()
+    })?;
     if !loaded.is_valid() {
         bail!("invalid project: {:?}", loaded.diagnostics);
     }
@@ -45,10 +48,29 @@ fn compile(root: &Path, host: &weavster_host::Host) -> anyhow::Result<Vec<weavst
     let tables: BTreeMap<_, _> = p
         .lookups
         .iter()
-        .map(|(k, t)| (k.clone(), weavster_ir::LookupData { columns: t.columns.clone(), rows: t.rows.clone() }))
+        .map(|(k, t)| {
+            (
+                k.clone(),
+                weavster_ir::LookupData {
+                    columns: t.columns.clone(),
+                    rows: t.rows.clone(),
+                },
+            )
+        })
         .collect();
-    let irs = p.flows.iter().map(|f| weavster_ir::lower(&f.name, &f.spec, &tables)).collect::<Result<Vec<_>, _>>()?;
-    let inputs: Vec<_> = irs.iter().zip(&p.flows).map(|(ir, f)| weavster_build::FlowInput { ir, origin: &f.file }).collect();
+    let irs = p
+        .flows
+        .iter()
+        .map(|f| weavster_ir::lower(&f.name, &f.spec, &tables))
+        .collect::<Result<Vec<_>, _>>()?;
+    let inputs: Vec<_> = irs
+        .iter()
+        .zip(&p.flows)
+        .map(|(ir, f)| weavster_build::FlowInput {
+            ir,
+            origin: &f.file,
+        })
+        .collect();
     let opts = weavster_build::Options {
         project_root: root,
         force: false,
@@ -64,7 +86,10 @@ fn compile(root: &Path, host: &weavster_host::Host) -> anyhow::Result<Vec<weavst
 }
 
 fn main() -> anyhow::Result<()> {
-    let n: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(20_000);
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20_000);
     let tmp = tempfile::tempdir()?;
     let root = tmp.path().join("orders");
     copy_dir(&repo().join("flows-examples/orders"), &root)?;
@@ -81,7 +106,13 @@ fn main() -> anyhow::Result<()> {
 
     let flow_file = root.join("flows/orders.yaml");
     let text = std::fs::read_to_string(&flow_file)?;
-    std::fs::write(&flow_file, text.replace("then: [ { add: { priority: high } } ]", "then: [ { add: { priority: high, flagged: true } } ]"))?;
+    std::fs::write(
+        &flow_file,
+        text.replace(
+            "then: [ { add: { priority: high } } ]",
+            "then: [ { add: { priority: high, flagged: true } } ]",
+        ),
+    )?;
     eprintln!("one flow changed…");
     let t = Instant::now();
     let built_changed = compile(&root, &host)?;
@@ -94,7 +125,10 @@ fn main() -> anyhow::Result<()> {
     let native = native_program(tmp.path(), &root)?;
     let out = Command::new(&native).arg(n.to_string()).output()?;
     if !out.status.success() {
-        bail!("native benchmark failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "native benchmark failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let native_rps: Map<String, Value> = serde_json::from_slice(&out.stdout)?;
 
@@ -105,9 +139,15 @@ fn main() -> anyhow::Result<()> {
     let recs = records::records(n);
     println!("weavster benchmark — flows-examples/orders, {n} records, best of 3");
     println!();
-    println!("compile: cold {cold:.1}s · one flow changed {changed:.2}s · nothing changed {unchanged:.3}s · module {} KiB", wasm_size / 1024);
+    println!(
+        "compile: cold {cold:.1}s · one flow changed {changed:.2}s · nothing changed {unchanged:.3}s · module {} KiB",
+        wasm_size / 1024
+    );
     println!();
-    println!("{:>6}  {:>14}  {:>14}  {:>14}  {:>12}  {:>12}", "batch", "wasm rec/s", "native rec/s", "serde_json rec/s", "wasm/native", "wasm/naive");
+    println!(
+        "{:>6}  {:>14}  {:>14}  {:>14}  {:>12}  {:>12}",
+        "batch", "wasm rec/s", "native rec/s", "serde_json rec/s", "wasm/native", "wasm/naive"
+    );
     for size in [1usize, 64, 1024] {
         let batches = records::batches(&recs, size);
         let mut best = f64::MAX;
@@ -119,8 +159,16 @@ fn main() -> anyhow::Result<()> {
             best = best.min(t.elapsed().as_secs_f64());
         }
         let wasm_rps = n as f64 / best;
-        let get = |k: &str| native_rps.get(k).and_then(Value::as_f64).unwrap_or(f64::NAN);
-        let (nat, naive) = (get(&format!("native_{size}")), get(&format!("naive_{size}")));
+        let get = |k: &str| {
+            native_rps
+                .get(k)
+                .and_then(Value::as_f64)
+                .unwrap_or(f64::NAN)
+        };
+        let (nat, naive) = (
+            get(&format!("native_{size}")),
+            get(&format!("naive_{size}")),
+        );
         println!(
             "{size:>6}  {wasm_rps:>14.0}  {nat:>14.0}  {naive:>16.0}  {:>11.2}×  {:>11.2}×",
             wasm_rps / nat,
@@ -128,7 +176,9 @@ fn main() -> anyhow::Result<()> {
         );
     }
     println!();
-    println!("wasm/native ≥ 0.8× and wasm/naive ≥ 1.0× are the goals (throughput ratios: higher is better).");
+    println!(
+        "wasm/native ≥ 0.8× and wasm/naive ≥ 1.0× are the goals (throughput ratios: higher is better)."
+    );
     Ok(())
 }
 
@@ -160,10 +210,20 @@ fn native_program(tmp: &Path, project: &Path) -> anyhow::Result<PathBuf> {
             guest.display().to_string()
         ),
     )?;
-    std::fs::write(dir.join("bench/src/main.rs"), include_str!("../native/main.rs"))?;
-    std::fs::write(dir.join("bench/src/naive.rs"), include_str!("../native/naive.rs"))?;
+    std::fs::write(
+        dir.join("bench/src/main.rs"),
+        include_str!("../native/main.rs"),
+    )?;
+    std::fs::write(
+        dir.join("bench/src/naive.rs"),
+        include_str!("../native/naive.rs"),
+    )?;
     std::fs::write(dir.join("bench/src/records.rs"), include_str!("records.rs"))?;
-    let status = Command::new("cargo").current_dir(&dir).args(["build", "--release", "-q"]).env_remove("CARGO_TARGET_DIR").status()?;
+    let status = Command::new("cargo")
+        .current_dir(&dir)
+        .args(["build", "--release", "-q"])
+        .env_remove("CARGO_TARGET_DIR")
+        .status()?;
     if !status.success() {
         bail!("building the native benchmark failed");
     }

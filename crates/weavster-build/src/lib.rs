@@ -210,8 +210,10 @@ pub fn flow_key(fingerprint: &str, toolchain: &str) -> String {
     hex(&h.finalize())[..16].to_string()
 }
 
-fn crate_name(flow: &str) -> String {
-    format!("flow_{flow}")
+/// The flow crate's package name. It carries the cache key, so that
+/// projects sharing a cargo target dir never overwrite each other's modules.
+fn crate_name(flow: &str, key: &str) -> String {
+    format!("flow_{flow}_{key}")
 }
 
 /// Options of [`build`].
@@ -276,7 +278,8 @@ pub fn build(
     }
 
     let build_dir = layout.build_dir();
-    write_workspace(&build_dir, flows)?;
+    let keys: Vec<&str> = results.iter().map(|b| b.key.as_str()).collect();
+    write_workspace(&build_dir, flows, &keys)?;
     for f in &stale {
         let source =
             weavster_codegen::generate(f.ir, f.origin).map_err(|e| BuildError::Codegen {
@@ -292,10 +295,21 @@ pub fn build(
         Some(d) => std::path::absolute(d).unwrap_or_else(|_| d.clone()),
         None => build_dir.join("target"),
     };
-    run_cargo(&build_dir, &cargo_target, &stale, opts.profile, progress)?;
+    let stale_crates: Vec<(String, String)> = results
+        .iter()
+        .filter(|b| !b.cached)
+        .map(|b| (b.flow.clone(), crate_name(&b.flow, &b.key)))
+        .collect();
+    run_cargo(
+        &build_dir,
+        &cargo_target,
+        &stale_crates,
+        opts.profile,
+        progress,
+    )?;
     let target_dir = cargo_target.join(TARGET).join(opts.profile.name());
     for b in results.iter().filter(|b| !b.cached) {
-        let built = target_dir.join(format!("{}.wasm", crate_name(&b.flow)));
+        let built = target_dir.join(format!("{}.wasm", crate_name(&b.flow, &b.key)));
         // Old modules of this flow are replaced by the new one.
         if let Ok(entries) = std::fs::read_dir(&wasm_dir) {
             for e in entries.filter_map(Result::ok) {
@@ -313,7 +327,7 @@ pub fn build(
     Ok(results)
 }
 
-fn write_workspace(dir: &Path, flows: &[FlowInput<'_>]) -> Result<(), BuildError> {
+fn write_workspace(dir: &Path, flows: &[FlowInput<'_>], keys: &[&str]) -> Result<(), BuildError> {
     let members: Vec<String> = flows
         .iter()
         .map(|f| format!("\"flows/{}\"", f.ir.name))
@@ -350,7 +364,7 @@ publish = false
     for (path, src) in GUEST_FILES {
         write_if_changed(&dir.join("weavster-guest").join(path), src)?;
     }
-    for f in flows {
+    for (f, key) in flows.iter().zip(keys) {
         let manifest = format!(
             r#"[package]
 name = "{name}"
@@ -366,7 +380,7 @@ path = "src/lib.rs"
 [dependencies]
 weavster-guest = {{ path = "../../weavster-guest" }}
 "#,
-            name = crate_name(&f.ir.name)
+            name = crate_name(&f.ir.name, key)
         );
         write_if_changed(
             &dir.join("flows").join(&f.ir.name).join("Cargo.toml"),
@@ -379,7 +393,7 @@ weavster-guest = {{ path = "../../weavster-guest" }}
 fn run_cargo(
     dir: &Path,
     target_dir: &Path,
-    stale: &[&FlowInput<'_>],
+    stale: &[(String, String)],
     profile: Profile,
     progress: &mut dyn FnMut(Event),
 ) -> Result<(), BuildError> {
@@ -398,8 +412,8 @@ fn run_cargo(
     if profile == Profile::Release {
         cmd.arg("--release");
     }
-    for f in stale {
-        cmd.args(["-p", &crate_name(&f.ir.name)]);
+    for (_, name) in stale {
+        cmd.args(["-p", name]);
     }
     let mut child = cmd.spawn().map_err(|source| BuildError::Spawn {
         command: "cargo build".into(),
@@ -460,11 +474,11 @@ fn run_cargo(
     {
         return Err(BuildError::MissingTarget);
     }
-    for f in stale {
-        let generated = dir.join("flows").join(&f.ir.name).join("src/lib.rs");
-        if output.contains(&format!("flows/{}/src/lib.rs", f.ir.name)) {
+    for (flow, _) in stale {
+        let generated = dir.join("flows").join(flow).join("src/lib.rs");
+        if output.contains(&format!("flows/{flow}/src/lib.rs")) {
             return Err(BuildError::Generated {
-                flow: f.ir.name.clone(),
+                flow: flow.clone(),
                 generated,
                 output,
             });
