@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use include_dir::{Dir, include_dir};
 
+use weavster_project::{is_identifier, to_identifier};
+
 use crate::Global;
 
 /// The scaffold, embedded at build time from `templates/project/`.
@@ -106,27 +108,4 @@ fn write_dir(src: &Dir<'_>, dest: &Path, name: &str) -> anyhow::Result<usize> {
         n += write_dir(sub, dest, name)?;
     }
     Ok(n)
-}
-
-fn is_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
-fn to_identifier(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if !out.starts_with(|c: char| c.is_ascii_lowercase()) {
-        out.insert_str(0, "project_");
-    }
-    out
 }

@@ -193,13 +193,7 @@ impl Gen {
             Value::Null => quote! { Value::Null },
             Value::Bool(b) => quote! { Value::Bool(#b) },
             other => {
-                let i = match self.lits.iter().position(|l| l == other) {
-                    Some(i) => i,
-                    None => {
-                        self.lits.push(other.clone());
-                        self.lits.len() - 1
-                    }
-                };
+                let i = self.lit_index(other);
                 quote! { self.lits[#i].clone() }
             }
         }
@@ -412,9 +406,10 @@ impl Gen {
                 quote! { #(#casts)* }
             }
             Step::Filter(e) => {
-                let c = self.expr(e);
+                let c = self.operand(e, &format_ident!("c"));
                 quote! {
-                    if !ops::truthy(&#c) {
+                    #c
+                    if !ops::truthy(c) {
                         return Ok(step::Flow::Drop);
                     }
                 }
@@ -515,6 +510,38 @@ impl Gen {
         name
     }
 
+    /// A statement binding `name` to a `&Value` for `e`: record fields and
+    /// literals are borrowed, not cloned; anything else is computed first.
+    fn operand(&mut self, e: &Expr, name: &Ident) -> TokenStream {
+        match e {
+            Expr::Path(p) => {
+                let p = self.path(p);
+                quote! { let #name: &Value = path::get_ref(rec, #p); }
+            }
+            Expr::Lit(Value::Null) => quote! { let #name: &Value = &Value::Null; },
+            Expr::Lit(Value::Bool(b)) => quote! { let #name: &Value = &Value::Bool(#b); },
+            Expr::Lit(v) => {
+                let i = self.lit_index(v);
+                quote! { let #name: &Value = &self.lits[#i]; }
+            }
+            other => {
+                let owned = format_ident!("{}_owned", name);
+                let code = self.expr(other);
+                quote! { let #owned: Value = #code; let #name: &Value = &#owned; }
+            }
+        }
+    }
+
+    fn lit_index(&mut self, v: &Value) -> usize {
+        match self.lits.iter().position(|l| l == v) {
+            Some(i) => i,
+            None => {
+                self.lits.push(v.clone());
+                self.lits.len() - 1
+            }
+        }
+    }
+
     /// An expression of type `Value`, inside a function returning `R<_>`.
     fn expr(&mut self, e: &Expr) -> TokenStream {
         match e {
@@ -546,41 +573,50 @@ impl Gen {
                 }}
             }
             Expr::Unary(op, inner) => {
-                let v = self.expr(inner);
+                let a = self.operand(inner, &format_ident!("a"));
                 let f = match op {
                     UnOp::Not => quote! { ops::not },
                     UnOp::Neg => quote! { ops::neg },
                     UnOp::Pos => quote! { ops::pos },
                 };
-                quote! {{ let a = #v; #f(&a)? }}
+                quote! {{ #a #f(a)? }}
             }
             Expr::Binary(op, a, b) => {
-                let (a, b) = (self.expr(a), self.expr(b));
+                let a = self.operand(a, &format_ident!("a"));
+                let b = self.operand(b, &format_ident!("b"));
                 let f = Ident::new(binop_name(*op), Span::call_site());
-                quote! {{ let a = #a; let b = #b; ops::#f(&a, &b)? }}
+                quote! {{ #a #b ops::#f(a, b)? }}
             }
             Expr::And(a, b) => {
-                let (a, b) = (self.expr(a), self.expr(b));
-                quote! {{ let a = #a; Value::Bool(ops::truthy(&a) && ops::truthy(&#b)) }}
+                let a = self.operand(a, &format_ident!("a"));
+                let b = self.operand(b, &format_ident!("b"));
+                quote! {{ #a Value::Bool(ops::truthy(a) && { #b ops::truthy(b) }) }}
             }
             Expr::Or(a, b) => {
-                let (a, b) = (self.expr(a), self.expr(b));
-                quote! {{ let a = #a; Value::Bool(ops::truthy(&a) || ops::truthy(&#b)) }}
+                let a = self.operand(a, &format_ident!("a"));
+                let b = self.operand(b, &format_ident!("b"));
+                quote! {{ #a Value::Bool(ops::truthy(a) || { #b ops::truthy(b) }) }}
             }
             Expr::Cond {
                 cond,
                 then,
                 otherwise,
             } => {
-                let (c, t, o) = (self.expr(cond), self.expr(then), self.expr(otherwise));
-                quote! { if ops::truthy(&#c) { #t } else { #o } }
+                let c = self.operand(cond, &format_ident!("c"));
+                let (t, o) = (self.expr(then), self.expr(otherwise));
+                quote! {{ #c if ops::truthy(c) { #t } else { #o } }}
             }
             Expr::Call { func, args } => {
                 let f = Ident::new(weavster_ir_func_name(func), Span::call_site());
-                let args: Vec<_> = args.iter().map(|a| self.expr(a)).collect();
+                let names: Vec<Ident> = (0..args.len()).map(|i| format_ident!("a{}", i)).collect();
+                let binds: Vec<_> = args
+                    .iter()
+                    .zip(&names)
+                    .map(|(a, n)| self.operand(a, n))
+                    .collect();
                 quote! {{
-                    let args: Vec<Value> = vec![#(#args),*];
-                    func::#f(&args, ctx)?
+                    #(#binds)*
+                    func::#f(&[#(#names),*], ctx)?
                 }}
             }
             Expr::Exists(p) => {
@@ -588,8 +624,9 @@ impl Gen {
                 quote! { Value::Bool(path::exists(rec, #p)) }
             }
             Expr::Index(a, b) => {
-                let (a, b) = (self.expr(a), self.expr(b));
-                quote! {{ let a = #a; let b = #b; ops::index(&a, &b)? }}
+                let a = self.operand(a, &format_ident!("a"));
+                let b = self.operand(b, &format_ident!("b"));
+                quote! {{ #a #b ops::index(a, b)? }}
             }
         }
     }

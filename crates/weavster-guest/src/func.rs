@@ -12,19 +12,21 @@ use sha2::Digest as _;
 use crate::ops::{float, type_name};
 use crate::{Ctx, R, RecordError};
 
-pub type Func = fn(&[Value], &Ctx<'_>) -> R<Value>;
+/// Arguments are borrowed: generated code passes record fields and literals
+/// without cloning them.
+pub type Func = fn(&[&Value], &Ctx<'_>) -> R<Value>;
 
 static NULL: Value = Value::Null;
 
-fn arg(a: &[Value], i: usize) -> &Value {
-    a.get(i).unwrap_or(&NULL)
+fn arg<'a>(a: &[&'a Value], i: usize) -> &'a Value {
+    a.get(i).copied().unwrap_or(&NULL)
 }
 
 fn want(name: &str, what: &str, v: &Value) -> RecordError {
     RecordError::transform(format!("`{name}` expects {what}, got {}", type_name(v)))
 }
 
-fn string_arg<'a>(name: &str, a: &'a [Value], i: usize) -> R<Option<&'a str>> {
+fn string_arg<'a>(name: &str, a: &[&'a Value], i: usize) -> R<Option<&'a str>> {
     match arg(a, i) {
         Value::Null => Ok(None),
         Value::String(s) => Ok(Some(s)),
@@ -32,7 +34,7 @@ fn string_arg<'a>(name: &str, a: &'a [Value], i: usize) -> R<Option<&'a str>> {
     }
 }
 
-fn int_arg(name: &str, a: &[Value], i: usize) -> R<Option<i64>> {
+fn int_arg(name: &str, a: &[&Value], i: usize) -> R<Option<i64>> {
     match arg(a, i) {
         Value::Null => Ok(None),
         Value::Number(n) => n
@@ -53,7 +55,7 @@ pub fn to_string(v: &Value) -> String {
 
 macro_rules! string_fn {
     ($name:ident, $f:expr) => {
-        pub fn $name(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+        pub fn $name(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
             Ok(match string_arg(stringify!($name), a, 0)? {
                 None => Value::Null,
                 Some(s) => Value::String($f(s)),
@@ -65,7 +67,7 @@ macro_rules! string_fn {
 string_fn!(upper, |s: &str| s.to_uppercase());
 string_fn!(lower, |s: &str| s.to_lowercase());
 
-pub fn trim(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn trim(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let Some(s) = string_arg("trim", a, 0)? else {
         return Ok(Value::Null);
     };
@@ -78,7 +80,7 @@ pub fn trim(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     }))
 }
 
-pub fn length(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn length(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     Ok(match arg(a, 0) {
         Value::Null => Value::Null,
         Value::String(s) => Value::from(s.chars().count()),
@@ -106,7 +108,7 @@ fn to_int(name: &str, x: f64) -> R<Value> {
     }
 }
 
-pub fn round(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn round(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let v = arg(a, 0);
     let digits = match a.get(1) {
         None => 0,
@@ -125,7 +127,7 @@ pub fn round(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     float((x * factor).round() / factor)
 }
 
-pub fn floor(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn floor(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     if arg(a, 0).is_i64() {
         return Ok(arg(a, 0).clone());
     }
@@ -135,7 +137,7 @@ pub fn floor(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     }
 }
 
-pub fn ceil(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn ceil(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     if arg(a, 0).is_i64() {
         return Ok(arg(a, 0).clone());
     }
@@ -145,7 +147,7 @@ pub fn ceil(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     }
 }
 
-pub fn abs(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn abs(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let v = arg(a, 0);
     if let Some(i) = v.as_i64() {
         return i
@@ -159,7 +161,7 @@ pub fn abs(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     }
 }
 
-pub fn int(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn int(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let v = arg(a, 0);
     match v {
         Value::Null => Ok(Value::Null),
@@ -184,7 +186,7 @@ pub fn int(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     }
 }
 
-pub fn float_fn(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn float_fn(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let v = arg(a, 0);
     match v {
         Value::Null => Ok(Value::Null),
@@ -200,14 +202,14 @@ pub fn float_fn(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     }
 }
 
-pub fn string(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn string(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     Ok(match arg(a, 0) {
         Value::Null => Value::Null,
         v => Value::String(to_string(v)),
     })
 }
 
-pub fn bool_fn(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn bool_fn(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     Ok(match arg(a, 0) {
         Value::Null => Value::Null,
         Value::Bool(b) => Value::Bool(*b),
@@ -225,14 +227,14 @@ pub fn bool_fn(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     })
 }
 
-pub fn concat(a: &[Value], _: &Ctx<'_>) -> R<Value> {
-    if a.iter().any(Value::is_null) {
+pub fn concat(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
+    if a.iter().any(|v| v.is_null()) {
         return Ok(Value::Null);
     }
-    if a.iter().all(Value::is_array) {
+    if a.iter().all(|v| v.is_array()) {
         return Ok(Value::Array(
             a.iter()
-                .filter_map(Value::as_array)
+                .filter_map(|v| v.as_array())
                 .flatten()
                 .cloned()
                 .collect(),
@@ -240,7 +242,7 @@ pub fn concat(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     }
     let mut out = String::new();
     for v in a {
-        match v {
+        match *v {
             Value::String(s) => out.push_str(s),
             other => return Err(want("concat", "strings (or only lists)", other)),
         }
@@ -248,7 +250,7 @@ pub fn concat(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     Ok(Value::String(out))
 }
 
-pub fn replace(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn replace(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let (Some(s), Some(from), Some(to)) = (
         string_arg("replace", a, 0)?,
         string_arg("replace", a, 1)?,
@@ -264,7 +266,7 @@ pub fn replace(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     Ok(Value::String(s.replace(from, to)))
 }
 
-pub fn split(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn split(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let Some(s) = string_arg("split", a, 0)? else {
         return Ok(Value::Null);
     };
@@ -282,7 +284,7 @@ pub fn split(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     Ok(Value::Array(parts))
 }
 
-pub fn join(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn join(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let items = match arg(a, 0) {
         Value::Null => return Ok(Value::Null),
         Value::Array(x) => x,
@@ -308,11 +310,11 @@ pub fn join(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     Ok(Value::String(parts.join(sep)))
 }
 
-pub fn contains(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn contains(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     crate::ops::contains_op(arg(a, 1), arg(a, 0))
 }
 
-pub fn starts_with(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn starts_with(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     match (
         string_arg("starts_with", a, 0)?,
         string_arg("starts_with", a, 1)?,
@@ -322,7 +324,7 @@ pub fn starts_with(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     }
 }
 
-pub fn ends_with(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn ends_with(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     match (
         string_arg("ends_with", a, 0)?,
         string_arg("ends_with", a, 1)?,
@@ -332,7 +334,7 @@ pub fn ends_with(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     }
 }
 
-pub fn substring(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn substring(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let Some(s) = string_arg("substring", a, 0)? else {
         return Ok(Value::Null);
     };
@@ -363,14 +365,14 @@ pub fn substring(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     ))
 }
 
-pub fn coalesce(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn coalesce(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     Ok(a.iter()
         .find(|v| !v.is_null())
-        .cloned()
+        .map(|v| (*v).clone())
         .unwrap_or(Value::Null))
 }
 
-pub fn default(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn default(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     Ok(if arg(a, 0).is_null() {
         arg(a, 1).clone()
     } else {
@@ -378,15 +380,15 @@ pub fn default(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     })
 }
 
-pub fn is_null(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn is_null(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     Ok(Value::Bool(arg(a, 0).is_null()))
 }
 
-pub fn now(_: &[Value], ctx: &Ctx<'_>) -> R<Value> {
+pub fn now(_: &[&Value], ctx: &Ctx<'_>) -> R<Value> {
     Ok(Value::String(ctx.now.to_string()))
 }
 
-pub fn uuid(_: &[Value], ctx: &Ctx<'_>) -> R<Value> {
+pub fn uuid(_: &[&Value], ctx: &Ctx<'_>) -> R<Value> {
     let hi = ctx.next_random();
     let lo = ctx.next_random();
     let mut b = [0u8; 16];
@@ -405,7 +407,7 @@ pub fn uuid(_: &[Value], ctx: &Ctx<'_>) -> R<Value> {
     )))
 }
 
-pub fn parse_json(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn parse_json(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let Some(s) = string_arg("parse_json", a, 0)? else {
         return Ok(Value::Null);
     };
@@ -413,7 +415,7 @@ pub fn parse_json(a: &[Value], _: &Ctx<'_>) -> R<Value> {
         .map_err(|e| RecordError::transform(format!("`parse_json`: invalid JSON: {e}")))
 }
 
-pub fn to_json(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn to_json(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     Ok(match arg(a, 0) {
         Value::Null => Value::Null,
         v => Value::String(v.to_string()),
@@ -471,7 +473,7 @@ pub fn parse_ts(s: &str, fmt: Option<&str>) -> R<DateTime<Utc>> {
     }
 }
 
-pub fn parse_timestamp(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn parse_timestamp(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let Some(s) = string_arg("parse_timestamp", a, 0)? else {
         return Ok(Value::Null);
     };
@@ -485,7 +487,7 @@ pub fn parse_timestamp(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     parse_ts(s, fmt).map(rfc3339)
 }
 
-pub fn format_timestamp(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn format_timestamp(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let (Some(s), Some(fmt)) = (
         string_arg("format_timestamp", a, 0)?,
         string_arg("format_timestamp", a, 1)?,
@@ -497,7 +499,7 @@ pub fn format_timestamp(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     Ok(Value::String(dt.format(fmt).to_string()))
 }
 
-pub fn sha256(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn sha256(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let Some(s) = string_arg("sha256", a, 0)? else {
         return Ok(Value::Null);
     };
@@ -507,7 +509,7 @@ pub fn sha256(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     ))
 }
 
-pub fn base64_encode(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn base64_encode(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let Some(s) = string_arg("base64_encode", a, 0)? else {
         return Ok(Value::Null);
     };
@@ -516,7 +518,7 @@ pub fn base64_encode(a: &[Value], _: &Ctx<'_>) -> R<Value> {
     ))
 }
 
-pub fn base64_decode(a: &[Value], _: &Ctx<'_>) -> R<Value> {
+pub fn base64_decode(a: &[&Value], _: &Ctx<'_>) -> R<Value> {
     let Some(s) = string_arg("base64_decode", a, 0)? else {
         return Ok(Value::Null);
     };
@@ -528,7 +530,7 @@ pub fn base64_decode(a: &[Value], _: &Ctx<'_>) -> R<Value> {
         .map_err(|_| RecordError::transform("`base64_decode`: the decoded bytes are not UTF-8"))
 }
 
-pub fn var(a: &[Value], ctx: &Ctx<'_>) -> R<Value> {
+pub fn var(a: &[&Value], ctx: &Ctx<'_>) -> R<Value> {
     let name = match arg(a, 0) {
         Value::String(s) => s,
         other => return Err(want("var", "a name", other)),
@@ -598,7 +600,8 @@ mod tests {
         let vars: Map<String, Value> = [("min".to_string(), json!(3))].into_iter().collect();
         let ctx = Ctx::new("2026-01-01T00:00:00Z", 42, &vars);
         let f = lookup(name).ok_or("unknown")?;
-        f(&args, &ctx).map_err(|e| e.message)
+        let refs: Vec<&Value> = args.iter().collect();
+        f(&refs, &ctx).map_err(|e| e.message)
     }
 
     #[test]

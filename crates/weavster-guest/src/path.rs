@@ -47,6 +47,13 @@ pub fn get<'v>(v: &'v Value, segs: &[Seg<'_>]) -> Option<&'v Value> {
     Some(cur)
 }
 
+static NULL: Value = Value::Null;
+
+/// The value at `segs`, or a reference to null.
+pub fn get_ref<'v>(v: &'v Value, segs: &[Seg<'_>]) -> &'v Value {
+    get(v, segs).unwrap_or(&NULL)
+}
+
 /// The value at `segs`, or null.
 pub fn get_or_null(v: &Value, segs: &[Seg<'_>]) -> Value {
     get(v, segs).cloned().unwrap_or(Value::Null)
@@ -72,7 +79,12 @@ pub fn set(v: &mut Value, segs: &[Seg<'_>], new: Value) -> R<()> {
     for (i, seg) in parents.iter().enumerate() {
         cur = match (seg, cur) {
             (Seg::Key(k), Value::Object(m)) => {
-                let entry = m.entry(k.to_string()).or_insert(Value::Null);
+                if !m.contains_key(*k) {
+                    m.insert(k.to_string(), Value::Null);
+                }
+                let entry = m
+                    .get_mut(*k)
+                    .ok_or_else(|| RecordError::transform("internal: key vanished"))?;
                 if entry.is_null() {
                     *entry = Value::Object(Map::new());
                 }
@@ -99,7 +111,13 @@ pub fn set(v: &mut Value, segs: &[Seg<'_>], new: Value) -> R<()> {
     }
     match (last, cur) {
         (Seg::Key(k), Value::Object(m)) => {
-            m.insert(k.to_string(), new);
+            // Overwriting an existing key allocates nothing.
+            match m.get_mut(*k) {
+                Some(slot) => *slot = new,
+                None => {
+                    m.insert(k.to_string(), new);
+                }
+            }
             Ok(())
         }
         (Seg::Idx(n), Value::Array(a)) => {

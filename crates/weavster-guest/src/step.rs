@@ -208,13 +208,13 @@ pub fn cast(rec: &mut Value, segs: &[Seg<'_>], ty: CastType, ctx: &crate::Ctx<'_
     if v.is_null() {
         return Ok(());
     }
-    let args = [v.clone()];
+    let args = [v];
     let converted = match ty {
         CastType::Int => crate::func::int(&args, ctx),
         CastType::Float => crate::func::float_fn(&args, ctx),
         CastType::String => crate::func::string(&args, ctx),
         CastType::Bool => crate::func::bool_fn(&args, ctx),
-        CastType::Timestamp => match &args[0] {
+        CastType::Timestamp => match v {
             Value::String(s) => crate::func::parse_ts(s, None)
                 .map(|dt| Value::String(dt.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true))),
             other => Err(RecordError::transform(format!(

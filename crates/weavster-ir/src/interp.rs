@@ -333,7 +333,8 @@ impl Interpreter {
                     .iter()
                     .map(|a| self.eval(a, rec, ctx))
                     .collect::<R<_>>()?;
-                f(&args, ctx)?
+                let refs: Vec<&Value> = args.iter().collect();
+                f(&refs, ctx)?
             }
             Expr::Exists(p) => Value::Bool(path::exists(rec, &g(p))),
             Expr::Index(a, b) => {

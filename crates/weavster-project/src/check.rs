@@ -13,15 +13,15 @@ use weavster_spec::{Diagnostic, Span};
 use crate::load::quoted_list;
 use crate::{ConnectorDef, FlowDef, Project};
 
-/// `[a-z][a-z0-9_]*`
-pub(crate) fn is_identifier(s: &str) -> bool {
+/// `[a-z][a-z0-9_]*`: names of projects, flows, connectors, lookup tables.
+pub fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
     chars.next().is_some_and(|c| c.is_ascii_lowercase())
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
-/// A best-effort identifier for a hint.
-pub(crate) fn to_identifier(s: &str) -> String {
+/// A best-effort identifier made from any name (for hints and `init`).
+pub fn to_identifier(s: &str) -> String {
     let mut out: String = s
         .chars()
         .map(|c| {

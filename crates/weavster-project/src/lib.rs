@@ -24,6 +24,7 @@ use serde_json::Value;
 use weavster_spec::types::{Connector, FlowFile, ProjectFile, Runtime, TestCase};
 pub use weavster_spec::{Diagnostic, Severity, Span};
 
+pub use check::{is_identifier, to_identifier};
 pub use load::load;
 pub use manifest::Manifest;
 pub use secrets::Secrets;
