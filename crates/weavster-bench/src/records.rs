@@ -18,7 +18,7 @@ pub fn records(n: usize) -> Vec<serde_json::Value> {
                 "qty": (x % 9) + 1,
                 "country": countries[(x % 6) as usize],
                 "status": statuses[((x >> 8) % 5) as usize],
-                "internal_note": if x % 3 == 0 { "vip" } else { "" },
+                "internal_note": if x.is_multiple_of(3) { "vip" } else { "" },
                 "email": format!("c{}@example.com", x % 997),
             })
         })
