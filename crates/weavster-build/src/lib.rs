@@ -216,6 +216,13 @@ fn crate_name(flow: &str, key: &str) -> String {
     format!("flow_{flow}_{key}")
 }
 
+fn generate(f: &FlowInput<'_>) -> Result<String, BuildError> {
+    weavster_codegen::generate(f.ir, f.origin).map_err(|e| BuildError::Codegen {
+        flow: f.ir.name.clone(),
+        message: e.to_string(),
+    })
+}
+
 /// Options of [`build`].
 pub struct Options<'a> {
     pub project_root: &'a Path,
@@ -249,20 +256,18 @@ pub fn build(
         let fingerprint = f.ir.fingerprint();
         let key = flow_key(&fingerprint, &toolchain);
         let wasm = wasm_dir.join(format!("{}-{key}.wasm", f.ir.name));
-        if opts.debug {
-            let source =
-                weavster_codegen::generate(f.ir, f.origin).map_err(|e| BuildError::Codegen {
-                    flow: f.ir.name.clone(),
-                    message: e.to_string(),
-                })?;
-            write_if_changed(
-                &layout.debug_dir().join(format!("{}.rs", f.ir.name)),
-                &source,
-            )?;
-        }
         let cached = !opts.force && wasm.is_file();
-        if !cached {
-            stale.push(f);
+        // Generated once, for the build dir and/or `--debug`.
+        let source = if opts.debug || !cached {
+            Some(generate(f)?)
+        } else {
+            None
+        };
+        if let (true, Some(src)) = (opts.debug, &source) {
+            write_if_changed(&layout.debug_dir().join(format!("{}.rs", f.ir.name)), src)?;
+        }
+        if let (false, Some(src)) = (cached, source) {
+            stale.push((f, src));
         }
         results.push(Built {
             flow: f.ir.name.clone(),
@@ -280,15 +285,10 @@ pub fn build(
     let build_dir = layout.build_dir();
     let keys: Vec<&str> = results.iter().map(|b| b.key.as_str()).collect();
     write_workspace(&build_dir, flows, &keys)?;
-    for f in &stale {
-        let source =
-            weavster_codegen::generate(f.ir, f.origin).map_err(|e| BuildError::Codegen {
-                flow: f.ir.name.clone(),
-                message: e.to_string(),
-            })?;
+    for (f, source) in &stale {
         write_if_changed(
             &build_dir.join("flows").join(&f.ir.name).join("src/lib.rs"),
-            &source,
+            source,
         )?;
     }
     let cargo_target = match &opts.cargo_target_dir {
