@@ -129,7 +129,10 @@ pub fn lookup<'t>(
     on_miss: OnMiss,
     default: &Value,
 ) -> R<Flow> {
-    let found = lookup_key(path::get(rec, field)).and_then(|k| get(&k));
+    let found = match path::get(rec, field) {
+        Some(Value::String(k)) => get(k),
+        other => lookup_key(other).and_then(|k| get(&k)),
+    };
     match (found, on_miss) {
         (Some(v), _) => path::set(rec, into, Value::String(v.to_string()))?,
         (None, OnMiss::Default) => path::set(rec, into, default.clone())?,
@@ -178,13 +181,23 @@ impl Templates {
 }
 
 /// Appends a value as `{{ path }}` renders it: missing → nothing, strings as
-/// they are, everything else as MiniJinja prints it. Used by templates that
+/// they are, everything else as MiniJinja prints it (`None`, `True`, `25.0`). Used by templates that
 /// are only substitutions, lowered to string building.
 pub fn push_rendered(out: &mut String, v: Option<&Value>) {
     match v {
         None => {}
         Some(Value::String(s)) => out.push_str(s),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => out.push_str(&n.to_string()),
+        // The same text MiniJinja prints, without converting the value.
+        Some(Value::Number(n)) if n.as_f64().is_some_and(f64::is_finite) => {
+            let text = n.as_f64().map(|f| f.to_string()).unwrap_or_default();
+            out.push_str(&text);
+            if !text.contains('.') {
+                out.push_str(".0");
+            }
+        }
+        Some(Value::Bool(b)) => out.push_str(if *b { "True" } else { "False" }),
+        Some(Value::Null) => out.push_str("None"),
         Some(other) => {
             out.push_str(&minijinja::value::Value::from(minijinja::value::Serde(other)).to_string())
         }
@@ -261,8 +274,11 @@ mod tests {
 
     #[test]
     fn lowered_substitution_matches_minijinja() {
-        let rec = json!({"s": "x", "i": 3, "f": 25.0, "g": 1.5, "b": true, "n": null, "l": [1, "a"], "o": {"k": 1}});
-        for key in ["s", "i", "f", "g", "b", "n", "l", "o", "missing"] {
+        let rec = json!({"s": "x", "i": 3, "f": 25.0, "g": 1.5, "h": -0.1, "e": 1e21, "t": 1e-7, "b": true, "c": false,
+            "n": null, "l": [1, "a"], "o": {"k": 1}, "u": u64::MAX});
+        for key in [
+            "s", "i", "f", "g", "h", "e", "t", "b", "c", "n", "l", "o", "u", "missing",
+        ] {
             let t = Templates::new(&[("t", &format!("<{{{{ {key} }}}}>"))]).expect("template");
             let full = t.render("t", &rec).expect("render");
             let mut lowered = String::from("<");
