@@ -16,7 +16,7 @@ use quote::{format_ident, quote};
 use serde_json::Value;
 use weavster_ir::interp::binop_name;
 use weavster_ir::{
-    CastType, Expr, Flow, OnMiss, OnNoMatch, Path, Piece, Seg, Step, Template, UnOp,
+    CastType, Expr, Flow, OnMiss, OnNoMatch, Path, Piece, Seg, Step, Template, UnOp, display_path,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +40,7 @@ pub fn generate(flow: &Flow, origin: &str) -> Result<String, CodegenError> {
     let blocks = std::mem::take(&mut g.blocks);
 
     let path_statics = g.paths.iter().map(|(p, name)| {
-        let segs = p.iter().map(seg_tokens_key);
+        let segs = p.iter().map(seg_tokens);
         quote! { static #name: &[Seg<'static>] = &[#(#segs),*]; }
     });
     let table_statics = flow
@@ -127,60 +127,25 @@ pub fn generate(flow: &Flow, origin: &str) -> Result<String, CodegenError> {
     Ok(prettyplease::unparse(&file))
 }
 
-fn display(p: &Path) -> String {
-    let mut s = String::new();
-    for (i, seg) in p.iter().enumerate() {
-        match seg {
-            Seg::Key(k) if !k.is_empty() && k.chars().all(|c| c.is_alphanumeric() || c == '_') => {
-                if i > 0 {
-                    s.push('.');
-                }
-                s.push_str(k);
-            }
-            Seg::Key(k) => s.push_str(&format!("['{}']", k.replace('\'', "\\'"))),
-            Seg::Idx(n) => s.push_str(&format!("[{n}]")),
-        }
-    }
-    s
-}
-
 struct Gen {
     /// Path → name of its static.
-    paths: BTreeMap<Vec<SegKey>, Ident>,
+    paths: BTreeMap<Path, Ident>,
     lits: Vec<Value>,
     steps: Vec<TokenStream>,
     blocks: Vec<TokenStream>,
     next_block: usize,
 }
 
-/// An orderable copy of a segment, for deduplicating path statics.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum SegKey {
-    Key(String),
-    Idx(i64),
-}
-
-fn seg_tokens_key(s: &SegKey) -> TokenStream {
+fn seg_tokens(s: &Seg) -> TokenStream {
     match s {
-        SegKey::Key(k) => quote! { Seg::Key(#k) },
-        SegKey::Idx(i) => quote! { Seg::Idx(#i) },
-    }
-}
-
-impl SegKey {
-    fn of(p: &Path) -> Vec<SegKey> {
-        p.iter()
-            .map(|s| match s {
-                Seg::Key(k) => SegKey::Key(k.clone()),
-                Seg::Idx(i) => SegKey::Idx(*i),
-            })
-            .collect()
+        Seg::Key(k) => quote! { Seg::Key(#k) },
+        Seg::Idx(i) => quote! { Seg::Idx(#i) },
     }
 }
 
 impl Gen {
     fn path(&mut self, p: &Path) -> Ident {
-        let key = SegKey::of(p);
+        let key = p.clone();
         let n = self.paths.len();
         self.paths
             .entry(key)
@@ -302,7 +267,7 @@ impl Gen {
                 for (i, (p, e)) in assignments.iter().enumerate() {
                     let v = format_ident!("v{}", i);
                     let pn = self.path(p);
-                    let d = display(p);
+                    let d = display_path(p);
                     let code = self.expr(e);
                     evals.push(quote! { let #v = (|| -> R<Value> { Ok(#code) })().map_err(|e| e.at(#d))?; });
                     sets.push(quote! { path::set(rec, #pn, #v)?; });
@@ -365,7 +330,7 @@ impl Gen {
                 let mut code = Vec::new();
                 for (p, exprs) in entries {
                     let pn = self.path(p);
-                    let d = display(p);
+                    let d = display_path(p);
                     let tries: Vec<_> = exprs
                         .iter()
                         .map(|e| {
@@ -444,7 +409,7 @@ impl Gen {
                 let mut code = Vec::new();
                 for (p, t) in entries {
                     let pn = self.path(p);
-                    let d = display(p);
+                    let d = display_path(p);
                     let value = match t {
                         Template::Plain(pieces) => {
                             let pushes: Vec<_> = pieces
@@ -607,7 +572,7 @@ impl Gen {
                 quote! {{ #c if ops::truthy(c) { #t } else { #o } }}
             }
             Expr::Call { func, args } => {
-                let f = Ident::new(weavster_ir_func_name(func), Span::call_site());
+                let f = Ident::new(weavster_guest::func::rust_name(func), Span::call_site());
                 let names: Vec<Ident> = (0..args.len()).map(|i| format_ident!("a{}", i)).collect();
                 let binds: Vec<_> = args
                     .iter()
@@ -676,14 +641,5 @@ impl Gen {
                 out.push(Outcome::Routed { routes, record });
             }
         }
-    }
-}
-
-/// The Rust name of a library function (`float` → `float_fn`).
-fn weavster_ir_func_name(name: &str) -> &str {
-    match name {
-        "float" => "float_fn",
-        "bool" => "bool_fn",
-        other => other,
     }
 }

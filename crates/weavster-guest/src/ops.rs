@@ -113,8 +113,15 @@ fn zero(b: &Value) -> bool {
     num(b).is_some_and(|n| f(n) == 0.0)
 }
 
-/// `/` always gives a float.
-pub fn div(a: &Value, b: &Value) -> R<Value> {
+/// The shared rules of `/`, `//` and `%`: null gives null, a zero divisor
+/// is a record error, non-numbers are a mismatch.
+fn division(
+    op: &str,
+    a: &Value,
+    b: &Value,
+    int: fn(i64, i64) -> R<Value>,
+    flt: fn(f64, f64) -> R<Value>,
+) -> R<Value> {
     if a.is_null() || b.is_null() {
         return Ok(Value::Null);
     }
@@ -122,57 +129,57 @@ pub fn div(a: &Value, b: &Value) -> R<Value> {
         return Err(RecordError::transform("division by zero"));
     }
     match (num(a), num(b)) {
-        (Some(x), Some(y)) => float(f(x) / f(y)),
-        _ => Err(mismatch("/", a, b)),
+        (Some(Num::I(x)), Some(Num::I(y))) => int(x, y),
+        (Some(x), Some(y)) => flt(f(x), f(y)),
+        _ => Err(mismatch(op, a, b)),
     }
+}
+
+/// `/` always gives a float.
+pub fn div(a: &Value, b: &Value) -> R<Value> {
+    division(
+        "/",
+        a,
+        b,
+        |x, y| float(x as f64 / y as f64),
+        |x, y| float(x / y),
+    )
 }
 
 /// `//` floors; integers stay integers.
 pub fn floordiv(a: &Value, b: &Value) -> R<Value> {
-    if a.is_null() || b.is_null() {
-        return Ok(Value::Null);
-    }
-    if zero(b) && num(a).is_some() {
-        return Err(RecordError::transform("division by zero"));
-    }
-    match (num(a), num(b)) {
-        (Some(Num::I(x)), Some(Num::I(y))) => {
+    division(
+        "//",
+        a,
+        b,
+        |x, y| {
             let q = x.checked_div(y).ok_or_else(|| overflow("//"))?;
-            let floored = if x % y != 0 && ((x < 0) != (y < 0)) {
+            Ok(Value::from(if x % y != 0 && ((x < 0) != (y < 0)) {
                 q - 1
             } else {
                 q
-            };
-            Ok(Value::from(floored))
-        }
-        (Some(x), Some(y)) => float((f(x) / f(y)).floor()),
-        _ => Err(mismatch("//", a, b)),
-    }
+            }))
+        },
+        |x, y| float((x / y).floor()),
+    )
 }
 
 /// `%` takes the sign of the divisor (as in Python and Jinja).
 pub fn rem(a: &Value, b: &Value) -> R<Value> {
-    if a.is_null() || b.is_null() {
-        return Ok(Value::Null);
-    }
-    if zero(b) && num(a).is_some() {
-        return Err(RecordError::transform("division by zero"));
-    }
-    match (num(a), num(b)) {
-        (Some(Num::I(x)), Some(Num::I(y))) => {
+    division(
+        "%",
+        a,
+        b,
+        |x, y| {
             let r = x.checked_rem(y).ok_or_else(|| overflow("%"))?;
             Ok(Value::from(if r != 0 && (r < 0) != (y < 0) {
                 r + y
             } else {
                 r
             }))
-        }
-        (Some(x), Some(y)) => {
-            let (x, y) = (f(x), f(y));
-            float(x - y * (x / y).floor())
-        }
-        _ => Err(mismatch("%", a, b)),
-    }
+        },
+        |x, y| float(x - y * (x / y).floor()),
+    )
 }
 
 pub fn pow(a: &Value, b: &Value) -> R<Value> {

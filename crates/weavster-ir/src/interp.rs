@@ -26,12 +26,7 @@ pub struct Interpreter {
 
 /// Guest path segments borrowing from an IR path.
 fn g(p: &Path) -> Vec<GSeg<'_>> {
-    p.iter()
-        .map(|s| match s {
-            Seg::Key(k) => GSeg::Key(k),
-            Seg::Idx(i) => GSeg::Idx(*i),
-        })
-        .collect()
+    guest_path(p)
 }
 
 type Cont<'a> = &'a dyn Fn(&Interpreter, Value, &Ctx<'_>, &mut Vec<Outcome>);
@@ -182,13 +177,7 @@ impl Interpreter {
             }
             Step::Cast(entries) => {
                 for (p, ty) in entries {
-                    let ty = match ty {
-                        CastType::Int => step::CastType::Int,
-                        CastType::Float => step::CastType::Float,
-                        CastType::String => step::CastType::String,
-                        CastType::Bool => step::CastType::Bool,
-                        CastType::Timestamp => step::CastType::Timestamp,
-                    };
+                    let ty = (*ty).into();
                     step::cast(rec, &g(p), ty, ctx)?;
                 }
             }
@@ -203,12 +192,7 @@ impl Interpreter {
                 into,
                 on_no_match,
             } => {
-                let on = match on_no_match {
-                    OnNoMatch::Keep => step::OnNoMatch::Keep,
-                    OnNoMatch::Drop => step::OnNoMatch::Drop,
-                    OnNoMatch::Null => step::OnNoMatch::Null,
-                    OnNoMatch::Error => step::OnNoMatch::Error,
-                };
+                let on = (*on_no_match).into();
                 let into = into.as_ref().map(g);
                 return step::regex_extract(
                     rec,
@@ -251,12 +235,7 @@ impl Interpreter {
                 on_miss,
                 default,
             } => {
-                let on = match on_miss {
-                    OnMiss::Default => step::OnMiss::Default,
-                    OnMiss::Keep => step::OnMiss::Keep,
-                    OnMiss::Drop => step::OnMiss::Drop,
-                    OnMiss::Error => step::OnMiss::Error,
-                };
+                let on = (*on_miss).into();
                 let t = &self.tables[*table];
                 return step::lookup(
                     rec,

@@ -5,13 +5,28 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::Digest as _;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum Seg {
     Key(String),
     Idx(i64),
 }
 
 pub type Path = Vec<Seg>;
+
+/// The guest library's view of a path (borrowing its keys).
+pub fn guest_path(p: &[Seg]) -> Vec<weavster_guest::path::Seg<'_>> {
+    p.iter()
+        .map(|s| match s {
+            Seg::Key(k) => weavster_guest::path::Seg::Key(k),
+            Seg::Idx(i) => weavster_guest::path::Seg::Idx(*i),
+        })
+        .collect()
+}
+
+/// `a.b[0]['k y']`, as record errors name paths.
+pub fn display_path(p: &[Seg]) -> String {
+    weavster_guest::path::display(&guest_path(p))
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum UnOp {
@@ -182,5 +197,39 @@ impl Flow {
         let json = serde_json::to_vec(self).unwrap_or_default();
         let digest = sha2::Sha256::digest(&json);
         digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl From<OnNoMatch> for weavster_guest::step::OnNoMatch {
+    fn from(o: OnNoMatch) -> Self {
+        match o {
+            OnNoMatch::Keep => Self::Keep,
+            OnNoMatch::Drop => Self::Drop,
+            OnNoMatch::Null => Self::Null,
+            OnNoMatch::Error => Self::Error,
+        }
+    }
+}
+
+impl From<OnMiss> for weavster_guest::step::OnMiss {
+    fn from(o: OnMiss) -> Self {
+        match o {
+            OnMiss::Default => Self::Default,
+            OnMiss::Keep => Self::Keep,
+            OnMiss::Drop => Self::Drop,
+            OnMiss::Error => Self::Error,
+        }
+    }
+}
+
+impl From<CastType> for weavster_guest::step::CastType {
+    fn from(c: CastType) -> Self {
+        match c {
+            CastType::Int => Self::Int,
+            CastType::Float => Self::Float,
+            CastType::String => Self::String,
+            CastType::Bool => Self::Bool,
+            CastType::Timestamp => Self::Timestamp,
+        }
     }
 }
