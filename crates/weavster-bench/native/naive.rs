@@ -28,10 +28,10 @@ impl Naive {
     /// Returns the routes and the record, or None when filtered.
     pub fn transform(&self, mut rec: Value) -> Option<(Vec<u32>, Value)> {
         let obj = rec.as_object_mut()?;
-        if let Some(v) = obj.remove("cust") {
+        if let Some(v) = obj.shift_remove("cust") {
             obj.insert("customer_id".into(), v);
         }
-        if let Some(v) = obj.remove("amt") {
+        if let Some(v) = obj.shift_remove("amt") {
             obj.insert("amount".into(), v);
         }
         let cid = obj.get("customer_id").and_then(Value::as_str).map(|s| s.trim().to_uppercase());
@@ -64,7 +64,7 @@ impl Naive {
         obj.insert("summary".into(), Value::from(summary));
         let big = total.is_some_and(|t| t >= self.big_order_total);
         obj.insert("priority".into(), Value::from(if big { "high" } else { "normal" }));
-        obj.remove("internal_note");
+        obj.shift_remove("internal_note");
         Some((if big { vec![0, 1] } else { vec![0] }, rec))
     }
 
@@ -74,7 +74,8 @@ impl Naive {
             let Ok(rec) = serde_json::from_slice::<Value>(line) else { continue };
             match self.transform(rec) {
                 Some((routes, r)) => {
-                    let _ = write!(out, "{{\"i\":{i},\"o\":{routes:?},\"r\":");
+                    let routes: Vec<String> = routes.iter().map(u32::to_string).collect();
+                    let _ = write!(out, "{{\"i\":{i},\"o\":[{}],\"r\":", routes.join(","));
                     let _ = serde_json::to_writer(&mut *out, &r);
                     out.extend_from_slice(b"}\n");
                 }

@@ -1,7 +1,10 @@
 //! Deterministic order records like the `orders` example's input.
 //! Shared (by file) with the native benchmark program.
 
-pub fn records(n: usize) -> Vec<serde_json::Value> {
+/// `shape`: `narrow` (8 flat fields, 6 of them touched by the flow) or
+/// `wide` (the same plus what real order events carry: a shipping address,
+/// line items, client details — 16 top-level fields, nested, ~800 bytes).
+pub fn records(n: usize, shape: &str) -> Vec<serde_json::Value> {
     let countries = ["de", "fr", "us", "gb", "ca", "zz"];
     let statuses = ["new", "paid", "new", "test", "shipped"];
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
@@ -11,7 +14,7 @@ pub fn records(n: usize) -> Vec<serde_json::Value> {
             x ^= x >> 7;
             x ^= x << 17;
             let amt = (x % 50_000) as f64 / 100.0;
-            serde_json::json!({
+            let mut r = serde_json::json!({
                 "id": i,
                 "cust": format!("  customer{}  ", x % 997),
                 "amt": format!("{amt:.2}"),
@@ -20,7 +23,44 @@ pub fn records(n: usize) -> Vec<serde_json::Value> {
                 "status": statuses[((x >> 8) % 5) as usize],
                 "internal_note": if x.is_multiple_of(3) { "vip" } else { "" },
                 "email": format!("c{}@example.com", x % 997),
-            })
+            });
+            if shape == "wide" {
+                let items: Vec<_> = (0..(x % 4) + 1)
+                    .map(|k| {
+                        serde_json::json!({
+                            "sku": format!("SKU-{:05}", (x >> k) % 99_991),
+                            "name": format!("Product number {} with a longer name", (x >> k) % 500),
+                            "qty": k + 1,
+                            "unit_price": ((x >> k) % 10_000) as f64 / 100.0,
+                            "tags": ["catalog", "summer-sale"],
+                        })
+                    })
+                    .collect();
+                let extra = serde_json::json!({
+                    "created_at": "2026-11-23T10:15:30.123Z",
+                    "shipping": {
+                        "name": format!("Customer {}", x % 997),
+                        "street": format!("{} Long Street Name", x % 300),
+                        "city": "Springfield",
+                        "zip": format!("{:05}", x % 99_999),
+                        "country": countries[(x % 6) as usize],
+                    },
+                    "items": items,
+                    "client": {
+                        "ip": format!("10.{}.{}.{}", x % 256, (x >> 8) % 256, (x >> 16) % 256),
+                        "user_agent": "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36",
+                        "session": format!("{:016x}", x),
+                    },
+                    "channel": "web",
+                    "coupon": null,
+                    "notes": "Please leave the parcel at the back door if nobody answers.",
+                    "version": 3,
+                });
+                if let (Some(r), serde_json::Value::Object(extra)) = (r.as_object_mut(), extra) {
+                    r.extend(extra);
+                }
+            }
+            r
         })
         .collect()
 }

@@ -5,7 +5,8 @@
 //! Weavster) and one crate per flow, sharing `.weavster/build/target`, so
 //! dependencies compile once. Finished modules are copied to
 //! `.weavster/target/wasm/<flow>-<key>.wasm`, where `key` hashes the
-//! normalized IR, the guest's version and source, the rustc version and the
+//! normalized IR, the Rust generated from it, the guest's version and
+//! source, the rustc version and the
 //! profile. A flow whose module exists for its key is not rebuilt; when no
 //! flow changed, cargo is not run at all.
 
@@ -48,7 +49,8 @@ const GUEST_FILES: &[(&str, &str)] = &[
 
 /// The guest's dependencies, as in the repository's `[workspace.dependencies]`
 /// (a test keeps them equal).
-pub const GUEST_DEPENDENCIES: &str = r#"serde_json = { version = "1", features = ["preserve_order"] }
+pub const GUEST_DEPENDENCIES: &str = r#"serde = "1"
+serde_json = { version = "1", features = ["preserve_order", "raw_value", "float_roundtrip"] }
 regex = "1"
 minijinja = { version = "3", features = ["serde"] }
 phf = "0.11"
@@ -202,10 +204,13 @@ pub fn toolchain_key(rustc: &str, profile: Profile) -> String {
     hex(&h.finalize())
 }
 
-/// The cache key of one flow.
-pub fn flow_key(fingerprint: &str, toolchain: &str) -> String {
+/// The cache key of one flow: its IR, the Rust generated from it (so that a
+/// Weavster with different code generation never reuses a stale module) and
+/// the toolchain.
+pub fn flow_key(fingerprint: &str, source: &str, toolchain: &str) -> String {
     let mut h = sha2::Sha256::new();
     h.update(fingerprint.as_bytes());
+    h.update(source.as_bytes());
     h.update(toolchain.as_bytes());
     hex(&h.finalize())[..16].to_string()
 }
@@ -254,20 +259,19 @@ pub fn build(
     let mut stale = Vec::new();
     for f in flows {
         let fingerprint = f.ir.fingerprint();
-        let key = flow_key(&fingerprint, &toolchain);
+        // Generated once, for the key, the build dir and `--debug`.
+        let source = generate(f)?;
+        let key = flow_key(&fingerprint, &source, &toolchain);
         let wasm = wasm_dir.join(format!("{}-{key}.wasm", f.ir.name));
         let cached = !opts.force && wasm.is_file();
-        // Generated once, for the build dir and/or `--debug`.
-        let source = if opts.debug || !cached {
-            Some(generate(f)?)
-        } else {
-            None
-        };
-        if let (true, Some(src)) = (opts.debug, &source) {
-            write_if_changed(&layout.debug_dir().join(format!("{}.rs", f.ir.name)), src)?;
+        if opts.debug {
+            write_if_changed(
+                &layout.debug_dir().join(format!("{}.rs", f.ir.name)),
+                &source,
+            )?;
         }
-        if let (false, Some(src)) = (cached, source) {
-            stale.push((f, src));
+        if !cached {
+            stale.push((f, source));
         }
         results.push(Built {
             flow: f.ir.name.clone(),

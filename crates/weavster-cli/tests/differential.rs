@@ -120,21 +120,35 @@ fn value() -> impl Strategy<Value = Value> {
     })
 }
 
-fn records(fields: Vec<String>) -> impl Strategy<Value = Vec<Value>> {
+/// Records of the flow's keys and some it never touches.
+fn records(mut fields: Vec<String>) -> impl Strategy<Value = Vec<Value>> {
+    fields.extend(["untouched".to_string(), "other_key".to_string()]);
     let record = prop::collection::vec((prop::sample::select(fields), value()), 0..8)
         .prop_map(|kvs| Value::Object(kvs.into_iter().collect::<Map<String, Value>>()));
     prop::collection::vec(record, 1..8)
 }
 
+/// The interpreter decoding whole records, the interpreter decoding only the
+/// fields the flow touches, and the wasm must give the same bytes.
 fn compare(
     name: &str,
-    interp: &Interpreter,
+    (interp, whole): (&Interpreter, &Interpreter),
     wasm: &mut weavster_host::Instance,
     vars: &Map<String, Value>,
     batch: &[u8],
 ) {
     let mut native = Vec::new();
     process_batch(interp, vars, batch, &mut native).expect("interpreter batch");
+    let mut full = Vec::new();
+    process_batch(whole, vars, batch, &mut full).expect("interpreter batch");
+    if native != full {
+        panic!(
+            "flow `{name}`: partial and whole-record decoding differ\n--- batch\n{}\n--- partial\n{}\n--- whole\n{}",
+            String::from_utf8_lossy(batch),
+            String::from_utf8_lossy(&native),
+            String::from_utf8_lossy(&full)
+        );
+    }
     let compiled = wasm.process(batch).expect("wasm batch");
     if native != compiled {
         panic!(
@@ -198,6 +212,12 @@ fn wasm_matches_the_interpreter() {
         for (ir, b) in irs.iter().zip(&built) {
             let module = host.load(&b.wasm).expect("module loads");
             let interp = Interpreter::new(ir.clone()).expect("interpreter");
+            let whole = Interpreter::new(weavster_ir::Flow {
+                fields: None,
+                ..ir.clone()
+            })
+            .expect("interpreter");
+            let interps = (&interp, &whole);
             let mut wasm = module.instantiate(&vars).expect("instance");
             // Fixtures, with their own `now` and vars.
             for t in project.tests.iter().filter(|t| t.flow == ir.name) {
@@ -211,12 +231,12 @@ fn wasm_matches_the_interpreter() {
                     &t.spec.input,
                     &mut batch,
                 );
-                compare(&ir.name, &interp, &mut inst, &case_vars, &batch);
+                compare(&ir.name, interps, &mut inst, &case_vars, &batch);
             }
             // The example's data files.
             let mut batch = Vec::new();
             encode_batch("2026-01-01T00:00:00Z", 7, &data, &mut batch);
-            compare(&ir.name, &interp, &mut wasm, &vars, &batch);
+            compare(&ir.name, interps, &mut wasm, &vars, &batch);
             // Property-generated records.
             let mut runner = TestRunner::new(Config {
                 cases: 64,
@@ -227,7 +247,7 @@ fn wasm_matches_the_interpreter() {
             let result = runner.run(&(records(field_names(ir)), any::<u64>()), |(recs, seed)| {
                 let mut batch = Vec::new();
                 encode_batch("2026-01-01T00:00:00Z", seed, &recs, &mut batch);
-                compare(&ir.name, &interp, &mut wasm.borrow_mut(), &vars, &batch);
+                compare(&ir.name, interps, &mut wasm.borrow_mut(), &vars, &batch);
                 Ok(())
             });
             if let Err(e) = result {

@@ -5,9 +5,17 @@
 //! `{"i":N,"o":[routes],"r":{record}}`, `{"i":N,"f":1}` (filtered) or
 //! `{"i":N,"e":{"stage":…,"message":…,"path":…}}` (record error), where `N`
 //! is the index of the input record (several lines share it after `explode`).
+//!
+//! Records are decoded partially, by what the flow says it touches
+//! ([`Flow::touches`]): only the top-level fields it touches are parsed; every other field is
+//! validated but kept as its input text (in a string placeholder the flow
+//! never sees, as it never reads or writes that field) and written back
+//! verbatim, in its place. Key order is the same as with a full decode.
 
 use std::io::Write as _;
 
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::{Ctx, Flow, Outcome, RecordError};
@@ -33,6 +41,7 @@ pub fn process_batch<F: Flow + ?Sized>(
         .and_then(Value::as_u64)
         .ok_or("batch header has no `seed`")?;
     let ctx = Ctx::new(now, seed, vars);
+    let touches = |k: &str| flow.touches(k);
     let mut outcomes = Vec::new();
     let mut index = 0u64;
     for line in lines {
@@ -40,7 +49,7 @@ pub fn process_batch<F: Flow + ?Sized>(
             continue;
         }
         outcomes.clear();
-        match serde_json::from_slice::<Value>(line) {
+        match decode_record(line, touches) {
             Ok(record @ Value::Object(_)) => flow.run(record, &ctx, &mut outcomes),
             Ok(other) => outcomes.push(Outcome::Error(RecordError {
                 stage: "decode",
@@ -57,14 +66,85 @@ pub fn process_batch<F: Flow + ?Sized>(
             })),
         }
         for o in &outcomes {
-            encode(out, index, o);
+            encode(out, index, o, touches);
         }
         index += 1;
     }
     Ok(())
 }
 
-fn encode(out: &mut Vec<u8>, index: u64, o: &Outcome) {
+/// Decodes one input record, parsing only the top-level fields `touches`
+/// accepts (see the module documentation).
+pub fn decode_record(line: &[u8], touches: impl Fn(&str) -> bool) -> serde_json::Result<Value> {
+    if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        // Not an object: decoded whole, for the error message.
+        return serde_json::from_slice(line);
+    }
+    let mut de = serde_json::Deserializer::from_slice(line);
+    let v = Partial(touches).deserialize(&mut de)?;
+    de.end()?;
+    Ok(v)
+}
+
+/// Deserializes an object, parsing only the touched fields.
+struct Partial<T>(T);
+
+impl<'de, T: Fn(&str) -> bool> DeserializeSeed<'de> for Partial<T> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de, T: Fn(&str) -> bool> Visitor<'de> for Partial<T> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        // Sized once for typical records instead of growing 4 → 8 → 16.
+        let mut m = Map::with_capacity(16);
+        while let Some(key) = map.next_key::<String>()? {
+            let v = if (self.0)(&key) {
+                map.next_value::<Value>()?
+            } else {
+                Value::String(map.next_value::<&'de RawValue>()?.get().to_owned())
+            };
+            m.insert(key, v);
+        }
+        Ok(Value::Object(m))
+    }
+}
+
+/// Writes a record decoded by [`decode_record`]: untouched top-level fields
+/// as the text they came with, the rest serialized.
+pub fn encode_record(out: &mut Vec<u8>, record: &Value, touches: impl Fn(&str) -> bool) {
+    let Value::Object(m) = record else {
+        let _ = serde_json::to_writer(&mut *out, record);
+        return;
+    };
+    out.push(b'{');
+    for (n, (k, v)) in m.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        let _ = serde_json::to_writer(&mut *out, k);
+        out.push(b':');
+        match v {
+            // Only untouched fields hold their raw text (in a string).
+            Value::String(raw) if !touches(k) => out.extend_from_slice(raw.as_bytes()),
+            v => {
+                let _ = serde_json::to_writer(&mut *out, v);
+            }
+        }
+    }
+    out.push(b'}');
+}
+
+fn encode(out: &mut Vec<u8>, index: u64, o: &Outcome, touches: impl Fn(&str) -> bool) {
     // Writing to a Vec cannot fail.
     let _ = write!(out, "{{\"i\":{index},");
     match o {
@@ -77,7 +157,7 @@ fn encode(out: &mut Vec<u8>, index: u64, o: &Outcome) {
                 let _ = write!(out, "{r}");
             }
             out.extend_from_slice(b"],\"r\":");
-            let _ = serde_json::to_writer(&mut *out, record);
+            encode_record(out, record, touches);
         }
         Outcome::Filtered => out.extend_from_slice(b"\"f\":1"),
         Outcome::Error(e) => {
@@ -269,4 +349,83 @@ macro_rules! export_flow {
             WEAVSTER_STATE.with(|s| s.borrow().output.len() as i32)
         }
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `line` touching only `fields`, lets `edit` change the record,
+    /// encodes it; also returns what a full decode + serialize gives.
+    fn check(line: &str, fields: &[&str], edit: fn(&mut Value)) -> (String, String) {
+        let run = |touches: &dyn Fn(&str) -> bool| {
+            let mut v = match decode_record(line.as_bytes(), touches) {
+                Ok(v) => v,
+                Err(e) => return format!("error: {e}"),
+            };
+            edit(&mut v);
+            let mut out = Vec::new();
+            encode_record(&mut out, &v, touches);
+            String::from_utf8(out).unwrap_or_default()
+        };
+        (run(&|k| fields.contains(&k)), run(&|_| true))
+    }
+
+    #[test]
+    fn untouched_fields_pass_through_verbatim() {
+        let (partial, full) = check(
+            r#"{"a": 1.50, "b" : {"x" : [1, 2]}, "c": "s", "d": 1e400, "e": "\u00e9"}"#,
+            &["c"],
+            |v| v["c"] = Value::from("S"),
+        );
+        assert_eq!(
+            partial,
+            r#"{"a":1.50,"b":{"x" : [1, 2]},"c":"S","d":1e400,"e":"\u00e9"}"#
+        );
+        // A full decode normalizes numbers and cannot hold 1e400 at all.
+        assert!(full.starts_with("error: number out of range"), "{full}");
+    }
+
+    #[test]
+    fn key_order_is_the_full_decodes() {
+        // Canonical input (as serde_json writes it): the same bytes either way.
+        let line = r#"{"a":1,"b":{"k":[true,null]},"c":"x","d":2.5,"e\"q":"é\n"}"#;
+        for edit in [
+            (|v: &mut Value| {
+                // Removed and set again: goes to the end, as with a full decode.
+                if let Some(m) = v.as_object_mut() {
+                    m.shift_remove("c");
+                    m.insert("c".into(), Value::from(1));
+                    m.insert("new".into(), Value::Null);
+                }
+            }) as fn(&mut Value),
+            |v| v["c"] = Value::from("y"),
+            |_| {},
+        ] {
+            let (partial, full) = check(line, &["c", "new"], edit);
+            assert_eq!(partial, full);
+        }
+    }
+
+    #[test]
+    fn bad_records_are_the_same_errors() {
+        for line in [
+            r#"[1,2]"#,
+            r#"{"a": tru}"#,
+            r#"{"a": 1"#,
+            r#"{"a":1} x"#,
+            "7",
+        ] {
+            let (partial, full) = check(line, &["b"], |_| {});
+            assert_eq!(partial, full, "{line}");
+            assert!(partial.starts_with("error") || line == "7" || line == "[1,2]");
+        }
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_first_place_and_the_last_value() {
+        let (partial, full) = check(r#"{"a":1,"b":2,"a":3}"#, &["b"], |_| {});
+        assert_eq!(partial, r#"{"a":3,"b":2}"#);
+        assert_eq!(partial, full);
+    }
 }

@@ -111,6 +111,15 @@ impl<'a> Ctx<'a> {
 pub trait Flow {
     /// Runs one record; pushes one outcome (several after `explode`).
     fn run(&self, record: Value, ctx: &Ctx<'_>, out: &mut Vec<Outcome>);
+
+    /// Whether the flow reads or writes the top-level field `key`. The batch
+    /// decoder parses only the fields touched; every other one is kept as
+    /// its input text and written back verbatim (see [`abi`]). By default a
+    /// flow touches everything.
+    fn touches(&self, key: &str) -> bool {
+        let _ = key;
+        true
+    }
 }
 
 // Re-exported for generated code, which depends on this crate only.

@@ -404,4 +404,11 @@ impl weavster_guest::Flow for Interpreter {
             me.route(r, c, o)
         });
     }
+
+    fn touches(&self, key: &str) -> bool {
+        self.flow
+            .fields
+            .as_ref()
+            .is_none_or(|f| f.binary_search_by(|x| x.as_str().cmp(key)).is_ok())
+    }
 }

@@ -189,6 +189,9 @@ pub struct Flow {
     /// Full templates, by id.
     pub templates: Vec<String>,
     pub tables: Vec<Table>,
+    /// The sorted top-level fields the flow reads or writes (`None`: the
+    /// whole record); see [`crate::fields`].
+    pub fields: Option<Vec<String>>,
 }
 
 impl Flow {

@@ -7,6 +7,7 @@
 //! interpreter ([`interp`]) both execute, and what the compile cache hashes
 //! ([`Flow::fingerprint`]). No I/O.
 
+pub mod fields;
 pub mod interp;
 mod ir;
 mod lower;

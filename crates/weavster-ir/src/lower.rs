@@ -48,7 +48,7 @@ pub fn lower(name: &str, flow: &FlowFile, lookups: &BTreeMap<String, LookupData>
             })
         })
         .collect::<Res<Vec<_>>>()?;
-    Ok(Flow {
+    let mut flow = Flow {
         name: name.to_string(),
         steps,
         outputs,
@@ -56,7 +56,10 @@ pub fn lower(name: &str, flow: &FlowFile, lookups: &BTreeMap<String, LookupData>
         regexes: l.regexes,
         templates: l.templates,
         tables: l.tables,
-    })
+        fields: None,
+    };
+    flow.fields = crate::fields::touched(&flow);
+    Ok(flow)
 }
 
 /// Parses an expression and lowers it.
