@@ -236,57 +236,22 @@ fn wasm_target() -> Check {
     }
 }
 
-/// Where the PostgreSQL server binaries are: `WEAVSTER_PG_BIN`, `pg_config
-/// --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
-pub fn find_pg_bin() -> Option<PathBuf> {
-    let has_server = |d: &Path| {
-        ["initdb", "pg_ctl", "postgres"]
-            .iter()
-            .all(|b| d.join(b).is_file())
-    };
-    if let Some(d) = std::env::var_os("WEAVSTER_PG_BIN").map(PathBuf::from) {
-        return Some(d);
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if out.status.success() && has_server(&d) {
-            return Some(d);
-        }
-    }
-    let mut dirs: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            Some((v, e.path().join("bin")))
-        })
-        .filter(|(_, d)| has_server(d))
-        .collect();
-    dirs.sort();
-    dirs.pop().map(|(_, d)| d)
+/// The PostgreSQL server binaries the embedded queue would use.
+fn find_pg_bin() -> Result<PathBuf, weavster_pg::PgError> {
+    let explicit = std::env::var_os("WEAVSTER_PG_BIN").map(PathBuf::from);
+    weavster_pg::find_bin_dir(explicit.as_deref())
 }
 
 fn postgres_binaries(required: bool) -> Check {
     let name = "PostgreSQL binaries";
     match find_pg_bin() {
-        Some(d)
-            if ["initdb", "pg_ctl", "postgres"]
-                .iter()
-                .all(|b| d.join(b).is_file()) =>
-        {
-            Check::ok(name, format!("initdb, pg_ctl, postgres in {}", d.display()))
-        }
-        Some(d) => Check::fail(
+        Ok(d) => Check::ok(name, format!("initdb, pg_ctl, postgres in {}", d.display())),
+        Err(e) if required => Check::fail(
             name,
-            format!("{} lacks initdb/pg_ctl/postgres", d.display()),
-            "point WEAVSTER_PG_BIN at a PostgreSQL bin dir",
-        ),
-        None if required => Check::fail(
-            name,
-            "not found (needed for `queue: embedded`)",
+            format!("needed for `queue: embedded`: {e}"),
             "apt-get install postgresql (Debian/Ubuntu) or set WEAVSTER_PG_BIN",
         ),
-        None => Check::ok(
+        Err(_) => Check::ok(
             name,
             "not found (not needed: the queue is an external database)",
         ),

@@ -9,8 +9,16 @@
 //! (random bytes, an empty environment, writes captured for messages, exit)
 //! and nothing else: no files, no clocks, no network. Knows nothing of
 //! PostgreSQL.
+//!
+//! Limits per instance: a memory cap (`StoreLimits`) and a deadline per call
+//! (epoch interruption: a thread ticks the engine's epoch every
+//! [`EPOCH_TICK`]; a guest still running after [`Host::batch_deadline`] is
+//! stopped with [`HostError::Deadline`]). After any trap an instance is
+//! poisoned: make a new one. No fuel metering (it costs throughput on every
+//! call; the deadline bounds runaway guests).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{Map, Value};
 use wasmtime::{
@@ -37,6 +45,13 @@ pub enum HostError {
     /// fails and the instance must be replaced.
     #[error("the flow trapped: {0}")]
     Trap(String),
+    /// The guest ran past the batch deadline and was stopped; the instance
+    /// must be replaced.
+    #[error("the flow ran past its deadline of {0:?} and was stopped")]
+    Deadline(Duration),
+    /// A call on an instance that trapped before.
+    #[error("this flow instance trapped earlier and cannot be used again")]
+    Poisoned,
     #[error("the flow rejected the batch: {0}")]
     Batch(String),
     #[error("wasmtime: {0}")]
@@ -59,19 +74,38 @@ pub struct Host {
     linker: Linker<StoreState>,
     /// Memory cap of one instance, in bytes.
     pub memory_limit: usize,
+    /// How long one call (a batch, or init) may run.
+    pub batch_deadline: Duration,
 }
+
+/// How often the engine's epoch advances: the deadline's resolution.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 impl Host {
     pub fn new() -> Result<Self, HostError> {
         let mut config = Config::new();
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
+        config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| HostError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         add_wasi_imports(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
+        // Ends by itself once the engine is gone.
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("weavster-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })
+            .map_err(|e| HostError::Engine(format!("cannot start the epoch thread: {e}")))?;
         Ok(Host {
             engine,
             linker,
             memory_limit: 512 << 20,
+            batch_deadline: Duration::from_secs(10),
         })
     }
 
@@ -159,6 +193,7 @@ impl Host {
             pre,
             path: path.to_path_buf(),
             memory_limit: self.memory_limit,
+            deadline: self.batch_deadline,
         };
         // Check the ABI version on a throwaway instance.
         let mut store = flow.store();
@@ -203,6 +238,7 @@ pub struct FlowModule {
     pre: InstancePre<StoreState>,
     path: PathBuf,
     memory_limit: usize,
+    deadline: Duration,
 }
 
 impl FlowModule {
@@ -220,6 +256,8 @@ impl FlowModule {
             },
         );
         store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(self.deadline));
         store
     }
 
@@ -265,6 +303,8 @@ impl FlowModule {
             output,
             output_len,
             memory,
+            deadline: self.deadline,
+            poisoned: false,
         };
         let ctx = serde_json::json!({ "vars": vars }).to_string();
         let len = inst.write_input(ctx.as_bytes())?;
@@ -287,10 +327,21 @@ pub struct Instance {
     output: TypedFunc<(), i32>,
     output_len: TypedFunc<(), i32>,
     memory: Memory,
+    deadline: Duration,
+    poisoned: bool,
+}
+
+/// Epoch ticks for a deadline (at least one).
+fn ticks(d: Duration) -> u64 {
+    (d.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
 }
 
 impl Instance {
     fn trap(&mut self, e: wasmtime::Error) -> HostError {
+        self.poisoned = true;
+        if e.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+            return HostError::Deadline(self.deadline);
+        }
         let messages = String::from_utf8_lossy(&self.store.data().messages)
             .trim()
             .to_string();
@@ -328,6 +379,10 @@ impl Instance {
     /// Runs one encoded batch (`weavster_guest::abi::encode_batch`); returns
     /// the encoded outcomes.
     pub fn process(&mut self, batch: &[u8]) -> Result<Vec<u8>, HostError> {
+        if self.poisoned {
+            return Err(HostError::Poisoned);
+        }
+        self.store.set_epoch_deadline(ticks(self.deadline));
         let len = self.write_input(batch)?;
         let n = self
             .process
