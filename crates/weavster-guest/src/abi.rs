@@ -8,7 +8,7 @@
 //!
 //! Records are decoded partially, by what the flow says it touches
 //! ([`Flow::touches`]): only the top-level fields it touches are parsed; every other field is
-//! validated but kept as its input text (in a string placeholder the flow
+//! validated but kept as its input text (held as a string value the flow
 //! never sees, as it never reads or writes that field) and written back
 //! verbatim, in its place. Key order is the same as with a full decode.
 
