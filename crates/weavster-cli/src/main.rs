@@ -4,8 +4,11 @@
 
 mod compile;
 mod debug;
+mod dlq;
 mod init;
 mod ls;
+mod queue;
+mod run;
 mod test;
 mod validate;
 
@@ -88,6 +91,10 @@ enum Command {
     Compile(compile::Args),
     /// Run the fixture tests (tests/<flow>/*.yaml) through the compiled modules.
     Test(test::Args),
+    /// Run flows: inputs → queue (PostgreSQL) → compiled flows → outputs.
+    Run(run::Args),
+    /// Inspect, replay or purge dead letters (records that could not be delivered).
+    Dlq(dlq::Args),
 }
 
 fn main() -> ExitCode {
@@ -100,6 +107,8 @@ fn main() -> ExitCode {
         Command::Debug(args) => debug::run(&cli.global, args),
         Command::Compile(args) => compile::run(&cli.global, args),
         Command::Test(args) => test::run(&cli.global, args),
+        Command::Run(args) => run::run(&cli.global, args),
+        Command::Dlq(args) => dlq::run(&cli.global, args),
     };
     match result {
         Ok(code) => code,

@@ -126,6 +126,10 @@ pub(crate) fn runtime(diags: &mut Vec<Diagnostic>, file: &str, node: &Node, rt: 
         ("batch_size", rt.batch_size),
         ("workers", rt.workers),
         ("max_attempts", rt.max_attempts),
+        (
+            "batch_timeout_ms",
+            rt.batch_timeout_ms.map(|v| v.min(1) as u32),
+        ),
     ] {
         if value == Some(0) {
             diags.push(

@@ -64,6 +64,10 @@ pub struct RuntimeConfig {
     /// Attempts per job before its batch is dead-lettered (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// How long the flow may work on one batch, in milliseconds, before it
+    /// is stopped and the batch retried record by record (default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_timeout_ms: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------
@@ -519,6 +523,7 @@ pub struct Runtime {
     pub linger_ms: u64,
     pub workers: u32,
     pub max_attempts: u32,
+    pub batch_timeout_ms: u64,
 }
 
 impl Default for Runtime {
@@ -529,6 +534,7 @@ impl Default for Runtime {
             linger_ms: 50,
             workers: 2,
             max_attempts: 5,
+            batch_timeout_ms: 10_000,
         }
     }
 }
@@ -550,6 +556,9 @@ impl Runtime {
         }
         if let Some(v) = cfg.max_attempts {
             self.max_attempts = v;
+        }
+        if let Some(v) = cfg.batch_timeout_ms {
+            self.batch_timeout_ms = v;
         }
     }
 }

@@ -1,0 +1,67 @@
+//! The queue database for `run` and `dlq`: the embedded server or the
+//! configured URL.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use weavster_project::Project;
+use weavster_runtime::Db;
+
+/// An open queue; [`Queue::close`] stops an embedded server.
+pub struct Queue {
+    pub db: Db,
+    embedded: Option<weavster_pg::Embedded>,
+    /// Where it is, for messages (password masked).
+    pub shown: String,
+}
+
+impl Queue {
+    pub async fn open(project: &Project, max_connections: u32) -> anyhow::Result<Queue> {
+        let queue = &project.runtime.queue;
+        if queue == "embedded" {
+            let mut opts = weavster_pg::Options::new(project.root.join(".weavster/postgres"));
+            opts.bin_dir = std::env::var_os("WEAVSTER_PG_BIN").map(PathBuf::from);
+            let server = weavster_pg::Embedded::start(&opts)
+                .await
+                .context("cannot start the embedded PostgreSQL (queue: embedded)")?;
+            let url = server.url();
+            let db = match Db::connect(&url, max_connections, Duration::from_secs(10)).await {
+                Ok(db) => db,
+                Err(e) => {
+                    let _ = server.stop().await;
+                    return Err(e.into());
+                }
+            };
+            Ok(Queue {
+                db,
+                embedded: Some(server),
+                shown: ".weavster/postgres (embedded)".into(),
+            })
+        } else {
+            let db = Db::connect(queue, max_connections, Duration::from_secs(10)).await?;
+            Ok(Queue {
+                db,
+                embedded: None,
+                shown: weavster_runtime::mask_url(queue),
+            })
+        }
+    }
+
+    pub async fn close(self) {
+        self.db.pool().close().await;
+        if let Some(server) = self.embedded
+            && let Err(e) = server.stop().await
+        {
+            tracing::warn!("stopping the embedded PostgreSQL: {e}");
+        }
+    }
+}
+
+/// A tokio runtime for the commands that need one.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}

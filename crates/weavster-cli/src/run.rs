@@ -1,0 +1,371 @@
+//! `weavster run`: compile, open the queue, run the flows.
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use serde_json::{Map, Value};
+use weavster_project::Project;
+use weavster_runtime::{
+    FlowPlan, Format, InputPlan, Metrics, OutputPlan, QueueSettings, RunOptions, RunReport,
+    WriteMode, source::format_of,
+};
+use weavster_spec::types::Connector;
+
+use crate::Global;
+use crate::compile::{self, Args as CompileArgs};
+use crate::queue::{Queue, runtime};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Only this flow (repeatable); flows it feeds through bridges run too.
+    #[arg(long, short = 'f')]
+    flow: Vec<String>,
+    /// Read finite inputs to their end, drain the queue and exit: 0 if every
+    /// record was delivered, 1 if any was dead-lettered.
+    #[arg(long)]
+    once: bool,
+    /// Serve /health, /ready and Prometheus /metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    metrics_addr: Option<String>,
+    /// Forget the stored input positions: read every input from its start.
+    #[arg(long)]
+    from_start: bool,
+}
+
+/// The flows to run: the selected ones and every flow they feed.
+fn selected(project: &Project, wanted: &[String]) -> anyhow::Result<Vec<String>> {
+    if wanted.is_empty() {
+        return Ok(project.flows.iter().map(|f| f.name.clone()).collect());
+    }
+    let mut set = BTreeSet::new();
+    let mut todo: Vec<String> = wanted.to_vec();
+    while let Some(name) = todo.pop() {
+        let Some(flow) = project.flow(&name) else {
+            let names: Vec<&str> = project.flows.iter().map(|f| f.name.as_str()).collect();
+            bail!("no flow named `{name}` (flows: {})", names.join(", "));
+        };
+        if set.insert(name.clone()) {
+            for o in &flow.spec.outputs {
+                if let Some(target) = o.to.strip_prefix("bridge.") {
+                    todo.push(target.to_string());
+                }
+            }
+        }
+    }
+    Ok(project
+        .flows
+        .iter()
+        .filter(|f| set.contains(&f.name))
+        .map(|f| f.name.clone())
+        .collect())
+}
+
+fn delimiter(d: &Option<String>) -> u8 {
+    d.as_deref().and_then(|s| s.bytes().next()).unwrap_or(b',')
+}
+
+fn unsupported(flow: &str, reference: &str, c: &Connector) -> anyhow::Error {
+    anyhow::anyhow!(
+        "flow `{flow}` uses connector `{reference}` of type `{}`, which `weavster run` cannot run yet \
+         (built in: file, stdin, stdout, bridge); run the other flows with --flow",
+        c.type_name()
+    )
+}
+
+/// A flow's plan from the project.
+fn plan(project: &Project, name: &str, wasm: &Path) -> anyhow::Result<FlowPlan> {
+    let flow = project
+        .flow(name)
+        .with_context(|| format!("no flow `{name}`"))?;
+    let root = &project.root;
+    let connector = |reference: &str| {
+        project
+            .connectors
+            .get(reference)
+            .map(|d| &d.connector)
+            .with_context(|| format!("flow `{name}`: no connector `{reference}`"))
+    };
+    let input_ref = flow.spec.input.as_str();
+    let input = if input_ref.starts_with("bridge.") {
+        InputPlan::Bridge
+    } else {
+        match connector(input_ref)? {
+            Connector::File(f) => InputPlan::File {
+                pattern: root.join(&f.path).display().to_string(),
+                display: f.path.clone(),
+                format: f.format,
+                follow: f.follow.unwrap_or(true),
+                delimiter: delimiter(&f.delimiter),
+            },
+            Connector::Stdin(s) => InputPlan::Stdin {
+                format: s.format.unwrap_or(Format::Jsonl),
+            },
+            other => return Err(unsupported(name, input_ref, other)),
+        }
+    };
+    let mut outputs = Vec::new();
+    for o in &flow.spec.outputs {
+        let to = o.to.as_str();
+        outputs.push(if let Some(target) = to.strip_prefix("bridge.") {
+            OutputPlan::Bridge {
+                flow: target.to_string(),
+            }
+        } else {
+            match connector(to)? {
+                Connector::File(f) => {
+                    let path = root.join(&f.path);
+                    let format = format_of(&path, f.format).with_context(|| {
+                        format!(
+                            "output `{to}` of flow `{name}`: cannot tell the format of `{}`; \
+                             name it .jsonl, .json or .csv, or set `format`",
+                            f.path
+                        )
+                    })?;
+                    OutputPlan::File {
+                        path,
+                        display: f.path.clone(),
+                        format,
+                        mode: f.mode.unwrap_or(WriteMode::Append),
+                        delimiter: delimiter(&f.delimiter),
+                    }
+                }
+                Connector::Stdout(s) => {
+                    let format = s.format.unwrap_or(Format::Jsonl);
+                    if format == Format::Json {
+                        bail!(
+                            "output `{to}` of flow `{name}`: standard output takes `jsonl` or `csv`, not `json`"
+                        );
+                    }
+                    OutputPlan::Stdout { format }
+                }
+                other => return Err(unsupported(name, to, other)),
+            }
+        });
+    }
+    let vars: Map<String, Value> = project
+        .vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok(FlowPlan {
+        name: name.to_string(),
+        wasm: wasm.to_path_buf(),
+        vars,
+        input,
+        output_names: flow.spec.outputs.iter().map(|o| o.to.clone()).collect(),
+        outputs,
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn signalled() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+fn progress_line(metrics: &Metrics) -> String {
+    metrics
+        .snapshot()
+        .iter()
+        .map(|(flow, c)| {
+            let dead = c.dead_total();
+            let mut s = format!("{flow}: {} in → {} out", c.processed, c.out_total());
+            if dead > 0 {
+                s.push_str(&format!(", {dead} dead"));
+            }
+            s
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+fn print_summary(report: &RunReport, quiet: bool) {
+    for (flow, f) in &report.flows {
+        let c = &f.counts;
+        let mark = if f.error.is_some() || c.dead_total() > 0 {
+            "✘"
+        } else {
+            "✔"
+        };
+        if quiet && mark == "✔" {
+            continue;
+        }
+        let outs: Vec<String> = c.out.iter().map(|(o, n)| format!("{o} {n}")).collect();
+        let dead: Vec<String> = c.dead.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        eprintln!(
+            "{mark} {flow:<16} read {:>8}  in {:>8}  out {:>8}  filtered {:>6}  unrouted {:>6}  dead {:>6}",
+            c.read,
+            c.processed,
+            c.out_total(),
+            c.filtered,
+            c.unrouted,
+            c.dead_total()
+        );
+        if !outs.is_empty() && !quiet {
+            eprintln!("    → {}", outs.join(", "));
+        }
+        if !dead.is_empty() {
+            eprintln!("    dead letters by stage: {}", dead.join(", "));
+        }
+        if let Some(e) = &f.error {
+            eprintln!("    input failed: {e}");
+        }
+    }
+    let dead = report.dead_total();
+    if dead > 0 {
+        eprintln!(
+            "{dead} record{} dead-lettered: see `weavster dlq ls`; `weavster dlq replay` sends them through again",
+            crate::validate::plural(dead as usize)
+        );
+    }
+    if !quiet {
+        eprintln!(
+            "run {} {} in {:.2}s",
+            report.run_id,
+            if report.interrupted {
+                "stopped"
+            } else {
+                "finished"
+            },
+            report.elapsed_s
+        );
+    }
+}
+
+pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
+    let loaded = g.load()?;
+    if !loaded.is_valid() {
+        // Let compile print the diagnostics.
+        compile::compile(
+            g,
+            &CompileArgs {
+                flow: Vec::new(),
+                force: false,
+                debug: false,
+            },
+            true,
+        )?;
+        return Ok(ExitCode::from(1));
+    }
+    let flows = selected(&loaded.project, &args.flow)?;
+    let Some((loaded, compiled)) = compile::compile(
+        g,
+        &CompileArgs {
+            flow: flows.clone(),
+            force: false,
+            debug: false,
+        },
+        true,
+    )?
+    else {
+        return Ok(ExitCode::from(1));
+    };
+    let project = &loaded.project;
+    let plans = compiled
+        .built
+        .iter()
+        .map(|b| plan(project, &b.flow, &b.wasm))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rt = &project.runtime;
+    let settings = QueueSettings {
+        batch_size: rt.batch_size as usize,
+        linger: Duration::from_millis(rt.linger_ms),
+        workers: rt.workers as usize,
+        max_attempts: rt.max_attempts,
+        batch_deadline: Duration::from_millis(rt.batch_timeout_ms),
+    };
+    let metrics = Metrics::new(
+        plans
+            .iter()
+            .map(|p| (p.name.clone(), p.output_names.clone()))
+            .collect(),
+    );
+    let mut host = weavster_host::Host::new()?;
+    host.batch_deadline = settings.batch_deadline;
+    let connections = (plans.len() * (settings.workers + 2) + 4) as u32;
+    let opts = RunOptions {
+        once: args.once,
+        settings,
+        root: project.root.clone(),
+        metrics: metrics.clone(),
+        metrics_addr: args.metrics_addr.clone(),
+        from_start: args.from_start,
+    };
+    let bar = (!g.quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = indicatif::ProgressBar::new_spinner();
+        b.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let rt = runtime()?;
+    let report = rt.block_on(async {
+        let queue = Queue::open(project, connections).await?;
+        if !g.quiet {
+            eprintln!(
+                "running {} flow{} on {}{}",
+                plans.len(),
+                crate::validate::plural(plans.len()),
+                queue.shown,
+                if args.once {
+                    " (--once)"
+                } else {
+                    "; Ctrl-C stops"
+                }
+            );
+        }
+        let ticker = bar.clone().map(|b| {
+            let m = metrics.clone();
+            tokio::spawn(async move {
+                loop {
+                    b.set_message(progress_line(&m));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            })
+        });
+        let result = weavster_runtime::run(&queue.db, &host, plans, opts, signalled()).await;
+        if let Some(t) = ticker {
+            t.abort();
+        }
+        queue.close().await;
+        anyhow::Ok(result?)
+    });
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let report = report?;
+    if let Some(addr) = &report.metrics_addr {
+        tracing::info!("metrics were served on http://{addr}/metrics");
+    }
+    let target = project.root.join(".weavster/target");
+    std::fs::create_dir_all(&target)
+        .with_context(|| format!("cannot create {}", target.display()))?;
+    let results = target.join("run_results.json");
+    let mut json = serde_json::to_value(&report)?;
+    if let Value::Object(m) = &mut json {
+        m.insert("status".into(), Value::String(report.status().into()));
+    }
+    std::fs::write(&results, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("cannot write {}", results.display()))?;
+    print_summary(&report, g.quiet);
+    Ok(match report.status() {
+        "ok" | "stopped" => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}

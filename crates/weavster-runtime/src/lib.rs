@@ -1,0 +1,121 @@
+//! Runs compiled flows for real.
+//!
+//! For each flow: a **source** task reads its input in batches and pushes
+//! each batch as one job onto the flow's queue (apalis on PostgreSQL,
+//! job type `weavster:<flow>`), then stores the source position
+//! (`weavster.offsets`) and acknowledges the batch to the source. **Workers**
+//! (apalis workers, each with a warm wasm instance from `weavster-host`)
+//! fetch jobs, run the batch through the flow and write the routed records
+//! to the flow's **sinks**; record errors go to `weavster.dead_letters`. A
+//! job is finished only after every sink wrote its records, so delivery is
+//! at-least-once (see docs/guarantees.md).
+//!
+//! This crate parses no YAML: it is handed [`FlowPlan`]s built by the CLI
+//! from the loaded project. It prints nothing; it reports through
+//! [`Metrics`] and [`RunReport`].
+
+mod db;
+mod dlq;
+mod metrics;
+mod queue;
+mod run;
+pub mod sink;
+pub mod source;
+mod worker;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use db::{Db, DbError, mask_url};
+pub use dlq::{DeadLetter, DeadLetterFilter};
+pub use metrics::{FlowCounts, Metrics};
+pub use run::{FlowReport, RunOptions, RunReport, run};
+pub use weavster_spec::types::{Format, WriteMode};
+
+/// Errors of the runtime. Record-level problems are never errors: they
+/// become dead letters.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Host(#[from] weavster_host::HostError),
+    #[error("flow `{flow}`: {message}")]
+    Plan { flow: String, message: String },
+    #[error("metrics server on {addr}: {message}")]
+    Metrics { addr: String, message: String },
+    #[error("queue: {0}")]
+    Queue(String),
+}
+
+/// Where a flow's records come from.
+#[derive(Debug, Clone)]
+pub enum InputPlan {
+    /// Files matching a glob (absolute), in name order.
+    File {
+        pattern: String,
+        /// Shown in offsets and messages: the glob as the user wrote it.
+        display: String,
+        format: Option<Format>,
+        /// Keep reading appended lines (ignored with `--once`).
+        follow: bool,
+        delimiter: u8,
+    },
+    Stdin {
+        format: Format,
+    },
+    /// Records arrive from other flows' bridge outputs.
+    Bridge,
+}
+
+/// Where a flow output's records go.
+#[derive(Debug, Clone)]
+pub enum OutputPlan {
+    File {
+        path: PathBuf,
+        display: String,
+        format: Format,
+        mode: WriteMode,
+        delimiter: u8,
+    },
+    Stdout {
+        format: Format,
+    },
+    /// Into another flow's queue.
+    Bridge {
+        flow: String,
+    },
+}
+
+/// One flow, ready to run.
+#[derive(Debug, Clone)]
+pub struct FlowPlan {
+    pub name: String,
+    /// The compiled module.
+    pub wasm: PathBuf,
+    pub vars: serde_json::Map<String, serde_json::Value>,
+    pub input: InputPlan,
+    /// The output connector references (for reports), in flow order.
+    pub output_names: Vec<String>,
+    pub outputs: Vec<OutputPlan>,
+}
+
+/// Queue and batching settings (the project's resolved `runtime`).
+#[derive(Debug, Clone)]
+pub struct QueueSettings {
+    /// Most records per job.
+    pub batch_size: usize,
+    /// How long a source waits to fill a batch.
+    pub linger: Duration,
+    /// Workers per flow in this process.
+    pub workers: usize,
+    /// Attempts per job before its records are dead-lettered.
+    pub max_attempts: u32,
+    /// How long one batch may run in the guest.
+    pub batch_deadline: Duration,
+}
+
+/// The queue name (apalis job type) of a flow.
+pub fn queue_name(flow: &str) -> String {
+    format!("weavster:{flow}")
+}

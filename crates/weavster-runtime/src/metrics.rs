@@ -1,0 +1,254 @@
+//! Counters of a run: Prometheus families (served on `/metrics`) that the
+//! CLI also reads for its progress line and summary.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FlowLabel {
+    pub flow: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutputLabel {
+    pub flow: String,
+    pub output: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLabel {
+    pub flow: String,
+    pub stage: String,
+}
+
+fn batch_histogram() -> Histogram {
+    // 1 ms … ~16 s.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// Every counter of a run, by flow.
+pub struct Metrics {
+    registry: Registry,
+    pub(crate) read: Family<FlowLabel, Counter>,
+    pub(crate) processed: Family<FlowLabel, Counter>,
+    pub(crate) out: Family<OutputLabel, Counter>,
+    pub(crate) filtered: Family<FlowLabel, Counter>,
+    pub(crate) unrouted: Family<FlowLabel, Counter>,
+    pub(crate) dead: Family<DeadLabel, Counter>,
+    pub(crate) batches: Family<FlowLabel, Counter>,
+    pub(crate) failed_batches: Family<FlowLabel, Counter>,
+    pub(crate) traps: Family<FlowLabel, Counter>,
+    pub(crate) latency: Family<FlowLabel, Histogram, fn() -> Histogram>,
+    pub(crate) queue_depth: Family<FlowLabel, Gauge>,
+    ready: AtomicBool,
+    flows: Vec<(String, Vec<String>)>,
+}
+
+/// A flow's counts, for summaries.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct FlowCounts {
+    /// Records read by the flow's source.
+    pub read: u64,
+    /// Records run through the flow (source and bridges, retries included).
+    pub processed: u64,
+    /// Records written, by output.
+    pub out: BTreeMap<String, u64>,
+    pub filtered: u64,
+    pub unrouted: u64,
+    /// Records dead-lettered, by stage.
+    pub dead: BTreeMap<String, u64>,
+    pub batches: u64,
+    pub failed_batches: u64,
+    pub traps: u64,
+}
+
+impl FlowCounts {
+    pub fn dead_total(&self) -> u64 {
+        self.dead.values().sum()
+    }
+
+    pub fn out_total(&self) -> u64 {
+        self.out.values().sum()
+    }
+}
+
+impl Metrics {
+    /// Metrics for these flows (name, output names).
+    pub fn new(flows: Vec<(String, Vec<String>)>) -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("weavster");
+        let m = Metrics {
+            read: Family::default(),
+            processed: Family::default(),
+            out: Family::default(),
+            filtered: Family::default(),
+            unrouted: Family::default(),
+            dead: Family::default(),
+            batches: Family::default(),
+            failed_batches: Family::default(),
+            traps: Family::default(),
+            latency: Family::new_with_constructor(batch_histogram),
+            queue_depth: Family::default(),
+            ready: AtomicBool::new(false),
+            flows,
+            registry: Registry::default(),
+        };
+        registry.register("records_read", "Records read by sources", m.read.clone());
+        registry.register(
+            "records_in",
+            "Records run through a flow",
+            m.processed.clone(),
+        );
+        registry.register("records_out", "Records written to an output", m.out.clone());
+        registry.register(
+            "records_filtered",
+            "Records dropped by filters",
+            m.filtered.clone(),
+        );
+        registry.register(
+            "records_unrouted",
+            "Records no output took",
+            m.unrouted.clone(),
+        );
+        registry.register("records_dead", "Records dead-lettered", m.dead.clone());
+        registry.register("batches", "Batches processed", m.batches.clone());
+        registry.register(
+            "batches_failed",
+            "Batch attempts that failed",
+            m.failed_batches.clone(),
+        );
+        registry.register("guest_traps", "Guest traps and deadlines", m.traps.clone());
+        registry.register(
+            "batch_duration_seconds",
+            "Time to process one batch, sinks included",
+            m.latency.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Unfinished jobs of a flow",
+            m.queue_depth.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    pub(crate) fn flow(name: &str) -> FlowLabel {
+        FlowLabel {
+            flow: name.to_string(),
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    /// Current counts of every flow.
+    pub fn snapshot(&self) -> BTreeMap<String, FlowCounts> {
+        let mut all = BTreeMap::new();
+        for (flow, outputs) in &self.flows {
+            let l = Self::flow(flow);
+            let mut c = FlowCounts {
+                read: self.read.get_or_create(&l).get(),
+                processed: self.processed.get_or_create(&l).get(),
+                filtered: self.filtered.get_or_create(&l).get(),
+                unrouted: self.unrouted.get_or_create(&l).get(),
+                batches: self.batches.get_or_create(&l).get(),
+                failed_batches: self.failed_batches.get_or_create(&l).get(),
+                traps: self.traps.get_or_create(&l).get(),
+                ..FlowCounts::default()
+            };
+            for o in outputs {
+                let n = self
+                    .out
+                    .get_or_create(&OutputLabel {
+                        flow: flow.clone(),
+                        output: o.clone(),
+                    })
+                    .get();
+                *c.out.entry(o.clone()).or_default() += n;
+            }
+            for stage in crate::worker::STAGES {
+                let n = self
+                    .dead
+                    .get_or_create(&DeadLabel {
+                        flow: flow.clone(),
+                        stage: (*stage).to_string(),
+                    })
+                    .get();
+                if n > 0 {
+                    c.dead.insert((*stage).to_string(), n);
+                }
+            }
+            all.insert(flow.clone(), c);
+        }
+        all
+    }
+}
+
+/// Serves `/health` (alive), `/ready` (workers running) and `/metrics`
+/// until `stop` resolves.
+pub async fn serve(
+    addr: &str,
+    metrics: Arc<Metrics>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<std::net::SocketAddr, std::io::Error> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let m1 = metrics.clone();
+    let app = axum::Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .route(
+            "/ready",
+            get(move || {
+                let m = m1.clone();
+                async move {
+                    if m.is_ready() {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await;
+    });
+    Ok(local)
+}

@@ -1,0 +1,572 @@
+//! One `weavster run`: sources, workers, draining, shutdown.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{WorkerBuilder, WorkerBuilderExt};
+use serde::Serialize;
+use tokio::sync::watch;
+use weavster_host::Host;
+
+use crate::metrics::{FlowCounts, Metrics};
+use crate::queue::{self, Job};
+use crate::sink::{BridgeSink, FileSink, Sink, StdoutSink};
+use crate::source::{FileSource, Source, SourceBatch, StdinSource};
+use crate::worker::{self, Dead, FlowWorker};
+use crate::{Db, FlowPlan, InputPlan, OutputPlan, QueueSettings, RuntimeError};
+
+/// How a run behaves.
+pub struct RunOptions {
+    /// Read finite inputs to their end, drain the queue, stop.
+    pub once: bool,
+    pub settings: QueueSettings,
+    /// The project dir (file streams are named relative to it).
+    pub root: PathBuf,
+    /// Counters (made by the caller, which may show them while running).
+    pub metrics: Arc<Metrics>,
+    /// Serve `/health`, `/ready`, `/metrics` here.
+    pub metrics_addr: Option<String>,
+    /// Forget stored input positions first: read inputs from their start.
+    pub from_start: bool,
+}
+
+/// What a run did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub run_id: i64,
+    pub once: bool,
+    /// Stopped by a signal rather than by draining.
+    pub interrupted: bool,
+    pub elapsed_s: f64,
+    pub flows: BTreeMap<String, FlowReport>,
+    /// The address `/metrics` was served on.
+    pub metrics_addr: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowReport {
+    #[serde(flatten)]
+    pub counts: FlowCounts,
+    /// A source that failed (the run then fails).
+    pub error: Option<String>,
+}
+
+impl RunReport {
+    pub fn dead_total(&self) -> u64 {
+        self.flows.values().map(|f| f.counts.dead_total()).sum()
+    }
+
+    pub fn failed(&self) -> bool {
+        self.flows.values().any(|f| f.error.is_some())
+    }
+
+    /// `failed` (an input failed), `dead_letters`, `stopped` (by a signal)
+    /// or `ok`.
+    pub fn status(&self) -> &'static str {
+        if self.failed() {
+            "failed"
+        } else if self.dead_total() > 0 {
+            "dead_letters"
+        } else if self.interrupted {
+            "stopped"
+        } else {
+            "ok"
+        }
+    }
+}
+
+/// Most unfinished jobs a source lets its flow have before it waits
+/// (backpressure: memory and queue size stay bounded whatever the input).
+const MAX_PENDING_JOBS: i64 = 32;
+
+/// Finished jobs are deleted after this long (apalis keeps them forever).
+const KEEP_DONE_JOBS: Duration = Duration::from_secs(3600);
+
+/// Runs `plans` until drained (`once`) or until `shutdown` resolves.
+pub async fn run(
+    db: &Db,
+    host: &Host,
+    plans: Vec<FlowPlan>,
+    opts: RunOptions,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<RunReport, RuntimeError> {
+    let started = Instant::now();
+    let names: Vec<String> = plans.iter().map(|p| p.name.clone()).collect();
+    for p in &plans {
+        for o in &p.outputs {
+            if let OutputPlan::Bridge { flow } = o
+                && !names.contains(flow)
+            {
+                return Err(RuntimeError::Plan {
+                    flow: p.name.clone(),
+                    message: format!("its bridge output feeds flow `{flow}`, which is not running"),
+                });
+            }
+        }
+    }
+    let mode = if opts.once { "once" } else { "continuous" };
+    let run_id = db.start_run(mode, &names).await?;
+    if opts.from_start {
+        for n in &names {
+            db.reset_offsets(n).await?;
+        }
+    }
+    let s = &opts.settings;
+    let workers = build_workers(db, host, &plans, s, &opts, run_id)?;
+
+    let (stop_sources, sources_stopped) = watch::channel(false);
+    let (stop_workers, workers_stopped) = watch::channel(false);
+
+    // Workers, restarted if their backend fails (a database restart).
+    let mut worker_tasks = Vec::new();
+    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    for fw in &workers {
+        for i in 0..s.workers.max(1) {
+            let name = format!(
+                "{}@{host_name}:{}:{run_id}:{i}",
+                fw.name,
+                std::process::id()
+            );
+            worker_tasks.push(tokio::spawn(supervise(
+                name,
+                db.clone(),
+                fw.clone(),
+                workers_stopped.clone(),
+            )));
+        }
+    }
+
+    let metrics_addr = match &opts.metrics_addr {
+        Some(addr) => {
+            let mut rx = workers_stopped.clone();
+            let stop = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            let local = crate::metrics::serve(addr, opts.metrics.clone(), stop)
+                .await
+                .map_err(|e| RuntimeError::Metrics {
+                    addr: addr.clone(),
+                    message: e.to_string(),
+                })?;
+            Some(local.to_string())
+        }
+        None => None,
+    };
+
+    // Sources.
+    let errors: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
+    let mut pumps = Vec::new();
+    for p in &plans {
+        let make: MakeSource = match p.input.clone() {
+            InputPlan::Bridge => continue,
+            InputPlan::File {
+                pattern,
+                format,
+                follow,
+                delimiter,
+                ..
+            } => {
+                let root = opts.root.clone();
+                let follow = follow && !opts.once;
+                let batch = s.batch_size;
+                Box::new(move |positions| {
+                    Box::new(FileSource::new(
+                        pattern, root, format, delimiter, follow, batch, positions,
+                    ))
+                })
+            }
+            InputPlan::Stdin { format } => {
+                let (batch, linger) = (s.batch_size, s.linger);
+                Box::new(move |_| Box::new(StdinSource::new(format, batch, linger)))
+            }
+        };
+        let pump = Pump {
+            flow: p.name.clone(),
+            db: db.clone(),
+            storage: queue::storage(db, &p.name, 1),
+            max_attempts: s.max_attempts,
+            metrics: opts.metrics.clone(),
+            run_id,
+            once: opts.once,
+        };
+        let stop = sources_stopped.clone();
+        let errors = errors.clone();
+        pumps.push(Some(tokio::spawn(async move {
+            let flow = pump.flow.clone();
+            if let Err(e) = pump.run(make, stop).await {
+                tracing::error!(flow = %flow, "input failed: {e}");
+                if let Ok(mut m) = errors.lock() {
+                    m.insert(flow, e);
+                }
+            }
+        })));
+    }
+    opts.metrics.set_ready(true);
+
+    // Queue depth (for /metrics), and old finished jobs deleted.
+    let depth = {
+        let db = db.clone();
+        let metrics = opts.metrics.clone();
+        let names = names.clone();
+        tokio::spawn(async move {
+            let mut tick = 0u64;
+            loop {
+                if tick.is_multiple_of(60)
+                    && let Err(e) = db.vacuum_jobs(&names, KEEP_DONE_JOBS).await
+                {
+                    tracing::warn!("cannot delete finished jobs: {e}");
+                }
+                tick += 1;
+                for n in &names {
+                    if let Ok(d) = db.unfinished_jobs(std::slice::from_ref(n)).await {
+                        metrics.queue_depth.get_or_create(&Metrics::flow(n)).set(d);
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        })
+    };
+
+    let mut interrupted = false;
+    tokio::pin!(shutdown);
+    if opts.once {
+        let drained = async {
+            for p in pumps.iter_mut() {
+                if let Some(h) = p.take() {
+                    let _ = h.await;
+                }
+            }
+            // Drained: no unfinished job, twice in a row.
+            let mut idle = 0;
+            while idle < 2 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match db.unfinished_jobs(&names).await {
+                    Ok(0) => idle += 1,
+                    Ok(_) => idle = 0,
+                    Err(e) => {
+                        idle = 0;
+                        tracing::warn!("cannot count unfinished jobs: {e}");
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = drained => {}
+            () = &mut shutdown => interrupted = true,
+        }
+    } else {
+        shutdown.await;
+        interrupted = true;
+    }
+
+    // Graceful: stop reading, finish in-flight batches, stop workers.
+    let _ = stop_sources.send(true);
+    for h in pumps.into_iter().flatten() {
+        let _ = h.await;
+    }
+    let _ = stop_workers.send(true);
+    for w in worker_tasks {
+        let _ = w.await;
+    }
+    depth.abort();
+    opts.metrics.set_ready(false);
+
+    let counts = opts.metrics.snapshot();
+    let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
+    let flows = counts
+        .into_iter()
+        .map(|(name, counts)| {
+            let error = errors.get(&name).cloned();
+            (name, FlowReport { counts, error })
+        })
+        .collect();
+    let report = RunReport {
+        run_id,
+        once: opts.once,
+        interrupted,
+        elapsed_s: started.elapsed().as_secs_f64(),
+        flows,
+        metrics_addr,
+    };
+    let summary = serde_json::to_value(&report).unwrap_or_default();
+    db.finish_run(run_id, report.status(), &summary).await?;
+    Ok(report)
+}
+
+fn build_workers(
+    db: &Db,
+    host: &Host,
+    plans: &[FlowPlan],
+    s: &QueueSettings,
+    opts: &RunOptions,
+    run_id: i64,
+) -> Result<Vec<Arc<FlowWorker>>, RuntimeError> {
+    let mut out = Vec::new();
+    for p in plans {
+        let module = host.load(&p.wasm)?;
+        let plan_err = |message: String| RuntimeError::Plan {
+            flow: p.name.clone(),
+            message,
+        };
+        let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
+        for o in &p.outputs {
+            sinks.push(match o {
+                OutputPlan::File {
+                    path,
+                    display,
+                    format,
+                    mode,
+                    delimiter,
+                } => Box::new(
+                    FileSink::open(path.clone(), display.clone(), *format, *mode, *delimiter)
+                        .map_err(|e| plan_err(e.to_string()))?,
+                ),
+                OutputPlan::Stdout { format } => Box::new(StdoutSink::new(*format)),
+                OutputPlan::Bridge { flow } => Box::new(BridgeSink::new(
+                    flow.clone(),
+                    queue::storage(db, flow, 1),
+                    s.max_attempts,
+                )),
+            });
+        }
+        // One warm instance made now: a flow whose init fails stops the run
+        // before anything is read.
+        let first = module.instantiate(&p.vars)?;
+        out.push(Arc::new(FlowWorker {
+            name: p.name.clone(),
+            module,
+            vars: p.vars.clone(),
+            instances: Mutex::new(vec![first]),
+            sinks,
+            outputs: p.output_names.clone(),
+            db: db.clone(),
+            max_attempts: s.max_attempts,
+            metrics: opts.metrics.clone(),
+            run_id,
+        }));
+    }
+    Ok(out)
+}
+
+/// Runs an apalis worker until `stop`, restarting it after a failure (a
+/// lost database connection).
+async fn supervise(name: String, db: Db, fw: Arc<FlowWorker>, stop: watch::Receiver<bool>) {
+    let mut generation = 0u32;
+    // Stopped: told so, or the run is gone.
+    let stopped = |rx: &watch::Receiver<bool>| *rx.borrow() || rx.has_changed().is_err();
+    loop {
+        if stopped(&stop) {
+            return;
+        }
+        let storage = queue::storage(&db, &fw.name, 2).with_pubsub();
+        let worker = WorkerBuilder::new(format!("{name}:{generation}"))
+            .backend(storage)
+            .data(fw.clone())
+            .concurrency(1)
+            .build(worker::handle);
+        let mut rx = stop.clone();
+        let signal = async move {
+            let _ = rx.wait_for(|s| *s).await;
+            Ok::<(), std::io::Error>(())
+        };
+        match worker.run_until(signal).await {
+            Ok(()) if stopped(&stop) => return,
+            Ok(()) => tracing::warn!(worker = %name, "worker stopped; restarting"),
+            Err(e) => tracing::warn!(worker = %name, "worker failed: {e}; restarting"),
+        }
+        generation += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Moves a source's batches onto its flow's queue.
+struct Pump {
+    flow: String,
+    db: Db,
+    storage: apalis_postgres::PostgresStorage<Job>,
+    max_attempts: u32,
+    metrics: Arc<Metrics>,
+    run_id: i64,
+    once: bool,
+}
+
+/// Makes a flow's source from its stored positions.
+type MakeSource = Box<dyn FnOnce(HashMap<String, i64>) -> Box<dyn Source> + Send>;
+
+/// The advisory-lock key of a flow's source.
+fn source_lock_key(flow: &str) -> i64 {
+    let h = format!("weavster-source:{flow}")
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+    h as i64
+}
+
+impl Pump {
+    /// Reads the source into the queue. Only one process reads a flow's
+    /// source at a time (a PostgreSQL advisory lock held on a connection of
+    /// its own): the others wait, running workers only, and take over if
+    /// the reader goes away.
+    async fn run(self, make: MakeSource, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+        let key = source_lock_key(&self.flow);
+        let mut announced = false;
+        let mut lock = loop {
+            if *stop.borrow() {
+                return Ok(());
+            }
+            match self.db.pool().acquire().await {
+                Ok(mut conn) => {
+                    let got: Result<(bool,), _> = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                        .bind(key)
+                        .fetch_one(&mut *conn)
+                        .await;
+                    match got {
+                        Ok((true,)) => break conn,
+                        Ok((false,)) if !announced => {
+                            tracing::info!(flow = %self.flow, "another process reads this input; waiting (workers run meanwhile)");
+                            announced = true;
+                        }
+                        Ok((false,)) => {}
+                        Err(e) => tracing::warn!(flow = %self.flow, "source lock: {e}"),
+                    }
+                }
+                Err(e) => tracing::warn!(flow = %self.flow, "source lock: {e}"),
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        };
+        let positions = loop {
+            match self.db.offsets(&self.flow).await {
+                Ok(p) => break p,
+                Err(e) => {
+                    tracing::warn!(flow = %self.flow, "positions: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let result = self.pump(make(positions), stop).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(key)
+            .execute(&mut *lock)
+            .await;
+        result
+    }
+
+    async fn pump(
+        mut self,
+        mut source: Box<dyn Source>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        loop {
+            let next = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+                b = source.next_batch() => b,
+            };
+            let batch = match next {
+                Ok(Some(b)) => b,
+                Ok(None) => return Ok(()),
+                Err(e) if self.once => return Err(e.to_string()),
+                Err(e) => {
+                    tracing::warn!(flow = %self.flow, "input: {e}; retrying in 5 s");
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return Ok(()),
+                        () = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                    }
+                }
+            };
+            self.enqueue(&batch, &mut stop).await?;
+            source.ack(&batch).await.map_err(|e| e.to_string())?;
+        }
+    }
+
+    /// Backpressure, push, position, rejects; each step retried until the
+    /// database answers (a batch in hand is never dropped).
+    async fn enqueue(
+        &mut self,
+        batch: &SourceBatch,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Result<(), String> {
+        let names = [self.flow.clone()];
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match self.db.unfinished_jobs(&names).await {
+                Ok(n) if n < MAX_PENDING_JOBS => break,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(flow = %self.flow, "queue: {e}"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(500));
+            if *stop.borrow() && !self.once {
+                // Stopping: still enqueue what is in hand.
+                break;
+            }
+        }
+        if !batch.rejects.is_empty() {
+            let dead: Vec<Dead> = batch
+                .rejects
+                .iter()
+                .map(|r| Dead {
+                    record: r.record.clone(),
+                    stage: "input".into(),
+                    message: r.message.clone(),
+                    path: None,
+                })
+                .collect();
+            retry(&self.flow, "dead letters", || {
+                worker::insert_dead(&self.db, &self.flow, self.run_id, 1, &dead)
+            })
+            .await;
+            worker::count_dead(&self.metrics, &self.flow, &dead);
+        }
+        if !batch.records.is_empty() {
+            let job = Job::new(&batch.records);
+            let max = self.max_attempts;
+            let storage = &self.storage;
+            retry(&self.flow, "enqueue", || {
+                let mut s = storage.clone();
+                let job = job.clone();
+                async move { queue::push(&mut s, job, max).await }
+            })
+            .await;
+        }
+        if let Some(p) = &batch.position {
+            retry(&self.flow, "save position", || {
+                self.db.save_offset(&self.flow, &p.stream, p.end)
+            })
+            .await;
+        }
+        self.metrics
+            .read
+            .get_or_create(&Metrics::flow(&self.flow))
+            .inc_by(batch.records.len() as u64 + batch.rejects.len() as u64);
+        Ok(())
+    }
+}
+
+/// Retries `f` with a growing pause (up to 5 s) until it succeeds.
+async fn retry<F, Fut, E>(flow: &str, what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(flow = %flow, "{what}: {e}; retrying in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
