@@ -1,0 +1,184 @@
+//! A flow that loops forever on one record, and one that crashes on
+//! another, through the real runtime: embedded PostgreSQL, the apalis
+//! queue, wasmtime. The other records are delivered; the two bad ones are
+//! dead-lettered with stages `deadline` and `trap`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use weavster_runtime::{
+    Db, DeadLetterFilter, FlowPlan, Format, InputPlan, Metrics, OutputPlan, QueueSettings,
+    RunOptions, RunReport, WriteMode,
+};
+
+/// An ABI v1 guest in WAT: routes every record unchanged to output 0, loops
+/// forever on a record starting `{"l`, traps on one starting `{"t`. (Record
+/// indexes are one digit: batches of at most 10.)
+const GUEST: &str = r#"
+(module
+  (memory (export "memory") 16)
+  (data (i32.const 1000) ",\"o\":[0],\"r\":")
+  (func (export "weavster_abi_version") (result i32) i32.const 1)
+  (func (export "weavster_input") (param i32) (result i32) i32.const 65536)
+  (func (export "weavster_init") (param i32) (result i32) i32.const 0)
+  (func (export "weavster_output") (result i32) i32.const 524288)
+  (func (export "weavster_output_len") (result i32) i32.const 0)
+  (func $put (param $o i32) (param $b i32) (result i32)
+    (i32.store8 (local.get $o) (local.get $b))
+    (i32.add (local.get $o) (i32.const 1)))
+  (func (export "weavster_process") (param $len i32) (result i32)
+    (local $p i32) (local $end i32) (local $o i32) (local $i i32) (local $start i32)
+    (local.set $p (i32.const 65536))
+    (local.set $end (i32.add (i32.const 65536) (local.get $len)))
+    (local.set $o (i32.const 524288))
+    (block $h (loop $hl
+      (br_if $h (i32.ge_u (local.get $p) (local.get $end)))
+      (if (i32.eq (i32.load8_u (local.get $p)) (i32.const 10))
+        (then (local.set $p (i32.add (local.get $p) (i32.const 1))) (br $h)))
+      (local.set $p (i32.add (local.get $p) (i32.const 1)))
+      (br $hl)))
+    (block $done (loop $rec
+      (br_if $done (i32.ge_u (local.get $p) (local.get $end)))
+      (local.set $start (local.get $p))
+      (block $eol (loop $scan
+        (br_if $eol (i32.ge_u (local.get $p) (local.get $end)))
+        (br_if $eol (i32.eq (i32.load8_u (local.get $p)) (i32.const 10)))
+        (local.set $p (i32.add (local.get $p) (i32.const 1)))
+        (br $scan)))
+      (if (i32.gt_u (local.get $p) (local.get $start)) (then
+        (if (i32.eq (i32.load8_u (i32.add (local.get $start) (i32.const 2))) (i32.const 108))
+          (then (loop $forever (br $forever))))
+        (if (i32.eq (i32.load8_u (i32.add (local.get $start) (i32.const 2))) (i32.const 116))
+          (then unreachable))
+        (local.set $o (call $put (local.get $o) (i32.const 123)))
+        (local.set $o (call $put (local.get $o) (i32.const 34)))
+        (local.set $o (call $put (local.get $o) (i32.const 105)))
+        (local.set $o (call $put (local.get $o) (i32.const 34)))
+        (local.set $o (call $put (local.get $o) (i32.const 58)))
+        (local.set $o (call $put (local.get $o) (i32.add (i32.const 48) (local.get $i))))
+        (memory.copy (local.get $o) (i32.const 1000) (i32.const 13))
+        (local.set $o (i32.add (local.get $o) (i32.const 13)))
+        (memory.copy (local.get $o) (local.get $start) (i32.sub (local.get $p) (local.get $start)))
+        (local.set $o (i32.add (local.get $o) (i32.sub (local.get $p) (local.get $start))))
+        (local.set $o (call $put (local.get $o) (i32.const 125)))
+        (local.set $o (call $put (local.get $o) (i32.const 10)))
+        (local.set $i (i32.add (local.get $i) (i32.const 1)))))
+      (local.set $p (i32.add (local.get $p) (i32.const 1)))
+      (br $rec)))
+    (i32.sub (local.get $o) (i32.const 524288))))
+"#;
+
+fn plan(root: &Path) -> FlowPlan {
+    FlowPlan {
+        name: "wild".into(),
+        wasm: root.join("guest.wasm"),
+        vars: Default::default(),
+        input: InputPlan::File {
+            pattern: root.join("in.jsonl").display().to_string(),
+            display: "in.jsonl".into(),
+            format: None,
+            follow: false,
+            delimiter: b',',
+        },
+        output_names: vec!["files.out".into()],
+        outputs: vec![OutputPlan::File {
+            path: root.join("out.jsonl"),
+            display: "out.jsonl".into(),
+            format: Format::Jsonl,
+            mode: WriteMode::Append,
+            delimiter: b',',
+        }],
+    }
+}
+
+/// Runs the flow once (to the end of its input) on a 300 ms deadline.
+async fn check(db: &Db, root: &Path) -> RunReport {
+    let settings = QueueSettings {
+        batch_size: 4,
+        linger: Duration::from_millis(10),
+        workers: 1,
+        max_attempts: 2,
+        batch_deadline: Duration::from_millis(300),
+    };
+    let mut host = weavster_host::Host::new().expect("host");
+    host.batch_deadline = settings.batch_deadline;
+    let opts = RunOptions {
+        once: true,
+        settings,
+        root: root.to_path_buf(),
+        metrics: Metrics::new(vec![("wild".into(), vec!["files.out".into()])]),
+        metrics_addr: None,
+        from_start: false,
+    };
+    weavster_runtime::run(db, &host, vec![plan(root)], opts, std::future::pending())
+        .await
+        .expect("run")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runaway_and_crashing_records_are_dead_lettered_the_rest_delivered() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().to_path_buf();
+    let server = weavster_pg::Embedded::start(&weavster_pg::Options::new(
+        root.join(".weavster/postgres"),
+    ))
+    .await
+    .expect("embedded PostgreSQL");
+    let db = Db::connect(&server.url(), 8, Duration::from_secs(10))
+        .await
+        .expect("connect");
+
+    let wasm = root.join("guest.wasm");
+    std::fs::write(&wasm, GUEST).expect("write guest");
+    std::fs::write(
+        root.join("in.jsonl"),
+        "{\"n\":1}\n{\"n\":2}\n{\"loop\":true}\n{\"n\":3}\n{\"trap\":true}\n{\"n\":4}\n{\"n\":5}\n",
+    )
+    .expect("write input");
+    let report = check(&db, &root).await;
+
+    let out = std::fs::read_to_string(root.join("out.jsonl")).expect("output");
+    let mut got: Vec<&str> = out.lines().collect();
+    got.sort();
+    assert_eq!(
+        got,
+        ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}", "{\"n\":4}", "{\"n\":5}"]
+    );
+    let counts = &report.flows["wild"].counts;
+    assert_eq!(
+        counts.dead,
+        BTreeMap::from([("deadline".to_string(), 1), ("trap".to_string(), 1)])
+    );
+    assert_eq!(report.status(), "dead_letters");
+    let dead = db
+        .dead_letters(&DeadLetterFilter::default(), 10)
+        .await
+        .expect("dead letters");
+    let mut by_stage: Vec<(String, String)> = dead
+        .iter()
+        .map(|d| (d.stage.clone(), d.record.clone()))
+        .collect();
+    by_stage.sort();
+    assert_eq!(
+        by_stage,
+        [
+            ("deadline".to_string(), "{\"loop\":true}".to_string()),
+            ("trap".to_string(), "{\"trap\":true}".to_string())
+        ]
+    );
+    assert!(dead.iter().any(|d| d.message.contains("deadline")));
+
+    // A second run reads nothing again: the input's position was stored.
+    let again = check(&db, &root).await;
+    assert_eq!(again.flows["wild"].counts.read, 0);
+    assert_eq!(
+        std::fs::read_to_string(root.join("out.jsonl"))
+            .expect("output")
+            .lines()
+            .count(),
+        5
+    );
+    db.pool().close().await;
+    server.stop().await.expect("stop");
+}
