@@ -120,11 +120,10 @@ async fn check(db: &Db, root: &Path) -> RunReport {
 async fn runaway_and_crashing_records_are_dead_lettered_the_rest_delivered() {
     let dir = tempfile::tempdir().expect("tmp");
     let root = dir.path().to_path_buf();
-    let server = weavster_pg::Embedded::start(&weavster_pg::Options::new(
-        root.join(".weavster/postgres"),
-    ))
-    .await
-    .expect("embedded PostgreSQL");
+    let server =
+        weavster_pg::Embedded::start(&weavster_pg::Options::new(root.join(".weavster/postgres")))
+            .await
+            .expect("embedded PostgreSQL");
     let db = Db::connect(&server.url(), 8, Duration::from_secs(10))
         .await
         .expect("connect");
@@ -143,7 +142,13 @@ async fn runaway_and_crashing_records_are_dead_lettered_the_rest_delivered() {
     got.sort();
     assert_eq!(
         got,
-        ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}", "{\"n\":4}", "{\"n\":5}"]
+        [
+            "{\"n\":1}",
+            "{\"n\":2}",
+            "{\"n\":3}",
+            "{\"n\":4}",
+            "{\"n\":5}"
+        ]
     );
     let counts = &report.flows["wild"].counts;
     assert_eq!(

@@ -1,0 +1,326 @@
+//! `weavster run` and `weavster dlq`, end to end: the real binary, the
+//! embedded PostgreSQL it starts in each temp project, the compiled wasm.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Out, example, weavster};
+use serde_json::Value;
+use weavster_spec::types::{Connector, ConnectorsFile, FlowFile, TestCase};
+
+/// Writes `files` (path → text) into a new project dir.
+fn project(files: &[(&str, &str)]) -> (tempfile::TempDir, Vec<(String, String)>) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for (path, text) in files {
+        let p = tmp.path().join(path);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    }
+    let env = vec![(
+        "WEAVSTER_CARGO_TARGET_DIR".to_string(),
+        common::repo()
+            .join("target/weavster-flows")
+            .display()
+            .to_string(),
+    )];
+    (tmp, env)
+}
+
+fn records(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("output record is JSON"))
+        .collect()
+}
+
+/// Records with sorted keys, sorted: outputs compared as multisets.
+fn canonical(v: &[Value]) -> Vec<String> {
+    fn sort(v: &Value) -> Value {
+        match v {
+            Value::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                Value::Object(keys.into_iter().map(|k| (k.clone(), sort(&m[k]))).collect())
+            }
+            Value::Array(a) => Value::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    let mut out: Vec<String> = v.iter().map(|r| sort(r).to_string()).collect();
+    out.sort();
+    out
+}
+
+fn run(dir: &Path, args: &[&str], env: &[(String, String)]) -> Out {
+    let out = weavster(dir, args, env);
+    assert!(
+        out.code == 0 || out.code == 1,
+        "weavster {args:?} exited {}:\n{}{}",
+        out.code,
+        out.stdout,
+        out.stderr
+    );
+    out
+}
+
+fn records_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+fn dead_letters(dir: &Path, env: &[(String, String)]) -> Vec<Value> {
+    let out = weavster(dir, &["dlq", "ls", "-o", "json"], env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    serde_json::from_str(&out.stdout).expect("dlq ls json")
+}
+
+/// Every fixture of every example, through `run --once` instead of `test`:
+/// the fixture's input is written to the flow's input file, and what the
+/// file (and stdout) outputs receive must be what the fixture expects.
+/// Flows calling `now()` are left to `weavster test` (a run's clock is
+/// real).
+#[test]
+fn examples_run_once_delivers_what_their_fixtures_expect() {
+    for name in ["orders", "kitchen_sink", "events"] {
+        let (tmp, env) = example(name);
+        let dir = tmp.path();
+        let mut connectors = std::collections::BTreeMap::new();
+        for entry in std::fs::read_dir(dir.join("connectors")).expect("connectors") {
+            let path = entry.expect("entry").path();
+            let stem = path
+                .file_stem()
+                .expect("stem")
+                .to_string_lossy()
+                .to_string();
+            let file: ConnectorsFile =
+                weavster_spec::yaml::from_str(&std::fs::read_to_string(&path).expect("read"))
+                    .expect("connectors parse");
+            for (k, c) in file {
+                connectors.insert(format!("{stem}.{k}"), c);
+            }
+        }
+        let mut checked = 0;
+        for flow_entry in std::fs::read_dir(dir.join("flows")).expect("flows") {
+            let flow_path = flow_entry.expect("entry").path();
+            let flow_name = flow_path
+                .file_stem()
+                .expect("stem")
+                .to_string_lossy()
+                .to_string();
+            let source = std::fs::read_to_string(&flow_path).expect("flow");
+            if source.contains("now()") {
+                continue;
+            }
+            let flow: FlowFile = weavster_spec::yaml::from_str(&source).expect("flow parses");
+            let Some(Connector::File(input)) = connectors.get(&flow.input) else {
+                continue;
+            };
+            let Ok(cases) = std::fs::read_dir(dir.join("tests").join(&flow_name)) else {
+                continue;
+            };
+            for case_entry in cases {
+                let case_path = case_entry.expect("entry").path();
+                let case: TestCase = weavster_spec::yaml::from_str(
+                    &std::fs::read_to_string(&case_path).expect("case"),
+                )
+                .expect("case parses");
+                let lines: Vec<String> = case.input.iter().map(Value::to_string).collect();
+                std::fs::write(dir.join(&input.path), lines.join("\n") + "\n").expect("input");
+                for c in connectors.values() {
+                    if let Connector::File(f) = c
+                        && f.path != input.path
+                    {
+                        let _ = std::fs::remove_file(dir.join(&f.path));
+                    }
+                }
+                let vars = serde_json::to_string(&case.vars).expect("vars");
+                let out = run(
+                    dir,
+                    &[
+                        "run",
+                        "--once",
+                        "--from-start",
+                        "--flow",
+                        &flow_name,
+                        "--vars",
+                        &vars,
+                    ],
+                    &env,
+                );
+                for (key, expected) in &case.expect {
+                    let got = match connectors.get(key) {
+                        Some(Connector::File(f)) => records(&dir.join(&f.path)),
+                        Some(Connector::Stdout(_)) => out
+                            .stdout
+                            .lines()
+                            .map(|l| serde_json::from_str(l).expect("stdout record"))
+                            .collect(),
+                        _ => continue,
+                    };
+                    assert_eq!(
+                        canonical(&got),
+                        canonical(expected),
+                        "{name}: {} → {key}\n{}",
+                        case_path.display(),
+                        out.stderr
+                    );
+                    checked += 1;
+                }
+                let want_errors = case.expect.get("errors").map_or(0, Vec::len);
+                assert_eq!(out.code, i32::from(want_errors > 0), "{}", out.stderr);
+            }
+        }
+        assert!(checked > 0, "{name}: no fixture output was checked");
+    }
+}
+
+const ROUTE_FLOW: &str = "input: files.input
+unrouted: error
+outputs:
+  - to: files.output
+    when: kind == 'a'
+";
+
+/// A record no output takes (with `unrouted: error`) and a line that is not
+/// JSON are dead-lettered with their reasons; the rest is delivered. After
+/// the flow is fixed, `dlq replay` + `run --once` delivers the first.
+#[test]
+fn poison_records_are_dead_lettered_and_replayed_after_a_fix() {
+    let (tmp, env) = project(&[
+        ("weavster.yaml", "name: shop\n"),
+        (
+            "connectors/files.yaml",
+            "input: { type: file, path: data/in.jsonl }\noutput: { type: file, path: out/out.jsonl }\n",
+        ),
+        ("flows/route.yaml", ROUTE_FLOW),
+        (
+            "data/in.jsonl",
+            "{\"id\":1,\"kind\":\"a\"}\n{\"id\":2,\"kind\":\"b\"}\n{\"id\":3,\n{\"id\":4,\"kind\":\"a\"}\n",
+        ),
+    ]);
+    let dir = tmp.path();
+    let first = run(dir, &["run", "--once"], &env);
+    assert_eq!(first.code, 1, "{}", first.stderr);
+    assert!(first.stderr.contains("dead-lettered"), "{}", first.stderr);
+    let ids =
+        |v: &[Value]| -> BTreeSet<i64> { v.iter().filter_map(|r| r["id"].as_i64()).collect() };
+    assert_eq!(
+        ids(&records(&dir.join("out/out.jsonl"))),
+        BTreeSet::from([1, 4])
+    );
+    let dead = dead_letters(dir, &env);
+    let stages: BTreeSet<&str> = dead.iter().filter_map(|d| d["stage"].as_str()).collect();
+    assert_eq!(stages, BTreeSet::from(["decode", "routing"]), "{dead:#?}");
+    let routing = dead
+        .iter()
+        .find(|d| d["stage"] == "routing")
+        .expect("routing dead letter");
+    assert_eq!(routing["record"], "{\"id\":2,\"kind\":\"b\"}");
+    let show = weavster(dir, &["dlq", "show", &routing["id"].to_string()], &env);
+    assert!(show.stdout.contains("stage:    routing"), "{}", show.stdout);
+
+    // Fix the flow (every kind goes out), replay that one record.
+    std::fs::write(
+        dir.join("flows/route.yaml"),
+        ROUTE_FLOW.replace("    when: kind == 'a'\n", ""),
+    )
+    .expect("fix");
+    let replay = weavster(dir, &["dlq", "replay", &routing["id"].to_string()], &env);
+    assert_eq!(replay.code, 0, "{}", replay.stderr);
+    assert!(
+        replay.stdout.contains("route: 1 record queued again"),
+        "{}",
+        replay.stdout
+    );
+    let second = run(dir, &["run", "--once"], &env);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert_eq!(
+        ids(&records(&dir.join("out/out.jsonl"))),
+        BTreeSet::from([1, 2, 4])
+    );
+    assert_eq!(dead_letters(dir, &env).len(), 1);
+
+    let refused = weavster(dir, &["dlq", "purge"], &env);
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    let purge = weavster(dir, &["dlq", "purge", "--all"], &env);
+    assert!(
+        purge.stdout.contains("1 dead letter deleted"),
+        "{}",
+        purge.stdout
+    );
+    assert!(dead_letters(dir, &env).is_empty());
+
+    let results: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(".weavster/target/run_results.json")).expect("results"),
+    )
+    .expect("json");
+    assert_eq!(results["status"], "ok");
+    assert_eq!(results["flows"]["route"]["out"]["files.output"], 1);
+}
+
+/// `kill -9` at several moments of a run over 200k records, then a run to
+/// the end: every input record reached the output (at least once).
+#[test]
+fn killed_runs_lose_no_acknowledged_record() {
+    const N: usize = 200_000;
+    let input: String = (0..N)
+        .map(|i| format!("{{\"id\":{i},\"name\":\"customer {i}\"}}\n"))
+        .collect();
+    let (tmp, env) = project(&[
+        (
+            "weavster.yaml",
+            "name: crash\nruntime: { batch_size: 2000 }\n",
+        ),
+        (
+            "connectors/files.yaml",
+            "input: { type: file, path: data/in.jsonl }\noutput: { type: file, path: out/out.jsonl }\n",
+        ),
+        (
+            "flows/copy.yaml",
+            "input: files.input\ntransforms:\n  - set: { name: upper(name) }\noutputs:\n  - to: files.output\n",
+        ),
+        ("data/in.jsonl", &input),
+    ]);
+    let dir = tmp.path();
+    let compiled = weavster(dir, &["compile"], &env);
+    assert_eq!(compiled.code, 0, "{}", compiled.stderr);
+    // Creates the queue database, so the kills below hit a running flow.
+    assert_eq!(weavster(dir, &["dlq", "ls"], &env).code, 0);
+    let mut delivered = Vec::new();
+    for wait_ms in [400u64, 900, 1500] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_weavster"));
+        cmd.current_dir(dir)
+            .args(["run", "--once"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn");
+        std::thread::sleep(Duration::from_millis(wait_ms));
+        child.kill().expect("kill -9");
+        let _ = child.wait();
+        delivered.push(records_lines(&dir.join("out/out.jsonl")));
+    }
+    eprintln!("records in the output after each kill: {delivered:?}");
+    let last = run(dir, &["run", "--once"], &env);
+    assert_eq!(last.code, 0, "{}", last.stderr);
+    let out = std::fs::read_to_string(dir.join("out/out.jsonl")).expect("output");
+    let mut seen = vec![false; N];
+    for line in out.lines() {
+        let v: Value = serde_json::from_str(line).expect("a whole JSON record per line");
+        let id = v["id"].as_u64().expect("id") as usize;
+        assert_eq!(v["name"], format!("CUSTOMER {id}"));
+        seen[id] = true;
+    }
+    let missing: Vec<usize> = (0..N).filter(|i| !seen[*i]).take(10).collect();
+    assert!(
+        missing.is_empty(),
+        "records never delivered, e.g. {missing:?}"
+    );
+}
