@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Quick start: set everything up, build weavster, scaffold a demo project and
-# compile its flow to wasm and run its fixture tests.
+# Quick start: set everything up, build weavster, scaffold a demo project,
+# compile its flow to wasm, run its fixture tests, then run the flow for real
+# (`run --once`: embedded PostgreSQL queue, wasmtime, file output).
 #   scripts/quickstart.sh [DIR]      (default DIR: ./demo)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,9 +24,13 @@ fi
 "$weavster" -C "$demo" ls
 "$weavster" -C "$demo" compile
 "$weavster" -C "$demo" test
+"$weavster" -C "$demo" run --once
 
 cat <<MSG
 
 Done. The project is in $demo; the weavster binary is $weavster.
-Its flow reads $demo/data/orders.jsonl.
+Its flow read $demo/data/orders.jsonl and wrote $demo/out/*.jsonl
+(summary: $demo/.weavster/target/run_results.json). Run it again with
+  $weavster -C $demo run --once      (nothing new to read: positions are stored)
+  $weavster -C $demo run             (keeps following the input; Ctrl-C stops)
 MSG
