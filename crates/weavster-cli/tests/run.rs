@@ -324,3 +324,92 @@ fn killed_runs_lose_no_acknowledged_record() {
         "records never delivered, e.g. {missing:?}"
     );
 }
+
+fn spawn_run(dir: &Path, env: &[(String, String)], log: &Path) -> std::process::Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weavster"));
+    cmd.current_dir(dir)
+        .args(["run", "--once"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn")
+}
+
+/// Two `weavster run --once` on one external PostgreSQL share the work and
+/// deliver every record; the database is restarted while they run, and
+/// they recover.
+#[test]
+fn two_processes_share_an_external_database_and_survive_its_restart() {
+    const N: usize = 100_000;
+    let rt = tokio::runtime::Runtime::new().expect("tokio");
+    let pg_dir = tempfile::tempdir().expect("pg dir");
+    let server = rt
+        .block_on(weavster_pg::Embedded::start(&weavster_pg::Options::new(
+            pg_dir.path().join("postgres"),
+        )))
+        .expect("external PostgreSQL");
+    let input: String = (0..N).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    let (tmp, mut env) = project(&[
+        (
+            "weavster.yaml",
+            "name: shared\nruntime: { queue: \"{{ env_var('QUEUE_URL') }}\", batch_size: 500 }\n",
+        ),
+        (
+            "connectors/files.yaml",
+            "input: { type: file, path: data/in.jsonl }\noutput: { type: file, path: out/out.jsonl }\n",
+        ),
+        (
+            "flows/tag.yaml",
+            "input: files.input\ntransforms:\n  - set: { seen: true }\noutputs:\n  - to: files.output\n",
+        ),
+        ("data/in.jsonl", &input),
+    ]);
+    env.push(("QUEUE_URL".into(), server.url()));
+    let dir = tmp.path();
+    assert_eq!(weavster(dir, &["compile"], &env).code, 0);
+    let (log_a, log_b) = (dir.join("a.log"), dir.join("b.log"));
+    let mut a = spawn_run(dir, &env, &log_a);
+    let mut b = spawn_run(dir, &env, &log_b);
+    // Restart the database under them once output is flowing.
+    let out = dir.join("out/out.jsonl");
+    let started = std::time::Instant::now();
+    while records_lines(&out) == 0 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let restart = Command::new(server.bin_dir().join("pg_ctl"))
+        .args(["restart", "-m", "fast", "-w", "-D"])
+        .arg(server.data_dir())
+        .stdout(Stdio::null())
+        .status()
+        .expect("pg_ctl restart");
+    assert!(restart.success());
+    let (sa, sb) = (a.wait().expect("a"), b.wait().expect("b"));
+    let (ta, tb) = (
+        std::fs::read_to_string(&log_a).unwrap_or_default(),
+        std::fs::read_to_string(&log_b).unwrap_or_default(),
+    );
+    assert!(sa.success() && sb.success(), "A:\n{ta}\nB:\n{tb}");
+    let mut seen = vec![false; N];
+    for line in std::fs::read_to_string(&out).expect("output").lines() {
+        let v: Value = serde_json::from_str(line).expect("a whole record per line");
+        assert_eq!(v["seen"], true);
+        seen[v["id"].as_u64().expect("id") as usize] = true;
+    }
+    let missing = seen.iter().filter(|s| !**s).count();
+    assert_eq!(missing, 0, "A:\n{ta}\nB:\n{tb}");
+    // Both processes ran batches: `in` is the third figure of the summary.
+    let processed = |log: &str| -> u64 {
+        log.lines()
+            .find(|l| l.contains(" tag "))
+            .and_then(|l| l.split_whitespace().nth(5))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        processed(&ta) > 0 && processed(&tb) > 0,
+        "work was not shared:\nA:\n{ta}\nB:\n{tb}"
+    );
+    rt.block_on(server.stop()).expect("stop");
+}

@@ -136,13 +136,20 @@ impl FileSink {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(err)?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .read(true)
-            .write(true)
-            .truncate(mode == WriteMode::Overwrite)
-            .open(&path)
-            .map_err(err)?;
+        // jsonl and csv are opened for appending (O_APPEND): each batch is
+        // one write, so several processes can share the file. A json array
+        // is rewritten at its end: one writer only.
+        let mut options = OpenOptions::new();
+        options.create(true).read(true);
+        if format == Format::Json {
+            options.write(true);
+        } else {
+            options.append(true);
+        }
+        let file = options.open(&path).map_err(err)?;
+        if mode == WriteMode::Overwrite {
+            file.set_len(0).map_err(err)?;
+        }
         let mut columns = Vec::new();
         if format == Format::Csv {
             // Appending to a CSV file keeps its header.
