@@ -35,6 +35,8 @@ fi
 need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql postgresql-contrib)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
+command -v jq >/dev/null 2>&1 || need+=(jq)          # scripts/bench-run.sh
+[ -x /usr/bin/time ] || need+=(time)                 # scripts/bench-run.sh
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
     say "missing Debian packages: ${need[*]} (run as root or install them)"

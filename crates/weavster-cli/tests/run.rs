@@ -413,3 +413,55 @@ fn two_processes_share_an_external_database_and_survive_its_restart() {
     );
     rt.block_on(server.stop()).expect("stop");
 }
+
+/// stdin → flow → stdout with `--once`: ends at end of input.
+#[test]
+fn stdin_to_stdout() {
+    use std::io::Write as _;
+    let (tmp, env) = project(&[
+        ("weavster.yaml", "name: pipe\n"),
+        (
+            "connectors/io.yaml",
+            "input: { type: stdin }\noutput: { type: stdout }\n",
+        ),
+        (
+            "flows/pipe.yaml",
+            "input: io.input\ntransforms:\n  - set: { n2: n * 2 }\noutputs:\n  - to: io.output\n",
+        ),
+    ]);
+    let dir = tmp.path();
+    assert_eq!(weavster(dir, &["compile"], &env).code, 0);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weavster"));
+    cmd.current_dir(dir)
+        .args(["-q", "run", "--once"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"{\"n\":1}\n{\"n\":2}\n\n{\"n\":3}\n")
+        .expect("write");
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("record"))
+        .collect();
+    assert_eq!(
+        canonical(&got),
+        canonical(&[
+            serde_json::json!({"n": 1, "n2": 2}),
+            serde_json::json!({"n": 2, "n2": 4}),
+            serde_json::json!({"n": 3, "n2": 6}),
+        ])
+    );
+}

@@ -252,3 +252,58 @@ pub async fn serve(
     });
     Ok(local)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut out = String::new();
+        s.read_to_string(&mut out).expect("read");
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn serves_health_ready_and_metrics() {
+        let m = Metrics::new(vec![("orders".into(), vec!["files.out".into()])]);
+        m.processed
+            .get_or_create(&Metrics::flow("orders"))
+            .inc_by(7);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let addr = serve("127.0.0.1:0", m.clone(), async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("serve");
+        let (health, not_ready) =
+            tokio::task::spawn_blocking(move || (get(addr, "/health"), get(addr, "/ready")))
+                .await
+                .expect("join");
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        assert!(not_ready.starts_with("HTTP/1.1 503"), "{not_ready}");
+        m.set_ready(true);
+        let (ready, metrics) =
+            tokio::task::spawn_blocking(move || (get(addr, "/ready"), get(addr, "/metrics")))
+                .await
+                .expect("join");
+        assert!(ready.starts_with("HTTP/1.1 200"), "{ready}");
+        assert!(
+            metrics.contains("weavster_records_in_total{flow=\"orders\"} 7"),
+            "{metrics}"
+        );
+        assert!(
+            metrics.contains("weavster_batch_duration_seconds"),
+            "{metrics}"
+        );
+        let _ = tx.send(());
+        assert_eq!(m.snapshot()["orders"].processed, 7);
+    }
+}

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# End-to-end benchmark of `weavster run --once` (issue 4): file → queue
+# (embedded PostgreSQL) → wasm → file on generated records, beside jq doing
+# the same transform, in one run. Prints figures and ratios; asserts nothing
+# (except that both produced the same number of records).
+#   scripts/bench-run.sh [RECORDS]      (default 1000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+n="${1:-1000000}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
+scripts/setup.sh >&2
+command -v jq >/dev/null || { echo "jq is missing (apt-get install jq)" >&2; exit 2; }
+[ -x /usr/bin/time ] || { echo "/usr/bin/time is missing (apt-get install time)" >&2; exit 2; }
+cargo build --release --locked -q -p weavster-cli
+weavster="$CARGO_TARGET_DIR/release/weavster"
+export WEAVSTER_CARGO_TARGET_DIR="$CARGO_TARGET_DIR/weavster-flows"
+
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+mkdir -p "$dir/flows" "$dir/connectors" "$dir/data"
+cat > "$dir/weavster.yaml" <<'YAML'
+name: bench
+runtime: { batch_size: 1000, workers: 2 }
+YAML
+cat > "$dir/connectors/files.yaml" <<'YAML'
+input: { type: file, path: data/in.jsonl }
+output: { type: file, path: out/out.jsonl }
+YAML
+cat > "$dir/flows/orders.yaml" <<'YAML'
+input: files.input
+transforms:
+  - rename: { cust: customer_id }
+  - set:
+      customer_id: upper(trim(customer_id))
+      total: round(amount * qty, 2)
+  - filter: status != 'test'
+outputs:
+  - to: files.output
+YAML
+jq_program='select(.status != "test") | .customer_id = (.cust | gsub("^\\s+|\\s+$"; "") | ascii_upcase) | del(.cust) | .total = ((.amount * .qty * 100 | round) / 100)'
+
+gen() { # RECORDS FILE
+  awk -v n="$1" 'BEGIN { for (i = 0; i < n; i++) printf "{\"id\":%d,\"cust\":\" c%d \",\"amount\":%d.5,\"qty\":%d,\"status\":\"%s\",\"note\":\"lorem ipsum dolor sit amet, consectetur adipiscing\"}\n", i, i % 1000, i % 100, i % 7 + 1, (i % 10 == 0 ? "test" : "new") }' > "$2"
+}
+
+"$weavster" -q -C "$dir" compile >&2
+"$weavster" -q -C "$dir" dlq ls >/dev/null   # creates the queue database (initdb) before timing
+
+# One timed run: wall time, peak RSS, time to the first output record.
+run_once() { # RECORDS → prints "secs rss_kb ttfr_secs"
+  gen "$1" "$dir/data/in.jsonl"
+  rm -rf "$dir/out"
+  local start t0 ttfr=""
+  start=$(date +%s.%N)
+  /usr/bin/time -f '%e %M' -o "$dir/time.txt" "$weavster" -q -C "$dir" run --once --from-start 2>"$dir/run.log" &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do
+    if [ -z "$ttfr" ] && [ -s "$dir/out/out.jsonl" ]; then
+      ttfr=$(awk -v a="$(date +%s.%N)" -v b="$start" 'BEGIN { printf "%.2f", a - b }')
+    fi
+    sleep 0.01
+  done
+  wait "$pid" || { cat "$dir/run.log" >&2; exit 1; }
+  echo "$(cat "$dir/time.txt") ${ttfr:-0}"
+}
+
+small=$((n / 5))
+read -r s_secs s_rss _ < <(run_once "$small")
+read -r w_secs w_rss w_ttfr < <(run_once "$n")
+bytes=$(stat -c %s "$dir/data/in.jsonl")
+w_out=$(wc -l < "$dir/out/out.jsonl")
+read -r j_secs j_rss < <( { /usr/bin/time -f '%e %M' jq -c "$jq_program" "$dir/data/in.jsonl" > "$dir/jq.jsonl"; } 2>&1 )
+j_out=$(wc -l < "$dir/jq.jsonl")
+if [ "$w_out" != "$j_out" ]; then
+  echo "weavster wrote $w_out records, jq $j_out: not the same transform" >&2
+  exit 1
+fi
+
+awk -v n="$n" -v small="$small" -v bytes="$bytes" -v ws="$w_secs" -v wr="$w_rss" -v wt="$w_ttfr" \
+    -v ss="$s_secs" -v sr="$s_rss" -v js="$j_secs" -v jr="$j_rss" -v out="$w_out" 'BEGIN {
+  printf "weavster run --once, file → queue → wasm → file, %d records (%.0f MB), %d out\n", n, bytes / 1e6, out
+  printf "  weavster: %7.2f s  %9.0f records/s  %6.1f MB/s  peak RSS %4.0f MiB  first record after %.2f s\n", ws, n / ws, bytes / 1e6 / ws, wr / 1024, wt
+  printf "  jq:       %7.2f s  %9.0f records/s  %6.1f MB/s  peak RSS %4.0f MiB\n", js, n / js, bytes / 1e6 / js, jr / 1024
+  printf "  weavster/jq throughput: %.2fx\n", js / ws
+  printf "  peak RSS at %d records: %.0f MiB; at %d: %.0f MiB (ratio %.2f)\n", small, sr / 1024, n, wr / 1024, wr / sr
+  printf "goals: >= 100000 records/s end to end, RSS bounded, first record <= 2 s\n"
+}'
