@@ -465,3 +465,73 @@ fn stdin_to_stdout() {
         ])
     );
 }
+
+/// A continuous run follows lines appended to its input and stops
+/// gracefully on SIGTERM: exit 0, status `stopped`, the embedded server
+/// stopped.
+#[test]
+fn continuous_run_follows_appends_and_stops_on_sigterm() {
+    use std::io::Write as _;
+    let (tmp, env) = project(&[
+        ("weavster.yaml", "name: follow\n"),
+        (
+            "connectors/files.yaml",
+            "input: { type: file, path: data/*.jsonl }\noutput: { type: file, path: out/out.jsonl }\n",
+        ),
+        (
+            "flows/copy.yaml",
+            "input: files.input\noutputs:\n  - to: files.output\n",
+        ),
+        ("data/a.jsonl", "{\"id\":1}\n"),
+    ]);
+    let dir = tmp.path();
+    assert_eq!(weavster(dir, &["compile"], &env).code, 0);
+    let log = dir.join("run.log");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weavster"));
+    cmd.current_dir(dir)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"));
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn");
+    let out = dir.join("out/out.jsonl");
+    let wait_for = |n: usize| {
+        let started = std::time::Instant::now();
+        while records_lines(&out) < n && started.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        records_lines(&out)
+    };
+    assert_eq!(wait_for(1), 1);
+    // Appended lines (the second one in two writes) and a new file.
+    let mut a = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("data/a.jsonl"))
+        .expect("open");
+    a.write_all(b"{\"id\":2}\n{\"id\"").expect("append");
+    a.flush().expect("flush");
+    std::thread::sleep(Duration::from_millis(400));
+    a.write_all(b":3}\n").expect("append");
+    std::fs::write(dir.join("data/b.jsonl"), "{\"id\":4}\n").expect("new file");
+    assert_eq!(wait_for(4), 4);
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(term.success());
+    let status = child.wait().expect("wait");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{text}");
+    assert!(text.contains("stopped"), "{text}");
+    let ids: BTreeSet<i64> = records(&out)
+        .iter()
+        .filter_map(|r| r["id"].as_i64())
+        .collect();
+    assert_eq!(ids, BTreeSet::from([1, 2, 3, 4]));
+    assert!(
+        !dir.join(".weavster/postgres/data/postmaster.pid").exists(),
+        "the embedded PostgreSQL was left running"
+    );
+}

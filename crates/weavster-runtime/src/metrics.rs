@@ -277,6 +277,9 @@ mod tests {
         m.processed
             .get_or_create(&Metrics::flow("orders"))
             .inc_by(7);
+        m.latency
+            .get_or_create(&Metrics::flow("orders"))
+            .observe(0.01);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let addr = serve("127.0.0.1:0", m.clone(), async {
             let _ = rx.await;
