@@ -535,3 +535,41 @@ fn continuous_run_follows_appends_and_stops_on_sigterm() {
         "the embedded PostgreSQL was left running"
     );
 }
+
+/// An output that fails every write: the batch is retried with backoff,
+/// then its records are dead-lettered with stage `delivery`; the run exits 1.
+#[test]
+fn a_batch_failing_every_attempt_is_dead_lettered() {
+    let (tmp, env) = project(&[
+        (
+            "weavster.yaml",
+            "name: broken\nruntime: { max_attempts: 2 }\n",
+        ),
+        (
+            "connectors/files.yaml",
+            "input: { type: file, path: data/in.jsonl }\noutput: { type: file, path: out/o.json }\n",
+        ),
+        (
+            "flows/copy.yaml",
+            "input: files.input\noutputs:\n  - to: files.output\n",
+        ),
+        ("data/in.jsonl", "{\"id\":1}\n{\"id\":2}\n"),
+        // Not a JSON array weavster can append to.
+        ("out/o.json", "not json at all\n"),
+    ]);
+    let dir = tmp.path();
+    let out = run(dir, &["run", "--once"], &env);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(out.stderr.contains("retrying in 1s"), "{}", out.stderr);
+    let dead = dead_letters(dir, &env);
+    assert_eq!(dead.len(), 2, "{dead:#?}");
+    for d in &dead {
+        assert_eq!(d["stage"], "delivery");
+        assert_eq!(d["attempts"], 2);
+        let message = d["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("failed 2 times") && message.contains("JSON array"),
+            "{message}"
+        );
+    }
+}

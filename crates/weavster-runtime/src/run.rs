@@ -115,7 +115,14 @@ pub async fn run(
         }
     }
     let s = &opts.settings;
-    let workers = build_workers(db, host, &plans, s, &opts, run_id)?;
+    let workers = match build_workers(db, host, &plans, s, &opts, run_id) {
+        Ok(w) => w,
+        Err(e) => {
+            let summary = serde_json::json!({ "error": e.to_string() });
+            let _ = db.finish_run(run_id, "failed", &summary).await;
+            return Err(e);
+        }
+    };
 
     let (stop_sources, sources_stopped) = watch::channel(false);
     let (stop_workers, workers_stopped) = watch::channel(false);
