@@ -282,6 +282,16 @@ fn read_jsonl(path: &Path, start: i64, max: usize, final_: bool) -> Result<Chunk
     Ok(out)
 }
 
+/// A CSV row as a JSON object of strings, keyed by the header.
+fn csv_record(header: &csv::StringRecord, row: &csv::StringRecord) -> String {
+    let obj: Map<String, Value> = header
+        .iter()
+        .zip(row.iter())
+        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+        .collect();
+    Value::Object(obj).to_string()
+}
+
 /// The header of a CSV file and the byte offset after it.
 fn csv_header(path: &Path, delimiter: u8) -> Result<Option<(csv::StringRecord, i64)>, String> {
     let f = File::open(path).map_err(|e| e.to_string())?;
@@ -348,12 +358,7 @@ fn read_csv(
                         ),
                     });
                 } else {
-                    let obj: Map<String, Value> = header
-                        .iter()
-                        .zip(row.iter())
-                        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-                        .collect();
-                    out.records.push(Value::Object(obj).to_string());
+                    out.records.push(csv_record(&header, &row));
                 }
             }
             Err(e) => {
@@ -451,12 +456,7 @@ impl StdinSource {
                 match (row, &self.header) {
                     (Some(Ok(row)), None) => self.header = Some(row),
                     (Some(Ok(row)), Some(h)) if row.len() == h.len() => {
-                        let obj: Map<String, Value> = h
-                            .iter()
-                            .zip(row.iter())
-                            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-                            .collect();
-                        batch.records.push(Value::Object(obj).to_string());
+                        batch.records.push(csv_record(h, &row));
                     }
                     (Some(Ok(row)), Some(h)) => batch.rejects.push(Reject {
                         record: line.to_string(),
