@@ -200,6 +200,7 @@ pub async fn run(
             metrics: opts.metrics.clone(),
             run_id,
             once: opts.once,
+            shared: !matches!(p.input, InputPlan::Stdin { .. }),
         };
         let stop = sources_stopped.clone();
         let errors = errors.clone();
@@ -400,6 +401,9 @@ struct Pump {
     metrics: Arc<Metrics>,
     run_id: i64,
     once: bool,
+    /// The input is shared by every process (files): one reads it at a time.
+    /// Standard input is each process's own.
+    shared: bool,
 }
 
 /// Makes a flow's source from its stored positions.
@@ -417,15 +421,47 @@ fn source_lock_key(flow: &str) -> i64 {
 
 impl Pump {
     /// Reads the source into the queue. Only one process reads a flow's
-    /// source at a time (a PostgreSQL advisory lock held on a connection of
+    /// shared source at a time (a PostgreSQL advisory lock held on a connection of
     /// its own): the others wait, running workers only, and take over if
     /// the reader goes away.
     async fn run(self, make: MakeSource, mut stop: watch::Receiver<bool>) -> Result<(), String> {
         let key = source_lock_key(&self.flow);
+        let mut lock = None;
+        if self.shared {
+            match self.lock(key, &mut stop).await {
+                Some(conn) => lock = Some(conn),
+                None => return Ok(()),
+            }
+        }
+        let positions = loop {
+            match self.db.offsets(&self.flow).await {
+                Ok(p) => break p,
+                Err(e) => {
+                    tracing::warn!(flow = %self.flow, "positions: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        };
+        let result = self.pump(make(positions), stop).await;
+        if let Some(mut conn) = lock {
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(key)
+                .execute(&mut *conn)
+                .await;
+        }
+        result
+    }
+
+    /// Waits for the flow's source lock; `None` if stopped first.
+    async fn lock(
+        &self,
+        key: i64,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Option<sqlx::pool::PoolConnection<sqlx::Postgres>> {
         let mut announced = false;
-        let mut lock = loop {
+        loop {
             if *stop.borrow() {
-                return Ok(());
+                return None;
             }
             match self.db.pool().acquire().await {
                 Ok(mut conn) => {
@@ -434,7 +470,7 @@ impl Pump {
                         .fetch_one(&mut *conn)
                         .await;
                     match got {
-                        Ok((true,)) => break conn,
+                        Ok((true,)) => return Some(conn),
                         Ok((false,)) if !announced => {
                             tracing::info!(flow = %self.flow, "another process reads this input; waiting (workers run meanwhile)");
                             announced = true;
@@ -446,25 +482,10 @@ impl Pump {
                 Err(e) => tracing::warn!(flow = %self.flow, "source lock: {e}"),
             }
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => return Ok(()),
+                _ = stop.wait_for(|s| *s) => return None,
                 () = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
-        };
-        let positions = loop {
-            match self.db.offsets(&self.flow).await {
-                Ok(p) => break p,
-                Err(e) => {
-                    tracing::warn!(flow = %self.flow, "positions: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        };
-        let result = self.pump(make(positions), stop).await;
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(key)
-            .execute(&mut *lock)
-            .await;
-        result
+        }
     }
 
     async fn pump(
