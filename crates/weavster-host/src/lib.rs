@@ -58,6 +58,17 @@ pub enum HostError {
     Engine(String),
 }
 
+impl HostError {
+    /// The instance that returned this error cannot be used again (it
+    /// trapped, ran past its deadline, or had trapped before): make a new one.
+    pub fn ends_instance(&self) -> bool {
+        matches!(
+            self,
+            HostError::Trap(_) | HostError::Deadline(_) | HostError::Poisoned
+        )
+    }
+}
+
 /// Per-store state: resource limits and the guest's captured output.
 pub struct StoreState {
     limits: StoreLimits,

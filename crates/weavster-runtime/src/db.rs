@@ -126,9 +126,7 @@ impl Db {
     }
 
     pub(crate) async fn start_run(&self, mode: &str, flows: &[String]) -> Result<i64, DbError> {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "localhost".into());
+        let host = crate::host_name();
         let (id,): (i64,) = sqlx::query_as(
             "INSERT INTO weavster.runs (host, pid, mode, flows) VALUES ($1, $2, $3, $4) RETURNING id",
         )

@@ -119,3 +119,17 @@ pub struct QueueSettings {
 pub fn queue_name(flow: &str) -> String {
     format!("weavster:{flow}")
 }
+
+/// FNV-1a: a stable 64-bit hash (job seeds, advisory-lock keys).
+pub(crate) fn fnv(s: &str) -> u64 {
+    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// This machine's name, for run records and worker names.
+pub(crate) fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into())
+}

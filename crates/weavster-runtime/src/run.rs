@@ -129,9 +129,7 @@ pub async fn run(
 
     // Workers, restarted if their backend fails (a database restart).
     let mut worker_tasks = Vec::new();
-    let host_name = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_default();
+    let host_name = crate::host_name();
     for fw in &workers {
         for i in 0..s.workers.max(1) {
             let name = format!(
@@ -411,12 +409,7 @@ type MakeSource = Box<dyn FnOnce(HashMap<String, i64>) -> Box<dyn Source> + Send
 
 /// The advisory-lock key of a flow's source.
 fn source_lock_key(flow: &str) -> i64 {
-    let h = format!("weavster-source:{flow}")
-        .bytes()
-        .fold(0xcbf29ce484222325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x100000001b3)
-        });
-    h as i64
+    crate::fnv(&format!("weavster-source:{flow}")) as i64
 }
 
 impl Pump {

@@ -104,7 +104,7 @@ fn encode(
 }
 
 struct FileState {
-    file: Option<File>,
+    file: File,
     columns: Vec<String>,
 }
 
@@ -171,10 +171,7 @@ impl FileSink {
             display,
             format,
             delimiter,
-            state: Mutex::new(FileState {
-                file: Some(file),
-                columns,
-            }),
+            state: Mutex::new(FileState { file, columns }),
         })
     }
 
@@ -183,10 +180,7 @@ impl FileSink {
         format: Format,
         bytes: &[u8],
     ) -> Result<(), std::io::Error> {
-        let file = guard
-            .file
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("file closed"))?;
+        let file = &mut guard.file;
         let len = file.seek(SeekFrom::End(0))?;
         if format != Format::Json {
             return file.write_all(bytes);

@@ -85,12 +85,6 @@ struct OutError {
     path: Option<String>,
 }
 
-fn fnv(s: &str) -> u64 {
-    s.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    })
-}
-
 fn encode_batch(now: &str, seed: u64, records: &[&str]) -> Vec<u8> {
     let mut out = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 64);
     out.extend_from_slice(format!("{{\"now\":\"{now}\",\"seed\":{seed}}}\n").as_bytes());
@@ -110,10 +104,8 @@ impl FlowWorker {
             None => self.module.instantiate(&self.vars)?,
         };
         let result = instance.process(batch);
-        if !matches!(
-            result,
-            Err(HostError::Trap(_) | HostError::Deadline(_) | HostError::Poisoned)
-        ) && let Ok(mut v) = self.instances.lock()
+        if !result.as_ref().is_err_and(HostError::ends_instance)
+            && let Ok(mut v) = self.instances.lock()
         {
             v.push(instance);
         }
@@ -167,22 +159,16 @@ impl FlowWorker {
             routed: vec![Vec::new(); self.outputs.len()],
             ..Executed::default()
         };
-        let trapped = |e: &HostError| {
-            matches!(
-                e,
-                HostError::Trap(_) | HostError::Deadline(_) | HostError::Poisoned
-            )
-        };
         match self.run_guest(&encode_batch(now, seed, records)) {
             Ok(out) => self.collect(&out, records, |i| i, &mut ex)?,
-            Err(e) if trapped(&e) => {
+            Err(e) if e.ends_instance() => {
                 ex.traps += 1;
                 tracing::warn!(flow = %self.name, "{e}; retrying the batch record by record");
                 for (k, rec) in records.iter().enumerate() {
                     let one = [*rec];
                     match self.run_guest(&encode_batch(now, seed, &one)) {
                         Ok(out) => self.collect(&out, records, |_| k, &mut ex)?,
-                        Err(e) if trapped(&e) => {
+                        Err(e) if e.ends_instance() => {
                             ex.traps += 1;
                             let stage = if matches!(e, HostError::Deadline(_)) {
                                 "deadline"
@@ -313,7 +299,7 @@ pub(crate) async fn handle(
     let id = task_id.to_string();
     let w: &FlowWorker = &worker;
     let n = attempt.current() as u32;
-    match w.process(&job, fnv(&id)).await {
+    match w.process(&job, crate::fnv(&id)).await {
         Ok(()) => Ok(()),
         Err(message) => {
             let fl = Metrics::flow(&w.name);
