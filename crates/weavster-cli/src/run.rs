@@ -287,6 +287,7 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         workers: rt.workers as usize,
         max_attempts: rt.max_attempts,
         batch_deadline: Duration::from_millis(rt.batch_timeout_ms),
+        max_record_bytes: usize::try_from(rt.max_record_bytes).unwrap_or(usize::MAX),
     };
     let metrics = Metrics::new(
         plans

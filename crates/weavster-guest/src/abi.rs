@@ -6,11 +6,15 @@
 //! `{"i":N,"e":{"stage":…,"message":…,"path":…}}` (record error), where `N`
 //! is the index of the input record (several lines share it after `explode`).
 //!
-//! Records are decoded partially, by what the flow says it touches
-//! ([`Flow::touches`]): only the top-level fields it touches are parsed; every other field is
-//! validated but kept as its input text (held as a string value the flow
-//! never sees, as it never reads or writes that field) and written back
-//! verbatim, in its place. Key order is the same as with a full decode.
+//! Records are decoded partially, by how the flow uses each top-level field
+//! ([`Flow::touch`]): a field it never touches is validated but kept as its
+//! input text (in a string value marked with a leading NUL, which no JSON
+//! text starts with) and written back verbatim, in its place; a field it
+//! only reads is parsed for the flow, and written back as the text it came
+//! with (so `1.50`, `1e400` or a 30-digit integer are not reformatted);
+//! fields it writes are parsed and serialized. Key order is the same as
+//! with a full decode. Any record a partial decode rejects is decoded whole
+//! to report the error, so error messages are a full decode's.
 
 use std::io::Write as _;
 
@@ -18,7 +22,7 @@ use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::{Ctx, Flow, Outcome, RecordError};
+use crate::{Ctx, Flow, Outcome, RecordError, Touch};
 
 /// Runs a batch through `flow`, appending the encoded outcomes to `out`.
 /// `Err` is a malformed batch header (a host bug), never a bad record.
@@ -41,7 +45,7 @@ pub fn process_batch<F: Flow + ?Sized>(
         .and_then(Value::as_u64)
         .ok_or("batch header has no `seed`")?;
     let ctx = Ctx::new(now, seed, vars);
-    let touches = |k: &str| flow.touches(k);
+    let touch = |k: &str| flow.touch(k);
     let mut outcomes = Vec::new();
     let mut index = 0u64;
     for line in lines {
@@ -49,7 +53,8 @@ pub fn process_batch<F: Flow + ?Sized>(
             continue;
         }
         outcomes.clear();
-        match decode_record(line, touches) {
+        let mut raws = Raws::default();
+        match decode_record(line, touch, &mut raws) {
             Ok(record @ Value::Object(_)) => flow.run(record, &ctx, &mut outcomes),
             Ok(other) => outcomes.push(Outcome::Error(RecordError {
                 stage: "decode",
@@ -66,30 +71,54 @@ pub fn process_batch<F: Flow + ?Sized>(
             })),
         }
         for o in &outcomes {
-            encode(out, index, o, touches);
+            encode(out, index, o, touch, &raws);
         }
         index += 1;
     }
     Ok(())
 }
 
-/// Decodes one input record, parsing only the top-level fields `touches`
-/// accepts (see the module documentation).
-pub fn decode_record(line: &[u8], touches: impl Fn(&str) -> bool) -> serde_json::Result<Value> {
+/// The input text of the fields a flow only reads, by key (last wins, as
+/// for duplicate keys in a decode).
+#[derive(Debug, Default)]
+pub struct Raws<'a>(Vec<(String, &'a str)>);
+
+impl<'a> Raws<'a> {
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, r)| *r)
+    }
+}
+
+/// The marker of a field kept as its input text.
+const RAW: char = '\0';
+
+/// Decodes one input record, parsing only the top-level fields `touch`
+/// says the flow uses, and keeping the input text of those it only reads
+/// in `raws` (see the module documentation).
+pub fn decode_record<'a>(
+    line: &'a [u8],
+    touch: impl Fn(&str) -> Touch,
+    raws: &mut Raws<'a>,
+) -> serde_json::Result<Value> {
     if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         // Not an object: decoded whole, for the error message.
         return serde_json::from_slice(line);
     }
     let mut de = serde_json::Deserializer::from_slice(line);
-    let v = Partial(touches).deserialize(&mut de)?;
-    de.end()?;
-    Ok(v)
+    let partial = Partial { touch, raws }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v));
+    // A rejected record is decoded whole: the same error as a full decode.
+    partial.or_else(|_| serde_json::from_slice(line))
 }
 
 /// Deserializes an object, parsing only the touched fields.
-struct Partial<T>(T);
+struct Partial<'r, 'a, T> {
+    touch: T,
+    raws: &'r mut Raws<'a>,
+}
 
-impl<'de, T: Fn(&str) -> bool> DeserializeSeed<'de> for Partial<T> {
+impl<'de, T: Fn(&str) -> Touch> DeserializeSeed<'de> for Partial<'_, 'de, T> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
@@ -97,7 +126,7 @@ impl<'de, T: Fn(&str) -> bool> DeserializeSeed<'de> for Partial<T> {
     }
 }
 
-impl<'de, T: Fn(&str) -> bool> Visitor<'de> for Partial<T> {
+impl<'de, T: Fn(&str) -> Touch> Visitor<'de> for Partial<'_, 'de, T> {
     type Value = Value;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -108,10 +137,21 @@ impl<'de, T: Fn(&str) -> bool> Visitor<'de> for Partial<T> {
         // Sized once for typical records instead of growing 4 → 8 → 16.
         let mut m = Map::with_capacity(16);
         while let Some(key) = map.next_key::<String>()? {
-            let v = if (self.0)(&key) {
-                map.next_value::<Value>()?
-            } else {
-                Value::String(map.next_value::<&'de RawValue>()?.get().to_owned())
+            let v = match (self.touch)(&key) {
+                Touch::Write => map.next_value::<Value>()?,
+                Touch::Read => {
+                    let raw = map.next_value::<&'de RawValue>()?.get();
+                    let v = serde_json::from_str(raw).map_err(serde::de::Error::custom)?;
+                    self.raws.0.push((key.clone(), raw));
+                    v
+                }
+                Touch::None => {
+                    let raw = map.next_value::<&'de RawValue>()?.get();
+                    let mut s = String::with_capacity(raw.len() + 1);
+                    s.push(RAW);
+                    s.push_str(raw);
+                    Value::String(s)
+                }
             };
             m.insert(key, v);
         }
@@ -119,9 +159,14 @@ impl<'de, T: Fn(&str) -> bool> Visitor<'de> for Partial<T> {
     }
 }
 
-/// Writes a record decoded by [`decode_record`]: untouched top-level fields
-/// as the text they came with, the rest serialized.
-pub fn encode_record(out: &mut Vec<u8>, record: &Value, touches: impl Fn(&str) -> bool) {
+/// Writes a record decoded by [`decode_record`]: untouched and read-only
+/// top-level fields as the text they came with, the rest serialized.
+pub fn encode_record(
+    out: &mut Vec<u8>,
+    record: &Value,
+    touch: impl Fn(&str) -> Touch,
+    raws: &Raws<'_>,
+) {
     let Value::Object(m) = record else {
         let _ = serde_json::to_writer(&mut *out, record);
         return;
@@ -133,10 +178,14 @@ pub fn encode_record(out: &mut Vec<u8>, record: &Value, touches: impl Fn(&str) -
         }
         let _ = serde_json::to_writer(&mut *out, k);
         out.push(b':');
-        match v {
-            // Only untouched fields hold their raw text (in a string).
-            Value::String(raw) if !touches(k) => out.extend_from_slice(raw.as_bytes()),
-            v => {
+        let raw = match (touch(k), v) {
+            (Touch::None, Value::String(s)) => s.strip_prefix(RAW),
+            (Touch::Read, _) => raws.get(k),
+            _ => None,
+        };
+        match raw {
+            Some(raw) => out.extend_from_slice(raw.as_bytes()),
+            None => {
                 let _ = serde_json::to_writer(&mut *out, v);
             }
         }
@@ -144,7 +193,13 @@ pub fn encode_record(out: &mut Vec<u8>, record: &Value, touches: impl Fn(&str) -
     out.push(b'}');
 }
 
-fn encode(out: &mut Vec<u8>, index: u64, o: &Outcome, touches: impl Fn(&str) -> bool) {
+fn encode(
+    out: &mut Vec<u8>,
+    index: u64,
+    o: &Outcome,
+    touch: impl Fn(&str) -> Touch,
+    raws: &Raws<'_>,
+) {
     // Writing to a Vec cannot fail.
     let _ = write!(out, "{{\"i\":{index},");
     match o {
@@ -157,7 +212,7 @@ fn encode(out: &mut Vec<u8>, index: u64, o: &Outcome, touches: impl Fn(&str) -> 
                 let _ = write!(out, "{r}");
             }
             out.extend_from_slice(b"],\"r\":");
-            encode_record(out, record, touches);
+            encode_record(out, record, touch, raws);
         }
         Outcome::Filtered => out.extend_from_slice(b"\"f\":1"),
         Outcome::Error(e) => {
@@ -355,20 +410,40 @@ macro_rules! export_flow {
 mod tests {
     use super::*;
 
-    /// Decodes `line` touching only `fields`, lets `edit` change the record,
-    /// encodes it; also returns what a full decode + serialize gives.
-    fn check(line: &str, fields: &[&str], edit: fn(&mut Value)) -> (String, String) {
-        let run = |touches: &dyn Fn(&str) -> bool| {
-            let mut v = match decode_record(line.as_bytes(), touches) {
+    /// Decodes `line` writing only `fields` (and reading `read`), lets
+    /// `edit` change the record, encodes it; also returns what a full
+    /// decode + serialize gives.
+    fn check_rw(
+        line: &str,
+        read: &[&str],
+        fields: &[&str],
+        edit: fn(&mut Value),
+    ) -> (String, String) {
+        let run = |touch: &dyn Fn(&str) -> Touch| {
+            let mut raws = Raws::default();
+            let mut v = match decode_record(line.as_bytes(), touch, &mut raws) {
                 Ok(v) => v,
                 Err(e) => return format!("error: {e}"),
             };
             edit(&mut v);
             let mut out = Vec::new();
-            encode_record(&mut out, &v, touches);
+            encode_record(&mut out, &v, touch, &raws);
             String::from_utf8(out).unwrap_or_default()
         };
-        (run(&|k| fields.contains(&k)), run(&|_| true))
+        let partial = |k: &str| {
+            if fields.contains(&k) {
+                Touch::Write
+            } else if read.contains(&k) {
+                Touch::Read
+            } else {
+                Touch::None
+            }
+        };
+        (run(&partial), run(&|_| Touch::Write))
+    }
+
+    fn check(line: &str, fields: &[&str], edit: fn(&mut Value)) -> (String, String) {
+        check_rw(line, &[], fields, edit)
     }
 
     #[test]
@@ -420,6 +495,40 @@ mod tests {
             assert_eq!(partial, full, "{line}");
             assert!(partial.starts_with("error") || line == "7" || line == "[1,2]");
         }
+    }
+
+    #[test]
+    fn read_only_fields_keep_their_text() {
+        let line = r#"{"n": 123456789012345678901234567890, "p": 1.50, "s": "\u00e9", "w": 1}"#;
+        let (partial, _) = check_rw(line, &["n", "p", "s"], &["w", "n2"], |v| {
+            let n = v["n"].as_f64().unwrap_or_default();
+            v["n2"] = Value::from(n);
+            v["w"] = Value::from(2);
+        });
+        assert_eq!(
+            partial,
+            r#"{"n":123456789012345678901234567890,"p":1.50,"s":"\u00e9","w":2,"n2":1.2345678901234568e+29}"#
+        );
+    }
+
+    #[test]
+    fn a_field_written_but_declared_untouched_is_still_valid_json() {
+        // A flow that writes a field its analysis missed (a bug) must never
+        // produce broken output: only marked values pass through as text.
+        let (partial, full) = check(r#"{"a":"x","b":1}"#, &[], |v| {
+            v["day"] = Value::from("2024-01-01");
+        });
+        assert_eq!(partial, full);
+    }
+
+    #[test]
+    fn a_read_only_field_out_of_range_is_the_full_decodes_error() {
+        let (partial, full) = check_rw(r#"{"a":1e400}"#, &["a"], &[], |_| {});
+        assert_eq!(partial, full);
+        assert!(
+            partial.starts_with("error: number out of range"),
+            "{partial}"
+        );
     }
 
     #[test]

@@ -112,14 +112,25 @@ pub trait Flow {
     /// Runs one record; pushes one outcome (several after `explode`).
     fn run(&self, record: Value, ctx: &Ctx<'_>, out: &mut Vec<Outcome>);
 
-    /// Whether the flow reads or writes the top-level field `key`. The batch
-    /// decoder parses only the fields touched; every other one is kept as
-    /// its input text and written back verbatim (see [`abi`]). By default a
-    /// flow touches everything.
-    fn touches(&self, key: &str) -> bool {
+    /// How the flow uses the top-level field `key`. The batch decoder
+    /// parses only the fields it touches; every other one is kept as its
+    /// input text and written back verbatim, and so is a field it only
+    /// reads (see [`abi`]). By default a flow may write everything.
+    fn touch(&self, key: &str) -> Touch {
         let _ = key;
-        true
+        Touch::Write
     }
+}
+
+/// How a flow uses a top-level record field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// Never read nor written: passed through as text, not parsed.
+    None,
+    /// Read, never written: parsed, and written back as its input text.
+    Read,
+    /// May be set, changed or removed.
+    Write,
 }
 
 // Re-exported for generated code, which depends on this crate only.

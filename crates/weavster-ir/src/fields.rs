@@ -1,46 +1,75 @@
-//! Which top-level record fields a flow reads or writes.
+//! Which top-level record fields a flow reads, and which it writes.
 //!
-//! The batch decoder parses only these and passes every other field through
-//! as its input text (`weavster_guest::abi`). The analysis is conservative:
-//! anything it cannot bound (a full template calling `debug()`, which prints
-//! the whole context) makes the flow take whole records.
+//! The batch decoder parses only these: every other field is passed through
+//! as its input text, and a field the flow only reads is written back as
+//! the text it came with (`weavster_guest::abi`), so `1.50` or a 30-digit
+//! integer a flow merely looks at is not reformatted. The analysis is
+//! conservative: anything it cannot bound (a full template calling
+//! `debug()`, which prints the whole context; a path starting with an
+//! index) makes the flow take whole records. A step that may change a
+//! field in any way — set, remove, rename, reshape, or write regex groups
+//! into the record — counts as writing it.
 
 use std::collections::BTreeSet;
 
 use crate::ir::*;
 
-/// The sorted top-level fields `flow` touches, or `None` for "all of them".
-pub fn touched(flow: &Flow) -> Option<Vec<String>> {
-    let mut acc = Acc::default();
+/// The top-level fields `flow` reads and writes, or `None` for "any".
+pub fn touched(flow: &Flow) -> Option<Fields> {
+    let mut acc = Acc {
+        regexes: &flow.regexes,
+        ..Acc::default()
+    };
     acc.steps(&flow.steps);
     for o in &flow.outputs {
         if let Some(e) = &o.when {
             acc.expr(e);
         }
     }
-    (!acc.whole).then(|| acc.fields.into_iter().collect())
+    if acc.whole {
+        return None;
+    }
+    Some(Fields {
+        read_only: acc.read.difference(&acc.written).cloned().collect(),
+        written: acc.written.into_iter().collect(),
+    })
 }
 
 #[derive(Default)]
-struct Acc {
-    fields: BTreeSet<String>,
+struct Acc<'a> {
+    regexes: &'a [String],
+    read: BTreeSet<String>,
+    written: BTreeSet<String>,
     whole: bool,
 }
 
-impl Acc {
-    fn path(&mut self, p: &[Seg]) {
+impl Acc<'_> {
+    fn top<'p>(&mut self, p: &'p [Seg]) -> Option<&'p String> {
         match p.first() {
-            Some(Seg::Key(k)) => {
-                self.fields.insert(k.clone());
+            Some(Seg::Key(k)) => Some(k),
+            _ => {
+                self.whole = true;
+                None
             }
-            _ => self.whole = true,
+        }
+    }
+
+    fn read(&mut self, p: &[Seg]) {
+        if let Some(k) = self.top(p) {
+            self.read.insert(k.clone());
+        }
+    }
+
+    fn write(&mut self, p: &[Seg]) {
+        if let Some(k) = self.top(p) {
+            self.written.insert(k.clone());
         }
     }
 
     fn expr(&mut self, e: &Expr) {
         match e {
             Expr::Lit(_) => {}
-            Expr::Path(p) | Expr::Exists(p) => self.path(p),
+            Expr::Path(p) | Expr::Exists(p) => self.read(p),
             Expr::List(items) => items.iter().for_each(|x| self.expr(x)),
             Expr::Map(entries) => entries.iter().for_each(|(_, x)| self.expr(x)),
             Expr::Unary(_, a) => self.expr(a),
@@ -69,9 +98,26 @@ impl Acc {
                 if vars.contains("debug") {
                     self.whole = true;
                 }
-                self.fields.extend(vars);
+                self.read.extend(vars);
             }
             Err(_) => self.whole = true,
+        }
+    }
+
+    /// The named groups of regex `id`, which an extraction without `into`
+    /// writes as top-level fields.
+    fn groups(&mut self, id: usize) {
+        let re = self
+            .regexes
+            .get(id)
+            .and_then(|src| weavster_guest::regex::Regex::new(src).ok());
+        match re {
+            Some(re) => {
+                for name in re.capture_names().flatten() {
+                    self.written.insert(name.to_string());
+                }
+            }
+            None => self.whole = true,
         }
     }
 
@@ -79,36 +125,39 @@ impl Acc {
         for s in steps {
             match s {
                 Step::Set(xs) => xs.iter().for_each(|(p, e)| {
-                    self.path(p);
+                    self.write(p);
                     self.expr(e);
                 }),
-                Step::Add(xs) | Step::Default(xs) => xs.iter().for_each(|(p, _)| self.path(p)),
+                Step::Add(xs) | Step::Default(xs) => xs.iter().for_each(|(p, _)| self.write(p)),
                 Step::Rename(xs) => xs.iter().for_each(|(a, b)| {
-                    self.path(a);
-                    self.path(b);
+                    self.write(a);
+                    self.write(b);
                 }),
-                Step::Drop(ps) | Step::Select(ps) => ps.iter().for_each(|p| self.path(p)),
+                Step::Drop(ps) | Step::Select(ps) => ps.iter().for_each(|p| self.write(p)),
                 Step::Coalesce(xs) => xs.iter().for_each(|(p, es)| {
-                    self.path(p);
+                    self.write(p);
                     es.iter().for_each(|e| self.expr(e));
                 }),
-                Step::Cast(xs) => xs.iter().for_each(|(p, _)| self.path(p)),
+                Step::Cast(xs) => xs.iter().for_each(|(p, _)| self.write(p)),
                 Step::Filter(e) => self.expr(e),
-                Step::RegexExtract { field, into, .. } => {
-                    self.path(field);
-                    if let Some(into) = into {
-                        self.path(into);
+                Step::RegexExtract {
+                    field, into, regex, ..
+                } => {
+                    self.read(field);
+                    match into {
+                        Some(into) => self.write(into),
+                        None => self.groups(*regex),
                     }
                 }
-                Step::RegexReplace { field, .. } => self.path(field),
+                Step::RegexReplace { field, .. } => self.write(field),
                 Step::Template(xs) => {
                     for (p, t) in xs {
-                        self.path(p);
+                        self.write(p);
                         match t {
                             Template::Plain(pieces) => {
                                 for piece in pieces {
                                     if let Piece::Path(p) = piece {
-                                        self.path(p);
+                                        self.read(p);
                                     }
                                 }
                             }
@@ -117,8 +166,8 @@ impl Acc {
                     }
                 }
                 Step::Lookup { field, into, .. } => {
-                    self.path(field);
-                    self.path(into);
+                    self.read(field);
+                    self.write(into);
                 }
                 Step::When {
                     cond,
@@ -130,8 +179,8 @@ impl Acc {
                     self.steps(otherwise);
                 }
                 Step::Explode { field, into } => {
-                    self.path(field);
-                    self.path(into);
+                    self.write(field);
+                    self.write(into);
                 }
             }
         }
@@ -142,15 +191,20 @@ impl Acc {
 mod tests {
     use std::collections::BTreeMap;
 
-    /// The fields a flow with these transforms (YAML) and outputs touches.
-    fn check(transforms: &str, expected: Option<&[&str]>) {
+    /// The fields a flow with these transforms (YAML) and outputs reads
+    /// only, and writes: `expected` is `(read_only, written)`.
+    fn check(transforms: &str, expected: Option<(&[&str], &[&str])>) {
         let src = format!(
             "input: files.x\ntransforms:\n{transforms}\noutputs:\n  - to: files.y\n    when: out_flag\n"
         );
         let spec: weavster_spec::types::FlowFile =
             weavster_spec::yaml::from_str(&src).expect("flow parses");
         let flow = crate::lower("f", &spec, &BTreeMap::new()).expect("flow lowers");
-        let expected = expected.map(|e| e.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let expected = expected.map(|(r, w)| crate::ir::Fields {
+            read_only: strings(r),
+            written: strings(w),
+        });
         assert_eq!(flow.fields, expected, "{transforms}");
     }
 
@@ -158,24 +212,48 @@ mod tests {
     fn every_step_kind_names_its_top_level_fields() {
         check(
             "  - set:\n      a.b: \"upper(c[0].d) ~ var('v')\"\n  - rename: { e: f.g }",
-            Some(&["a", "c", "e", "f", "out_flag"]),
+            Some((&["c", "out_flag"], &["a", "e", "f"])),
         );
         check(
             "  - drop: [h]\n  - default: { i: 1 }\n  - filter: \"exists(j.k) and l in [m, 'n']\"",
-            Some(&["h", "i", "j", "l", "m", "out_flag"]),
+            Some((&["j", "l", "m", "out_flag"], &["h", "i"])),
         );
         check(
             "  - when:\n      if: p\n      then: [ { explode: { field: q, into: r } } ]\n      else: [ { coalesce: { s: [t, 'u'] } } ]",
             // YAML unquotes `'u'`: the expression is the path `u`.
-            Some(&["out_flag", "p", "q", "r", "s", "t", "u"]),
+            Some((&["out_flag", "p", "t", "u"], &["q", "r", "s"])),
         );
         check(
             "  - template: { v: \"{{ w.x }} and {{ y }}\" }",
-            Some(&["out_flag", "v", "w", "y"]),
+            Some((&["out_flag", "w", "y"], &["v"])),
         );
         check(
             "  - template: { v: \"{% for i in items %}{{ i.n }}{% endfor %}{{ z | upper }}\" }",
-            Some(&["items", "out_flag", "v", "z"]),
+            Some((&["items", "out_flag", "z"], &["v"])),
+        );
+    }
+
+    #[test]
+    fn regex_groups_without_into_are_written() {
+        check(
+            "  - regex: { field: ts, pattern: '^(?P<day>\\d{4}-\\d{2}-\\d{2})T(?P<hour>\\d\\d)' }",
+            Some((&["out_flag", "ts"], &["day", "hour"])),
+        );
+        check(
+            "  - regex: { field: ts, pattern: '^(?P<day>.+)$', into: parts }",
+            Some((&["out_flag", "ts"], &["parts"])),
+        );
+        check(
+            "  - regex: { field: note, replace: 'a', with: 'b' }",
+            Some((&["out_flag"], &["note"])),
+        );
+    }
+
+    #[test]
+    fn a_field_both_read_and_written_is_written() {
+        check(
+            "  - set: { n2: n + 1 }\n  - set: { m: m * 2 }",
+            Some((&["n", "out_flag"], &["m", "n2"])),
         );
     }
 

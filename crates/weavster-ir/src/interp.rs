@@ -405,10 +405,10 @@ impl weavster_guest::Flow for Interpreter {
         });
     }
 
-    fn touches(&self, key: &str) -> bool {
-        self.flow
-            .fields
-            .as_ref()
-            .is_none_or(|f| f.binary_search_by(|x| x.as_str().cmp(key)).is_ok())
+    fn touch(&self, key: &str) -> weavster_guest::Touch {
+        match &self.flow.fields {
+            Some(f) => f.touch(key),
+            None => weavster_guest::Touch::Write,
+        }
     }
 }

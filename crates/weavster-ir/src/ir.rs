@@ -189,9 +189,33 @@ pub struct Flow {
     /// Full templates, by id.
     pub templates: Vec<String>,
     pub tables: Vec<Table>,
-    /// The sorted top-level fields the flow reads or writes (`None`: the
-    /// whole record); see [`crate::fields`].
-    pub fields: Option<Vec<String>>,
+    /// The top-level fields the flow reads and writes (`None`: it may
+    /// touch any); see [`crate::fields`].
+    pub fields: Option<Fields>,
+}
+
+/// How a flow uses top-level record fields: the batch decoder parses only
+/// these, and writes read-only ones back as the text they came with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Fields {
+    /// Sorted: fields the flow reads and never writes.
+    pub read_only: Vec<String>,
+    /// Sorted: fields a step may set, change or remove.
+    pub written: Vec<String>,
+}
+
+impl Fields {
+    /// How the flow uses `key`.
+    pub fn touch(&self, key: &str) -> weavster_guest::Touch {
+        let has = |v: &[String]| v.binary_search_by(|x| x.as_str().cmp(key)).is_ok();
+        if has(&self.written) {
+            weavster_guest::Touch::Write
+        } else if has(&self.read_only) {
+            weavster_guest::Touch::Read
+        } else {
+            weavster_guest::Touch::None
+        }
+    }
 }
 
 impl Flow {

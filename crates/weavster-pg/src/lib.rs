@@ -15,21 +15,38 @@
 //!   --map-group=65534 <binary>`: inside that user namespace the process is
 //!   an unprivileged user that owns the (root-owned) data dir. Where user
 //!   namespaces are not available, starting fails with a message saying so.
-//! - A server left running by a killed process is stopped before starting;
-//!   a stale `postmaster.pid` (its process is gone) is removed.
+//! - Shared by processes: every process using the server holds a shared
+//!   lock on `users.lock`; starting and stopping happen under an exclusive
+//!   `startup.lock`. A process that finds the server used by another one
+//!   connects to it; the last user to stop stops it. A server left running
+//!   by killed processes only (nobody holds `users.lock`) is stopped before
+//!   starting again.
+//! - Nothing is signalled unless it is this data dir's postmaster: the pid
+//!   in `postmaster.pid` must be a live `postgres` process whose working
+//!   dir or command line is the data dir. A pid file naming anything else
+//!   (a reused pid) is stale and removed.
+//! - The server keeps one port (`port`, chosen free on first use), so a
+//!   server restarted after it died ([`Embedded::ensure_running`]) is found
+//!   at the same URL. It runs with `fsync=on`.
 //!
 //! Knows nothing of the queue or of flows.
 
+use std::fs::File;
 use std::io::{Read as _, Write as _};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postgresql_embedded::{PostgreSQL, Settings};
 
 /// The database the queue uses inside the embedded server.
 pub const DATABASE: &str = "weavster";
+
+/// How many times a server that died is started again before giving up.
+pub const RESTART_ATTEMPTS: u32 = 10;
 
 /// The unprivileged uid/gid root is mapped to inside the user namespace.
 const NAMESPACE_ID: u32 = 65534;
@@ -137,16 +154,80 @@ impl Options {
     }
 }
 
-/// A running embedded server. Stop it with [`Embedded::stop`]; dropping it
-/// also stops it (synchronously).
+/// A running embedded server, used by this process. [`Embedded::stop`]
+/// stops it if no other process uses it; dropping it without `stop` leaves
+/// it running for the next start to deal with (as a killed process does).
 pub struct Embedded {
-    pg: PostgreSQL,
+    settings: Settings,
     bin_dir: PathBuf,
+    root: PathBuf,
+    /// Held shared while this process uses the server.
+    users: Arc<Mutex<Option<File>>>,
+    /// Whether this process started it (else it joined another's).
+    started: bool,
+}
+
+/// Stops the server from anywhere (a forced exit), if this process is its
+/// last user. Cloneable; see [`Embedded::emergency`].
+#[derive(Clone)]
+pub struct EmergencyStop {
+    pg_ctl: PathBuf,
+    data_dir: PathBuf,
+    users: Arc<Mutex<Option<File>>>,
+}
+
+impl EmergencyStop {
+    /// Synchronously: an immediate stop if nobody else uses the server;
+    /// releases this process's use either way.
+    pub fn stop_now(&self) {
+        let Ok(mut guard) = self.users.lock() else {
+            return;
+        };
+        if let Some(f) = guard.take()
+            && f.try_lock().is_ok()
+            && live_postmaster(&self.data_dir).is_some()
+        {
+            let _ = Command::new(&self.pg_ctl)
+                .args(["stop", "-m", "immediate", "-w", "-t", "10", "-D"])
+                .arg(&self.data_dir)
+                .output();
+        }
+    }
+}
+
+/// Takes `path`'s exclusive lock, waiting for it (start and stop decisions
+/// of processes sharing a server are serialized).
+async fn exclusive(path: &Path) -> Result<File, PgError> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io(path))?;
+    let mut waited = Duration::ZERO;
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(std::fs::TryLockError::WouldBlock) => {
+                if waited >= Duration::from_secs(300) {
+                    return Err(PgError::Server {
+                        data_dir: path.to_path_buf(),
+                        action: "locked",
+                        message: "another weavster has held the start lock for 5 minutes".into(),
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                waited += Duration::from_millis(50);
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(path)(e)),
+        }
+    }
 }
 
 impl Embedded {
-    /// Initializes the cluster on first use, starts the server and makes
-    /// sure the [`DATABASE`] exists.
+    /// Initializes the cluster on first use, starts the server (or joins
+    /// the one another process runs) and makes sure the [`DATABASE`]
+    /// exists.
     pub async fn start(opts: &Options) -> Result<Self, PgError> {
         let bin_dir = find_bin_dir(opts.bin_dir.as_deref())?;
         let root = std::path::absolute(&opts.root).map_err(io(&opts.root))?;
@@ -177,15 +258,65 @@ impl Embedded {
         settings.password_file = password_file;
         settings.data_dir = data_dir.clone();
         settings.host = "localhost".into();
-        settings.port = 0;
         settings.username = postgresql_embedded::BOOTSTRAP_SUPERUSER.into();
         settings.password = password;
         settings.temporary = false;
         settings.timeout = Some(opts.timeout);
         settings.socket_dir = Some(socket_dir);
-
+        // The crate starts the server with `-F` (no fsync): the queue must
+        // survive a power cut.
+        settings.configuration.insert("fsync".into(), "on".into());
         let binaries = settings.binary_dir();
-        stop_leftover(&binaries, &data_dir)?;
+
+        let startup = exclusive(&root.join("startup.lock")).await?;
+        let users_path = root.join("users.lock");
+        let users = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&users_path)
+            .map_err(io(&users_path))?;
+        let alone = match users.try_lock() {
+            Ok(()) => true,
+            Err(std::fs::TryLockError::WouldBlock) => false,
+            Err(std::fs::TryLockError::Error(e)) => return Err(io(&users_path)(e)),
+        };
+        let mut server = Embedded {
+            settings,
+            bin_dir: binaries,
+            root: root.clone(),
+            users: Arc::new(Mutex::new(None)),
+            started: false,
+        };
+        if alone {
+            // Nobody uses a server on this data dir: one still running was
+            // left by killed processes.
+            stop_leftover(&server.bin_dir, &data_dir)?;
+            server.settings.port = port(&root, true)?;
+            server.boot(true).await?;
+            server.started = true;
+        } else if let Some((_, port)) = live_postmaster(&data_dir) {
+            tracing::info!(data_dir = %data_dir.display(), "joining the embedded PostgreSQL of a running weavster");
+            server.settings.port = port;
+        } else {
+            // Used, but not running (it died): start it where its users
+            // look for it.
+            server.settings.port = port(&root, false)?;
+            server.boot(false).await?;
+            server.started = true;
+        }
+        users.lock_shared().map_err(io(&users_path))?;
+        if let Ok(mut u) = server.users.lock() {
+            *u = Some(users);
+        }
+        drop(startup);
+        tracing::debug!(url = %server.settings.url(DATABASE), "embedded PostgreSQL ready");
+        Ok(server)
+    }
+
+    /// Runs initdb (first use), starts the server and creates [`DATABASE`].
+    async fn boot(&self, setup: bool) -> Result<(), PgError> {
+        let data_dir = self.settings.data_dir.clone();
         let err = |action: &'static str| {
             let data_dir = data_dir.clone();
             move |e: postgresql_embedded::Error| PgError::Server {
@@ -194,32 +325,36 @@ impl Embedded {
                 message: e.to_string(),
             }
         };
-        let mut pg = PostgreSQL::new(settings);
-        pg.setup().await.map_err(err("initialized"))?;
-        pg.start().await.map_err(|e| PgError::Server {
-            data_dir: data_dir.clone(),
-            action: "started",
-            message: format!("{e} (server log: {})", data_dir.join("start.log").display()),
-        })?;
-        if !pg.database_exists(DATABASE).await.map_err(err("queried"))? {
-            pg.create_database(DATABASE)
-                .await
-                .map_err(err("given its database"))?;
+        let mut pg = PostgreSQL::new(self.settings.clone());
+        let result = async {
+            if setup {
+                pg.setup().await.map_err(err("initialized"))?;
+            }
+            pg.start().await.map_err(|e| PgError::Server {
+                data_dir: data_dir.clone(),
+                action: "started",
+                message: format!("{e} (server log: {})", data_dir.join("start.log").display()),
+            })?;
+            if !pg.database_exists(DATABASE).await.map_err(err("queried"))? {
+                pg.create_database(DATABASE)
+                    .await
+                    .map_err(err("given its database"))?;
+            }
+            Ok(())
         }
-        tracing::debug!(url = %pg.settings().url(DATABASE), "embedded PostgreSQL started");
-        Ok(Embedded {
-            pg,
-            bin_dir: binaries,
-        })
+        .await;
+        // Its Drop would stop the server: who stops it is decided here.
+        std::mem::forget(pg);
+        result
     }
 
     /// The connection URL of the queue's database (with the password).
     pub fn url(&self) -> String {
-        self.pg.settings().url(DATABASE)
+        self.settings.url(DATABASE)
     }
 
     pub fn data_dir(&self) -> &Path {
-        &self.pg.settings().data_dir
+        &self.settings.data_dir
     }
 
     /// The directory of the `pg_ctl`/`initdb` this server is run with (the
@@ -228,14 +363,137 @@ impl Embedded {
         &self.bin_dir
     }
 
-    /// Stops the server (fast shutdown: open sessions are ended).
+    /// Whether this process started the server (rather than joined it).
+    pub fn started_here(&self) -> bool {
+        self.started
+    }
+
+    /// Whether the server runs (its postmaster is alive).
+    pub fn is_running(&self) -> bool {
+        live_postmaster(&self.settings.data_dir).is_some()
+    }
+
+    /// Starts the server again if it died (killed, crashed), on the same
+    /// port. `Ok(true)`: it was restarted.
+    pub async fn ensure_running(&self) -> Result<bool, PgError> {
+        if self.is_running() {
+            return Ok(false);
+        }
+        let _startup = exclusive(&self.root.join("startup.lock")).await?;
+        if self.is_running() {
+            // Another user restarted it.
+            return Ok(false);
+        }
+        tracing::warn!(data_dir = %self.settings.data_dir.display(), "the embedded PostgreSQL is not running; starting it again");
+        // A killed postmaster's children take a moment to go, and hold its
+        // shared memory until then: a few attempts, then the error.
+        let mut attempt = 1;
+        loop {
+            stop_leftover(&self.bin_dir, &self.settings.data_dir)?;
+            match self.boot(false).await {
+                Ok(()) => return Ok(true),
+                Err(e) if attempt >= RESTART_ATTEMPTS => return Err(e),
+                Err(e) => tracing::debug!("restart attempt {attempt}: {e}"),
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// A handle that stops the server at once from anywhere (a forced
+    /// exit), if this process is its last user.
+    pub fn emergency(&self) -> EmergencyStop {
+        EmergencyStop {
+            pg_ctl: self.bin_dir.join("pg_ctl"),
+            data_dir: self.settings.data_dir.clone(),
+            users: self.users.clone(),
+        }
+    }
+
+    /// Stops using the server; stops it (fast shutdown: open sessions are
+    /// ended) if no other process uses it.
     pub async fn stop(self) -> Result<(), PgError> {
-        self.pg.stop().await.map_err(|e| PgError::Server {
-            data_dir: self.pg.settings().data_dir.clone(),
+        let _startup = exclusive(&self.root.join("startup.lock")).await?;
+        let users = self.users.lock().ok().and_then(|mut u| u.take());
+        let Some(users) = users else {
+            return Ok(());
+        };
+        // Upgrading to exclusive succeeds only if nobody else holds it.
+        if users.try_lock().is_err() {
+            tracing::debug!(
+                "the embedded PostgreSQL is still used by another weavster; leaving it running"
+            );
+            return Ok(());
+        }
+        if live_postmaster(&self.settings.data_dir).is_none() {
+            return Ok(());
+        }
+        let pg = PostgreSQL::new(self.settings.clone());
+        let result = pg.stop().await.map_err(|e| PgError::Server {
+            data_dir: self.settings.data_dir.clone(),
             action: "stopped",
             message: e.to_string(),
-        })
+        });
+        std::mem::forget(pg);
+        result
     }
+
+    /// Leaves the server running and stops using it, as a killed process
+    /// would (tests of crash recovery).
+    pub fn abandon(self) {
+        if let Ok(mut u) = self.users.lock() {
+            u.take();
+        }
+    }
+}
+
+/// The port the server listens on: the project's (kept in `port`), or a new
+/// free one when `may_change` and it is taken (or there is none yet).
+fn port(root: &Path, may_change: bool) -> Result<u16, PgError> {
+    let path = root.join("port");
+    let stored: Option<u16> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok());
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    if let Some(p) = stored
+        && (free(p) || !may_change)
+    {
+        return Ok(p);
+    }
+    let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).map_err(io(&path))?;
+    let p = listener.local_addr().map_err(io(&path))?.port();
+    drop(listener);
+    std::fs::write(&path, format!("{p}\n")).map_err(io(&path))?;
+    Ok(p)
+}
+
+/// The pid and port of `data_dir`'s running postmaster: the pid in its
+/// `postmaster.pid` is a live `postgres` process working in that data dir
+/// (a pid reused by another process does not count).
+pub fn live_postmaster(data_dir: &Path) -> Option<(u32, u16)> {
+    let text = std::fs::read_to_string(data_dir.join("postmaster.pid")).ok()?;
+    let mut lines = text.lines();
+    let pid: u32 = lines.next()?.trim().parse().ok()?;
+    let port: u16 = lines.nth(2)?.trim().parse().ok()?;
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let cmdline = std::fs::read(proc_dir.join("cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_postgres = args
+        .first()
+        .and_then(|a| a.rsplit(|b| *b == b'/').next())
+        .is_some_and(|name| name == b"postgres");
+    if !is_postgres {
+        return None;
+    }
+    let want = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_path_buf());
+    let cwd_matches = std::fs::read_link(proc_dir.join("cwd")).is_ok_and(|c| c == want);
+    let args_match = args.iter().any(|a| {
+        let p = Path::new(std::ffi::OsStr::from_bytes(a));
+        p == want || p == data_dir
+    });
+    (cwd_matches || args_match).then_some((pid, port))
 }
 
 /// The stable password of the embedded server, created on first use.
@@ -333,22 +591,18 @@ fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', r"'\''"))
 }
 
-/// A server still running on `data_dir` (its process was killed) is
-/// stopped; a `postmaster.pid` whose process is gone is removed.
+/// A server still running on `data_dir` (its processes were killed) is
+/// stopped; a `postmaster.pid` naming no live postmaster of this data dir
+/// (its process is gone, or the pid was reused) is removed, and nothing is
+/// signalled.
 fn stop_leftover(bin: &Path, data_dir: &Path) -> Result<(), PgError> {
     let pid_file = data_dir.join("postmaster.pid");
     if !pid_file.exists() {
         return Ok(());
     }
-    let pg_ctl = bin.join("pg_ctl");
-    let status = Command::new(&pg_ctl)
-        .arg("status")
-        .arg("-D")
-        .arg(data_dir)
-        .output()
-        .map_err(io(&pg_ctl))?;
-    if status.status.success() {
+    if live_postmaster(data_dir).is_some() {
         tracing::info!(data_dir = %data_dir.display(), "stopping a PostgreSQL left running by an earlier run");
+        let pg_ctl = bin.join("pg_ctl");
         let out = Command::new(&pg_ctl)
             .args(["stop", "-m", "fast", "-w", "-D"])
             .arg(data_dir)
@@ -361,7 +615,7 @@ fn stop_leftover(bin: &Path, data_dir: &Path) -> Result<(), PgError> {
                 message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
-    } else if pid_file.exists() {
+    } else {
         tracing::info!(data_dir = %data_dir.display(), "removing a stale postmaster.pid");
         std::fs::remove_file(&pid_file).map_err(io(&pid_file))?;
     }

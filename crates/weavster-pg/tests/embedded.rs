@@ -42,7 +42,7 @@ async fn starts_restarts_and_recovers() {
     assert_eq!(password(&url), password(&url2));
 
     // A killed process leaves its server running: the next start stops it.
-    std::mem::forget(pg);
+    pg.abandon();
     assert!(opts.root.join("data/postmaster.pid").exists());
     let pg = Embedded::start(&opts)
         .await
@@ -61,6 +61,66 @@ async fn starts_restarts_and_recovers() {
         .expect("start over a stale pid file");
     assert_eq!(query_one(&pg.url()).await, 42);
     pg.stop().await.expect("stops");
+
+    // A pid file naming a live process that is not our postgres (a reused
+    // pid): that process is never signalled.
+    let mut other = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("sleep");
+    std::fs::write(
+        opts.root.join("data/postmaster.pid"),
+        format!(
+            "{}\n{}\n0\n5432\n\n\n",
+            other.id(),
+            opts.root.join("data").display()
+        ),
+    )
+    .expect("write pid file");
+    let pg = Embedded::start(&opts)
+        .await
+        .expect("start over a reused pid");
+    assert_eq!(query_one(&pg.url()).await, 42);
+    assert!(
+        other.try_wait().expect("wait").is_none(),
+        "the unrelated process was signalled"
+    );
+    let _ = other.kill();
+    let _ = other.wait();
+
+    // Killed under a running process: started again on the same port.
+    let (pid, _) = weavster_pg::live_postmaster(&opts.root.join("data")).expect("running");
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .expect("kill");
+    for _ in 0..100 {
+        if !pg.is_running() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(pg.ensure_running().await.expect("restarts"));
+    assert_eq!(query_one(&pg.url()).await, 42);
+    pg.stop().await.expect("stops");
+}
+
+/// Two users of one data dir share one server: the second joins the
+/// first's, and the server stops only when the last one stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_users_share_the_server() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let opts = Options::new(tmp.path().join(".weavster/postgres"));
+    let first = Embedded::start(&opts).await.expect("first");
+    let second = Embedded::start(&opts).await.expect("second joins");
+    assert!(first.started_here());
+    assert!(!second.started_here());
+    assert_eq!(first.url(), second.url());
+    first.stop().await.expect("first stops");
+    assert!(second.is_running(), "stopped under its other user");
+    assert_eq!(query_one(&second.url()).await, 42);
+    second.stop().await.expect("second stops");
+    assert!(!opts.root.join("data/postmaster.pid").exists());
 }
 
 #[test]

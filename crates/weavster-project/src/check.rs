@@ -130,6 +130,10 @@ pub(crate) fn runtime(diags: &mut Vec<Diagnostic>, file: &str, node: &Node, rt: 
             "batch_timeout_ms",
             rt.batch_timeout_ms.map(|v| v.min(1) as u32),
         ),
+        (
+            "max_record_bytes",
+            rt.max_record_bytes.map(|v| v.min(1) as u32),
+        ),
     ] {
         if value == Some(0) {
             diags.push(

@@ -15,7 +15,7 @@
 //! [`Metrics`] and [`RunReport`].
 
 mod db;
-mod dlq;
+pub mod dead_letter;
 mod metrics;
 mod queue;
 mod run;
@@ -27,9 +27,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use db::{Db, DbError, mask_url};
-pub use dlq::{DeadLetter, DeadLetterFilter};
+pub use dead_letter::{DeadLetter, DeadLetterFilter, Replayed, Stage};
 pub use metrics::{FlowCounts, Metrics};
 pub use run::{FlowReport, RunOptions, RunReport, run};
+pub use source::Limits;
 pub use weavster_spec::types::{Format, WriteMode};
 
 /// Errors of the runtime. Record-level problems are never errors: they
@@ -113,6 +114,14 @@ pub struct QueueSettings {
     pub max_attempts: u32,
     /// How long one batch may run in the guest.
     pub batch_deadline: Duration,
+    /// The longest record an input takes.
+    pub max_record_bytes: usize,
+}
+
+impl QueueSettings {
+    pub fn limits(&self) -> source::Limits {
+        source::Limits::new(self.batch_size, self.max_record_bytes)
+    }
 }
 
 /// The queue name (apalis job type) of a flow.

@@ -13,6 +13,8 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
+use crate::dead_letter::{Dead, Stage};
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FlowLabel {
     pub flow: String,
@@ -139,6 +141,18 @@ impl Metrics {
         Arc::new(Metrics { registry, ..m })
     }
 
+    /// Counts dead letters of `flow` by stage.
+    pub(crate) fn count_dead(&self, flow: &str, dead: &[Dead]) {
+        for d in dead {
+            self.dead
+                .get_or_create(&DeadLabel {
+                    flow: flow.to_string(),
+                    stage: d.stage.to_string(),
+                })
+                .inc();
+        }
+    }
+
     pub(crate) fn flow(name: &str) -> FlowLabel {
         FlowLabel {
             flow: name.to_string(),
@@ -185,16 +199,16 @@ impl Metrics {
                     .get();
                 *c.out.entry(o.clone()).or_default() += n;
             }
-            for stage in crate::worker::STAGES {
+            for stage in Stage::ALL {
                 let n = self
                     .dead
                     .get_or_create(&DeadLabel {
                         flow: flow.clone(),
-                        stage: (*stage).to_string(),
+                        stage: stage.to_string(),
                     })
                     .get();
                 if n > 0 {
-                    c.dead.insert((*stage).to_string(), n);
+                    c.dead.insert(stage.to_string(), n);
                 }
             }
             all.insert(flow.clone(), c);

@@ -2,13 +2,13 @@
 
 use std::time::Duration;
 
-use apalis::prelude::{TaskBuilder, TaskSink};
 use apalis_postgres::{Config, PostgresStorage};
 use serde::{Deserialize, Serialize};
 
-use crate::{Db, RuntimeError, queue_name};
+use crate::{Db, DbError, RuntimeError, queue_name};
 
 /// One batch: its records, one JSON text per line (never parsed by the host).
+/// A record never holds a line break: sources and the guest guarantee it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Job {
     pub records: String,
@@ -16,6 +16,12 @@ pub struct Job {
 
 impl Job {
     pub fn new(records: &[String]) -> Job {
+        Job {
+            records: records.join("\n"),
+        }
+    }
+
+    pub fn from_records(records: &[&str]) -> Job {
         Job {
             records: records.join("\n"),
         }
@@ -43,19 +49,48 @@ pub fn storage(db: &Db, flow: &str, fetch: usize) -> PostgresStorage<Job> {
     PostgresStorage::new(db.pool()).with_config(config)
 }
 
-/// Pushes one batch (one transaction).
-pub async fn push(
-    storage: &mut PostgresStorage<Job>,
-    job: Job,
+/// Inserts one batch as a job of `flow`'s queue, on `conn` — so that a
+/// caller's transaction can hold it with the source position it reached,
+/// or with the dead letters it replays. The row is the one apalis writes
+/// itself (JSON-encoded job, ULID id, `Pending`); its insert trigger wakes
+/// the workers. Returns the job id.
+pub async fn push<'c, E>(
+    conn: E,
+    flow: &str,
+    job: &Job,
     max_attempts: u32,
-) -> Result<(), RuntimeError> {
-    let task = TaskBuilder::new(job)
-        .max_attempts(max_attempts as usize)
-        .build();
-    storage
-        .push_task(task)
-        .await
-        .map_err(|e| RuntimeError::Queue(e.to_string()))
+) -> Result<String, RuntimeError>
+where
+    E: sqlx::Executor<'c, Database = sqlx::Postgres>,
+{
+    let bytes = serde_json::to_vec(job).map_err(|e| RuntimeError::Queue(e.to_string()))?;
+    let (id,): (String,) = sqlx::query_as(
+        "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+         VALUES (apalis.generate_ulid(), $1, $2, 'Pending', 0, $3, now(), 0, ''::hstore)
+         RETURNING id",
+    )
+    .bind(queue_name(flow))
+    .bind(bytes)
+    .bind(max_attempts.min(i32::MAX as u32) as i32)
+    .fetch_one(conn)
+    .await
+    .map_err(|e| RuntimeError::Db(DbError::Query(e)))?;
+    Ok(id)
+}
+
+/// Wakes `flow`'s workers for job `id` (as apalis's insert trigger does):
+/// a job rescheduled for later is otherwise only seen at the next poll.
+pub async fn notify(db: &Db, flow: &str, id: &str) -> Result<(), RuntimeError> {
+    sqlx::query(
+        "SELECT pg_notify('apalis::job::insert',
+                json_build_object('job_type', $1::text, 'id', $2::text, 'run_at', now())::text)",
+    )
+    .bind(queue_name(flow))
+    .bind(id)
+    .execute(db.pool())
+    .await
+    .map_err(|e| RuntimeError::Queue(e.to_string()))?;
+    Ok(())
 }
 
 /// Delay before attempt `attempt + 1`: 1 s, 2 s, 4 s … capped at 60 s.

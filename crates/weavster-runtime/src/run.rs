@@ -11,12 +11,13 @@ use serde::Serialize;
 use tokio::sync::watch;
 use weavster_host::Host;
 
+use crate::dead_letter::{self, Dead};
 use crate::metrics::{FlowCounts, Metrics};
 use crate::queue::{self, Job};
 use crate::sink::{BridgeSink, FileSink, Sink, StdoutSink};
 use crate::source::{FileSource, Source, SourceBatch, StdinSource};
-use crate::worker::{self, Dead, FlowWorker};
-use crate::{Db, FlowPlan, InputPlan, OutputPlan, QueueSettings, RuntimeError};
+use crate::worker::{self, FlowWorker};
+use crate::{Db, DbError, FlowPlan, InputPlan, OutputPlan, QueueSettings, RuntimeError};
 
 /// How a run behaves.
 pub struct RunOptions {
@@ -171,29 +172,28 @@ pub async fn run(
             InputPlan::Bridge => continue,
             InputPlan::File {
                 pattern,
+                display,
                 format,
                 follow,
                 delimiter,
-                ..
             } => {
                 let root = opts.root.clone();
                 let follow = follow && !opts.once;
-                let batch = s.batch_size;
+                let limits = s.limits();
                 Box::new(move |positions| {
                     Box::new(FileSource::new(
-                        pattern, root, format, delimiter, follow, batch, positions,
+                        pattern, display, root, format, delimiter, follow, limits, positions,
                     ))
                 })
             }
             InputPlan::Stdin { format } => {
-                let (batch, linger) = (s.batch_size, s.linger);
-                Box::new(move |_| Box::new(StdinSource::new(format, batch, linger)))
+                let (limits, linger) = (s.limits(), s.linger);
+                Box::new(move |_| Box::new(StdinSource::new(format, limits, linger)))
             }
         };
         let pump = Pump {
             flow: p.name.clone(),
             db: db.clone(),
-            storage: queue::storage(db, &p.name, 1),
             max_attempts: s.max_attempts,
             metrics: opts.metrics.clone(),
             run_id,
@@ -333,11 +333,9 @@ fn build_workers(
                         .map_err(|e| plan_err(e.to_string()))?,
                 ),
                 OutputPlan::Stdout { format } => Box::new(StdoutSink::new(*format)),
-                OutputPlan::Bridge { flow } => Box::new(BridgeSink::new(
-                    flow.clone(),
-                    queue::storage(db, flow, 1),
-                    s.max_attempts,
-                )),
+                OutputPlan::Bridge { flow } => {
+                    Box::new(BridgeSink::new(flow.clone(), db.clone(), s.max_attempts))
+                }
             });
         }
         // One warm instance made now: a flow whose init fails stops the run
@@ -380,7 +378,13 @@ async fn supervise(name: String, db: Db, fw: Arc<FlowWorker>, stop: watch::Recei
             let _ = rx.wait_for(|s| *s).await;
             Ok::<(), std::io::Error>(())
         };
-        match worker.run_until(signal).await {
+        // Our own heartbeat, on a task of its own: apalis beats from the
+        // worker's loop, which a long batch can starve, and another worker
+        // would then take the batch from this live process.
+        let heartbeat = tokio::spawn(keep_alive(db.clone(), format!("{name}:{generation}")));
+        let result = worker.run_until(signal).await;
+        heartbeat.abort();
+        match result {
             Ok(()) if stopped(&stop) => return,
             Ok(()) => tracing::warn!(worker = %name, "worker stopped; restarting"),
             Err(e) => tracing::warn!(worker = %name, "worker failed: {e}; restarting"),
@@ -390,11 +394,24 @@ async fn supervise(name: String, db: Db, fw: Arc<FlowWorker>, stop: watch::Recei
     }
 }
 
+/// Marks worker `id` alive every heartbeat interval, whatever it is doing.
+async fn keep_alive(db: Db, id: String) {
+    loop {
+        tokio::time::sleep(queue::HEARTBEAT).await;
+        if let Err(e) = sqlx::query("UPDATE apalis.workers SET last_seen = now() WHERE id = $1")
+            .bind(&id)
+            .execute(db.pool())
+            .await
+        {
+            tracing::debug!(worker = %id, "heartbeat: {e}");
+        }
+    }
+}
+
 /// Moves a source's batches onto its flow's queue.
 struct Pump {
     flow: String,
     db: Db,
-    storage: apalis_postgres::PostgresStorage<Job>,
     max_attempts: u32,
     metrics: Arc<Metrics>,
     run_id: i64,
@@ -503,18 +520,39 @@ impl Pump {
                     }
                 }
             };
-            self.enqueue(&batch, &mut stop).await?;
-            source.ack(&batch).await.map_err(|e| e.to_string())?;
+            match self.enqueue(&batch, &mut stop).await {
+                Enqueued::Done => source.ack(&batch).await.map_err(|e| e.to_string())?,
+                Enqueued::Stopped => return Ok(()),
+                Enqueued::Moved => {
+                    tracing::warn!(flow = %self.flow, "the input's stored position moved (another process read it); going on from there");
+                    let positions = self.positions(&mut stop).await;
+                    source.reset(positions);
+                }
+            }
         }
     }
 
-    /// Backpressure, push, position, rejects; each step retried until the
-    /// database answers (a batch in hand is never dropped).
-    async fn enqueue(
-        &mut self,
-        batch: &SourceBatch,
-        stop: &mut watch::Receiver<bool>,
-    ) -> Result<(), String> {
+    /// The stored positions (retried until the database answers).
+    async fn positions(&self, stop: &mut watch::Receiver<bool>) -> HashMap<String, i64> {
+        loop {
+            match self.db.offsets(&self.flow).await {
+                Ok(p) => return p,
+                Err(e) => tracing::warn!(flow = %self.flow, "positions: {e}"),
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return HashMap::new(),
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Backpressure, then one transaction: the batch's job, its rejects'
+    /// dead letters and the source position it reached (only if the stored
+    /// one is still where the batch started). Retried until the database
+    /// answers or the run stops: a batch of a shared input not enqueued
+    /// then is read again later; standard input's is kept trying for a
+    /// while (it cannot be read again).
+    async fn enqueue(&mut self, batch: &SourceBatch, stop: &mut watch::Receiver<bool>) -> Enqueued {
         let names = [self.flow.clone()];
         let mut pause = Duration::from_millis(20);
         loop {
@@ -523,71 +561,104 @@ impl Pump {
                 Ok(_) => {}
                 Err(e) => tracing::warn!(flow = %self.flow, "queue: {e}"),
             }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(500));
-            if *stop.borrow() && !self.once {
-                // Stopping: still enqueue what is in hand.
+            if *stop.borrow() {
+                if self.shared {
+                    return Enqueued::Stopped;
+                }
+                // Standard input cannot be read again: enqueue what is in hand.
                 break;
             }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => {}
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_millis(500));
         }
-        if !batch.rejects.is_empty() {
-            let dead: Vec<Dead> = batch
-                .rejects
-                .iter()
-                .map(|r| Dead {
-                    record: r.record.clone(),
-                    stage: "input".into(),
-                    message: r.message.clone(),
-                    path: None,
-                })
-                .collect();
-            retry(&self.flow, "dead letters", || {
-                worker::insert_dead(&self.db, &self.flow, self.run_id, 1, &dead)
+        let dead: Vec<Dead> = batch
+            .rejects
+            .iter()
+            .map(|r| {
+                let mut d = Dead::new(r.record.clone(), r.stage, r.message.clone());
+                d.source = r.at.clone();
+                d
             })
-            .await;
-            worker::count_dead(&self.metrics, &self.flow, &dead);
+            .collect();
+        let job = (!batch.records.is_empty()).then(|| Job::new(&batch.records));
+        let mut pause = Duration::from_millis(100);
+        let give_up = tokio::time::Instant::now() + STDIN_GRACE;
+        loop {
+            match self.commit(job.as_ref(), &dead, batch).await {
+                Ok(true) => break,
+                Ok(false) => return Enqueued::Moved,
+                Err(e) => {
+                    let stopping = *stop.borrow();
+                    if stopping && (self.shared || tokio::time::Instant::now() >= give_up) {
+                        if !self.shared {
+                            tracing::error!(flow = %self.flow, "standard input: {} records could not be enqueued before stopping: {e}", batch.records.len() + batch.rejects.len());
+                        }
+                        return Enqueued::Stopped;
+                    }
+                    tracing::warn!(flow = %self.flow, "enqueue: {e}; retrying in {pause:?}");
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s), if !stopping => {}
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+            }
         }
-        if !batch.records.is_empty() {
-            let job = Job::new(&batch.records);
-            let max = self.max_attempts;
-            let storage = &self.storage;
-            retry(&self.flow, "enqueue", || {
-                let mut s = storage.clone();
-                let job = job.clone();
-                async move { queue::push(&mut s, job, max).await }
-            })
-            .await;
-        }
-        if let Some(p) = &batch.position {
-            retry(&self.flow, "save position", || {
-                self.db.save_offset(&self.flow, &p.stream, p.end)
-            })
-            .await;
-        }
+        self.metrics.count_dead(&self.flow, &dead);
         self.metrics
             .read
             .get_or_create(&Metrics::flow(&self.flow))
             .inc_by(batch.records.len() as u64 + batch.rejects.len() as u64);
-        Ok(())
+        Enqueued::Done
+    }
+
+    /// The enqueue transaction; `Ok(false)`: the stored position is not
+    /// where the batch started (nothing written).
+    async fn commit(
+        &self,
+        job: Option<&Job>,
+        dead: &[Dead],
+        batch: &SourceBatch,
+    ) -> Result<bool, RuntimeError> {
+        let mut tx = self.db.pool().begin().await.map_err(DbError::from)?;
+        if let Some(p) = &batch.position {
+            let moved = sqlx::query(
+                "INSERT INTO weavster.offsets (flow, stream, position) VALUES ($1, $2, $4)
+                 ON CONFLICT (flow, stream) DO UPDATE SET position = EXCLUDED.position, updated_at = now()
+                 WHERE weavster.offsets.position = $3",
+            )
+            .bind(&self.flow)
+            .bind(&p.stream)
+            .bind(p.start)
+            .bind(p.end)
+            .execute(&mut *tx)
+            .await
+            .map_err(DbError::from)?;
+            if moved.rows_affected() == 0 {
+                return Ok(false);
+            }
+        }
+        dead_letter::insert(&mut *tx, &self.flow, self.run_id, 1, None, dead).await?;
+        if let Some(job) = job {
+            queue::push(&mut *tx, &self.flow, job, self.max_attempts).await?;
+        }
+        tx.commit().await.map_err(DbError::from)?;
+        Ok(true)
     }
 }
 
-/// Retries `f` with a growing pause (up to 5 s) until it succeeds.
-async fn retry<F, Fut, E>(flow: &str, what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match f().await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(flow = %flow, "{what}: {e}; retrying in {pause:?}");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
+/// How an enqueue ended.
+enum Enqueued {
+    Done,
+    /// The run is stopping; the batch was not enqueued.
+    Stopped,
+    /// Another process moved the stored position: read again from there.
+    Moved,
 }
+
+/// How long a stopping run keeps trying to enqueue standard input's last
+/// batch (it cannot be read again).
+const STDIN_GRACE: Duration = Duration::from_secs(30);

@@ -10,12 +10,11 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use apalis_postgres::PostgresStorage;
 use futures::future::BoxFuture;
 use serde_json::Value;
 
 use crate::queue::{self, Job};
-use crate::{Format, WriteMode};
+use crate::{Db, Format, WriteMode};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -294,15 +293,15 @@ impl Sink for StdoutSink {
 /// Another flow's queue: the batch becomes one job of that flow.
 pub struct BridgeSink {
     flow: String,
-    storage: PostgresStorage<Job>,
+    db: Db,
     max_attempts: u32,
 }
 
 impl BridgeSink {
-    pub(crate) fn new(flow: String, storage: PostgresStorage<Job>, max_attempts: u32) -> Self {
+    pub(crate) fn new(flow: String, db: Db, max_attempts: u32) -> Self {
         BridgeSink {
             flow,
-            storage,
+            db,
             max_attempts,
         }
     }
@@ -311,16 +310,17 @@ impl BridgeSink {
 impl Sink for BridgeSink {
     fn write<'a>(&'a self, records: &'a [&'a str]) -> BoxFuture<'a, Result<Refused, SinkError>> {
         Box::pin(async move {
-            let job = Job {
-                records: records.join("\n"),
-            };
-            let mut storage = self.storage.clone();
-            queue::push(&mut storage, job, self.max_attempts)
-                .await
-                .map_err(|e| SinkError::Bridge {
-                    flow: self.flow.clone(),
-                    message: e.to_string(),
-                })?;
+            queue::push(
+                self.db.pool(),
+                &self.flow,
+                &Job::from_records(records),
+                self.max_attempts,
+            )
+            .await
+            .map_err(|e| SinkError::Bridge {
+                flow: self.flow.clone(),
+                message: e.to_string(),
+            })?;
             Ok(Vec::new())
         })
     }

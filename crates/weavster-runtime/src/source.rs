@@ -1,11 +1,14 @@
 //! Sources: where a flow's records come from.
 //!
-//! A source yields batches of JSON records (text, one object each) with the
-//! position they end at. The runtime pushes a batch onto the queue, stores
-//! its position, and only then calls [`Source::ack`]: a source never
-//! forgets a record that is not durably enqueued. Records a source cannot
-//! turn into JSON (a CSV row with too many fields) are handed back as
-//! rejects and become dead letters (stage `input`).
+//! A source yields batches of JSON records (text, one object each, never
+//! holding a line break) with the position they end at. The runtime puts a
+//! batch on the queue and stores its position in one transaction, and only
+//! then calls [`Source::ack`]: a source never forgets a record that is not
+//! durably enqueued. What a source cannot turn into a record is handed back
+//! as a reject with its exact bytes and becomes a dead letter: an over-long
+//! record, a CSV row with the wrong number of fields or a JSON file that
+//! ends inside a record (stage `input`), invalid UTF-8 or JSON (`decode`).
+//! Every byte of an input ends up in exactly one record or reject.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -14,10 +17,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
-use tokio::io::AsyncBufReadExt;
+use tokio::io::AsyncReadExt as _;
 
 use crate::Format;
+use crate::dead_letter::Stage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -32,15 +37,21 @@ pub enum SourceError {
 pub struct Position {
     /// The stream (a file's path as shown to the user).
     pub stream: String,
+    /// The position the batch was read from (the stored one).
     pub start: i64,
     pub end: i64,
 }
 
-/// A record the source could not read, and why.
+/// What a source could not read, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reject {
-    pub record: String,
+    /// Its bytes, exactly as read (the first [`KEEP_BYTES`] of an over-long
+    /// record).
+    pub record: Vec<u8>,
+    pub stage: Stage,
     pub message: String,
+    /// Where it was: `file@byte` or `stdin`.
+    pub at: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +61,41 @@ pub struct SourceBatch {
     /// `None` for streams that cannot be resumed (standard input).
     pub position: Option<Position>,
 }
+
+/// How big records and batches may get.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Records per batch.
+    pub batch_size: usize,
+    /// A record (line, CSV row, JSON array element) longer than this is a
+    /// dead letter (`input`), never a stall.
+    pub max_record_bytes: usize,
+    /// A batch is cut once its records hold this many bytes.
+    pub max_batch_bytes: usize,
+}
+
+impl Limits {
+    pub fn new(batch_size: usize, max_record_bytes: usize) -> Limits {
+        Limits {
+            batch_size: batch_size.max(1),
+            max_record_bytes: max_record_bytes.max(1),
+            max_batch_bytes: MAX_BATCH_BYTES,
+        }
+    }
+
+    /// How much a reader looks at once: enough to hold any record whole.
+    fn window(&self) -> usize {
+        READ_AHEAD.max(self.max_record_bytes + 1)
+    }
+}
+
+/// A batch is cut once its records hold this many bytes (a job is one
+/// batch, stored in PostgreSQL and handed to the guest whole).
+pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// The most of an over-long record a dead letter keeps.
+pub const KEEP_BYTES: usize = 16 << 20;
+/// How much a file reader reads at first.
+const READ_AHEAD: usize = 1 << 20;
 
 /// A source of record batches. Kafka, PostgreSQL and HTTP sources implement
 /// the same trait.
@@ -62,6 +108,10 @@ pub trait Source: Send {
     fn ack(&mut self, _batch: &SourceBatch) -> BoxFuture<'_, Result<(), SourceError>> {
         Box::pin(async { Ok(()) })
     }
+
+    /// Forgets what was read but not acknowledged, back to `positions`
+    /// (another process moved them).
+    fn reset(&mut self, _positions: HashMap<String, i64>) {}
 }
 
 /// The format of a file: configured, else from its extension.
@@ -76,50 +126,57 @@ pub fn format_of(path: &Path, configured: Option<Format>) -> Option<Format> {
     )
 }
 
-/// How many bytes a file source reads at once.
-const CHUNK: usize = 4 << 20;
+/// Whether a path pattern has glob syntax (else it names one file).
+pub fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '['])
+}
+
 /// How often a following file source looks for new data.
 const POLL: Duration = Duration::from_millis(200);
 
-/// Files matching a glob, read in name order from their stored positions
-/// (a byte offset for jsonl and csv, a record index for json). Follows
-/// appended data unless `once`.
+/// Files matching a glob, read in name order from their stored byte
+/// positions. Follows appended data unless `once`.
 pub struct FileSource {
     pattern: String,
+    /// The path as the user wrote it.
+    display: String,
     format: Option<Format>,
     delimiter: u8,
     follow: bool,
-    batch_size: usize,
+    limits: Limits,
     root: PathBuf,
     positions: HashMap<String, i64>,
     /// Files known, by path; `true` once finished (`once` mode).
     done: BTreeMap<PathBuf, bool>,
-    /// For json files: the size last parsed, to re-read only on change.
-    json_seen: HashMap<PathBuf, u64>,
+    /// A missing file or empty glob was reported (reported once).
+    warned_missing: bool,
 }
 
 impl FileSource {
     /// `positions`: the stored positions by stream (a file's path relative
     /// to `root`).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         pattern: String,
+        display: String,
         root: PathBuf,
         format: Option<Format>,
         delimiter: u8,
         follow: bool,
-        batch_size: usize,
+        limits: Limits,
         positions: HashMap<String, i64>,
     ) -> FileSource {
         FileSource {
             pattern,
+            display,
             format,
             delimiter,
             follow,
-            batch_size: batch_size.max(1),
+            limits,
             root,
             positions,
             done: BTreeMap::new(),
-            json_seen: HashMap::new(),
+            warned_missing: false,
         }
     }
 
@@ -132,13 +189,30 @@ impl FileSource {
 
     fn scan(&mut self) -> Result<(), SourceError> {
         let paths = glob::glob(&self.pattern).map_err(|e| SourceError::File {
-            path: self.pattern.clone(),
+            path: self.display.clone(),
             message: format!("bad glob: {e}"),
         })?;
         for p in paths.flatten() {
             if p.is_file() {
                 self.done.entry(p).or_insert(false);
             }
+        }
+        if self.done.is_empty() {
+            if !is_glob(&self.display) {
+                let message = "no such file".to_string();
+                if !self.follow {
+                    return Err(SourceError::File {
+                        path: self.display.clone(),
+                        message,
+                    });
+                }
+                if !self.warned_missing {
+                    tracing::warn!(input = %self.display, "no such file yet; waiting for it");
+                }
+            } else if !self.warned_missing {
+                tracing::warn!(input = %self.display, "the pattern matches no file");
+            }
+            self.warned_missing = true;
         }
         Ok(())
     }
@@ -159,42 +233,35 @@ impl FileSource {
                 path: stream.clone(),
                 message: "unknown format: name it .jsonl, .json or .csv, or set `format`".into(),
             })?;
-            let err = |message: String| SourceError::File {
+            let read = Reader {
+                path: &path,
+                stream: &stream,
+                start,
+                limits: self.limits,
+                final_: !self.follow,
+            };
+            let chunk = match format {
+                Format::Jsonl => read.jsonl(),
+                Format::Csv => read.csv(self.delimiter),
+                Format::Json => read.json(),
+            }
+            .map_err(|message| SourceError::File {
                 path: stream.clone(),
                 message,
-            };
-            let read = match format {
-                Format::Jsonl => read_jsonl(&path, start, self.batch_size, !self.follow),
-                Format::Csv => {
-                    read_csv(&path, start, self.batch_size, !self.follow, self.delimiter)
-                }
-                Format::Json => {
-                    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    if self.follow && self.json_seen.get(&path) == Some(&size) {
-                        Ok(Chunk::default())
-                    } else {
-                        let r = read_json(&path, start, self.batch_size, !self.follow);
-                        if r.as_ref().is_ok_and(|r| r.at_end) {
-                            self.json_seen.insert(path.clone(), size);
-                        }
-                        r
-                    }
-                }
-            }
-            .map_err(err)?;
-            if read.records.is_empty() && read.rejects.is_empty() {
-                if !self.follow && read.at_end {
+            })?;
+            if chunk.records.is_empty() && chunk.rejects.is_empty() && chunk.end == start {
+                if !self.follow && chunk.at_end {
                     self.done.insert(path, true);
                 }
                 continue;
             }
             return Ok(Some(SourceBatch {
-                records: read.records,
-                rejects: read.rejects,
+                records: chunk.records,
+                rejects: chunk.rejects,
                 position: Some(Position {
                     stream,
                     start,
-                    end: read.end,
+                    end: chunk.end,
                 }),
             }));
         }
@@ -223,217 +290,839 @@ impl Source for FileSource {
         }
         Box::pin(async { Ok(()) })
     }
+
+    fn reset(&mut self, positions: HashMap<String, i64>) {
+        self.positions = positions;
+        self.done.clear();
+    }
 }
 
+/// What one read of a file gave.
 #[derive(Debug, Default)]
 struct Chunk {
     records: Vec<String>,
     rejects: Vec<Reject>,
-    /// The position after the last record returned.
+    /// The position after the last record or reject returned.
     end: i64,
     /// Nothing left after `end` (for now).
     at_end: bool,
 }
 
-/// Reads up to `CHUNK` bytes from `start`; returns them and whether the file
-/// ends there.
-fn chunk(path: &Path, start: i64) -> Result<(Vec<u8>, bool), String> {
-    let mut f = File::open(path).map_err(|e| e.to_string())?;
-    let len = f.metadata().map_err(|e| e.to_string())?.len();
-    if (start as u64) > len {
-        return Err(format!(
-            "the file is shorter ({len} bytes) than the stored position {start}: it was truncated or replaced; reset with `weavster run --from-start`"
-        ));
+impl Chunk {
+    /// Whether the batch is full.
+    fn full(&self, limits: &Limits, bytes: usize) -> bool {
+        self.records.len() + self.rejects.len() >= limits.batch_size
+            || bytes >= limits.max_batch_bytes
     }
-    f.seek(SeekFrom::Start(start as u64))
-        .map_err(|e| e.to_string())?;
-    let mut buf = Vec::with_capacity(CHUNK.min((len - start as u64) as usize));
-    f.take(CHUNK as u64)
-        .read_to_end(&mut buf)
-        .map_err(|e| e.to_string())?;
-    let at_end = start as u64 + buf.len() as u64 >= len;
-    Ok((buf, at_end))
 }
 
-/// JSON lines from byte `start`. A last line without a newline is taken only
-/// when `final_` (the file is complete).
-fn read_jsonl(path: &Path, start: i64, max: usize, final_: bool) -> Result<Chunk, String> {
-    let (buf, eof) = chunk(path, start)?;
-    let mut out = Chunk {
-        end: start,
-        ..Chunk::default()
-    };
-    let mut pos = 0usize;
-    while pos < buf.len() && out.records.len() < max {
-        let (line, next) = match buf[pos..].iter().position(|b| *b == b'\n') {
-            Some(n) => (&buf[pos..pos + n], pos + n + 1),
-            None if eof && final_ => (&buf[pos..], buf.len()),
-            None => break,
-        };
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim();
-        if !text.is_empty() {
-            out.records.push(text.to_string());
+/// What kind of unit a scan looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    /// Up to a line feed.
+    Line,
+    /// Up to a line feed outside double quotes.
+    CsvRow,
+    /// One JSON value.
+    Json,
+}
+
+/// Finds where a unit ends, fed its bytes piece by piece (for units longer
+/// than any buffer). JSON: strings, escapes and bracket depth are tracked,
+/// not validated.
+#[derive(Debug, Clone)]
+struct Scan {
+    unit: Unit,
+    in_str: bool,
+    escape: bool,
+    depth: u32,
+    /// JSON: the first byte of the value was seen (and whether it is a
+    /// scalar, which ends at a delimiter).
+    started: bool,
+    scalar: bool,
+}
+
+impl Scan {
+    fn new(unit: Unit) -> Scan {
+        Scan {
+            unit,
+            in_str: false,
+            escape: false,
+            depth: 0,
+            started: false,
+            scalar: false,
         }
-        pos = next;
     }
-    out.end = start + pos as i64;
-    out.at_end = eof && pos == buf.len();
-    Ok(out)
+
+    /// The index in `bytes` where the unit ends (exclusive; for lines and
+    /// rows, the index of their line feed), if it ends in `bytes`.
+    fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+        match self.unit {
+            Unit::Line => memchr::memchr(b'\n', bytes),
+            Unit::CsvRow => {
+                for (i, b) in bytes.iter().enumerate() {
+                    match b {
+                        b'"' => self.in_str = !self.in_str,
+                        b'\n' if !self.in_str => return Some(i),
+                        _ => {}
+                    }
+                }
+                None
+            }
+            Unit::Json => {
+                for (i, &b) in bytes.iter().enumerate() {
+                    if !self.started {
+                        if b.is_ascii_whitespace() {
+                            continue;
+                        }
+                        self.started = true;
+                        match b {
+                            b'{' | b'[' => self.depth = 1,
+                            b'"' => self.in_str = true,
+                            _ => self.scalar = true,
+                        }
+                        continue;
+                    }
+                    if self.scalar {
+                        if matches!(b, b',' | b']' | b'}') || b.is_ascii_whitespace() {
+                            return Some(i);
+                        }
+                        continue;
+                    }
+                    if self.in_str {
+                        if self.escape {
+                            self.escape = false;
+                        } else if b == b'\\' {
+                            self.escape = true;
+                        } else if b == b'"' {
+                            self.in_str = false;
+                            if self.depth == 0 {
+                                return Some(i + 1);
+                            }
+                        }
+                        continue;
+                    }
+                    match b {
+                        b'"' => self.in_str = true,
+                        b'{' | b'[' => self.depth += 1,
+                        b'}' | b']' => {
+                            self.depth = self.depth.saturating_sub(1);
+                            if self.depth == 0 {
+                                return Some(i + 1);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                None
+            }
+        }
+    }
 }
 
-/// A CSV row as a JSON object of strings, keyed by the header.
-fn csv_record(header: &csv::StringRecord, row: &csv::StringRecord) -> String {
-    let obj: Map<String, Value> = header
-        .iter()
-        .zip(row.iter())
-        .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
-        .collect();
-    Value::Object(obj).to_string()
+const BOM: &[u8] = b"\xEF\xBB\xBF";
+
+/// One read of one file from a stored position.
+struct Reader<'a> {
+    path: &'a Path,
+    stream: &'a str,
+    start: i64,
+    limits: Limits,
+    /// The file is complete (`--once`): a last line without a line feed is
+    /// a record, and a JSON file that ends early is an error.
+    final_: bool,
 }
+
+impl Reader<'_> {
+    fn err(&self, e: std::io::Error) -> String {
+        e.to_string()
+    }
+
+    /// Up to `len` bytes from byte `at`; and whether the file ends there.
+    fn read_at(&self, at: u64, len: usize) -> Result<(Vec<u8>, bool), String> {
+        let mut f = File::open(self.path).map_err(|e| self.err(e))?;
+        let size = f.metadata().map_err(|e| self.err(e))?.len();
+        if at > size {
+            return Err(format!(
+                "the file is shorter ({size} bytes) than the stored position {at}: it was truncated or replaced; reset with `weavster run --from-start`"
+            ));
+        }
+        f.seek(SeekFrom::Start(at)).map_err(|e| self.err(e))?;
+        let mut buf = Vec::with_capacity(len.min((size - at) as usize));
+        f.take(len as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| self.err(e))?;
+        let eof = at + buf.len() as u64 >= size;
+        Ok((buf, eof))
+    }
+
+    /// Reads from the start position: a small read first, the whole window
+    /// when no unit ends in it.
+    fn read(&self, unit: Unit) -> Result<(Vec<u8>, bool), String> {
+        let start = self.start as u64;
+        let (buf, eof) = self.read_at(start, READ_AHEAD)?;
+        if eof || self.limits.window() <= READ_AHEAD {
+            return Ok((buf, eof));
+        }
+        let mut from = if start == 0 && buf.starts_with(BOM) {
+            BOM.len()
+        } else {
+            0
+        };
+        if unit == Unit::Json {
+            // The first element: after whitespace and `[` or `,`.
+            let ws = |mut p: usize| {
+                while p < buf.len() && buf[p].is_ascii_whitespace() {
+                    p += 1;
+                }
+                p
+            };
+            from = ws(from);
+            if from < buf.len() && matches!(buf[from], b'[' | b',') {
+                from = ws(from + 1);
+            }
+        }
+        if Scan::new(unit).feed(&buf[from.min(buf.len())..]).is_some() {
+            return Ok((buf, eof));
+        }
+        self.read_at(start, self.limits.window())
+    }
+
+    fn at(&self, offset: usize) -> Option<String> {
+        Some(format!(
+            "{}@{}",
+            self.stream,
+            self.start as u64 + offset as u64
+        ))
+    }
+
+    /// A unit starting at `offset` (of the read) too long for the window:
+    /// scanned to its end through the file. `None`: it does not end yet
+    /// and the file may still grow.
+    fn skip_overlong(
+        &self,
+        offset: usize,
+        unit: Unit,
+        scan: Scan,
+    ) -> Result<Option<(Reject, usize)>, String> {
+        let from = self.start as u64 + offset as u64;
+        let mut f = File::open(self.path).map_err(|e| self.err(e))?;
+        f.seek(SeekFrom::Start(from)).map_err(|e| self.err(e))?;
+        let mut scan = scan;
+        let mut head = Vec::new();
+        let mut piece = vec![0u8; 1 << 20];
+        let mut len = 0usize;
+        let (content_len, consumed) = loop {
+            let n = f.read(&mut piece).map_err(|e| self.err(e))?;
+            if n == 0 {
+                if !self.final_ {
+                    return Ok(None);
+                }
+                break (len, len);
+            }
+            if let Some(e) = scan.feed(&piece[..n]) {
+                let take = e.min(KEEP_BYTES.saturating_sub(head.len()));
+                head.extend_from_slice(&piece[..take]);
+                let skip_lf = usize::from(unit != Unit::Json);
+                break (len + e, len + e + skip_lf);
+            }
+            let take = n.min(KEEP_BYTES.saturating_sub(head.len()));
+            head.extend_from_slice(&piece[..take]);
+            len += n;
+        };
+        let kept = if head.len() < content_len {
+            format!("; the dead letter keeps its first {} bytes", head.len())
+        } else {
+            String::new()
+        };
+        let reject = Reject {
+            record: head,
+            stage: Stage::Input,
+            message: format!(
+                "record of {content_len} bytes is longer than max_record_bytes ({}){kept}",
+                self.limits.max_record_bytes
+            ),
+            at: self.at(offset),
+        };
+        Ok(Some((reject, offset + consumed)))
+    }
+
+    fn over_long(&self, record: &[u8], offset: usize) -> Reject {
+        let keep = &record[..record.len().min(KEEP_BYTES)];
+        Reject {
+            record: keep.to_vec(),
+            stage: Stage::Input,
+            message: format!(
+                "record of {} bytes is longer than max_record_bytes ({})",
+                record.len(),
+                self.limits.max_record_bytes
+            ),
+            at: self.at(offset),
+        }
+    }
+
+    fn not_utf8(&self, record: &[u8], offset: usize, e: std::str::Utf8Error) -> Reject {
+        Reject {
+            record: record.to_vec(),
+            stage: Stage::Decode,
+            message: format!("not valid UTF-8 (byte {} of the record)", e.valid_up_to()),
+            at: self.at(offset),
+        }
+    }
+
+    /// JSON lines: one record per line, blank lines skipped.
+    fn jsonl(&self) -> Result<Chunk, String> {
+        let (buf, eof) = self.read(Unit::Line)?;
+        let mut out = Chunk::default();
+        let mut pos = if self.start == 0 && buf.starts_with(BOM) {
+            BOM.len()
+        } else {
+            0
+        };
+        let mut bytes = 0usize;
+        let max = self.limits.max_record_bytes;
+        while pos < buf.len() && !out.full(&self.limits, bytes) {
+            let (line, next) = match memchr::memchr(b'\n', &buf[pos..]) {
+                Some(n) => (&buf[pos..pos + n], pos + n + 1),
+                None if buf.len() - pos > max => {
+                    // Longer than a record may be, and not ended in the window.
+                    if let Some((reject, next)) =
+                        self.skip_overlong(pos, Unit::Line, Scan::new(Unit::Line))?
+                    {
+                        out.rejects.push(reject);
+                        pos = next;
+                    }
+                    break;
+                }
+                None if eof && self.final_ => (&buf[pos..], buf.len()),
+                None => break,
+            };
+            let text = line.trim_ascii();
+            if text.len() > max {
+                out.rejects.push(self.over_long(text, pos));
+            } else if !text.is_empty() {
+                match std::str::from_utf8(text) {
+                    Ok(t) => {
+                        bytes += t.len();
+                        out.records.push(t.to_string());
+                    }
+                    Err(e) => out.rejects.push(self.not_utf8(text, pos, e)),
+                }
+            }
+            pos = next;
+        }
+        out.end = self.start + pos as i64;
+        out.at_end = eof && pos >= buf.len();
+        Ok(out)
+    }
+
+    /// CSV with a header row: each row a JSON object of strings.
+    fn csv(&self, delimiter: u8) -> Result<Chunk, String> {
+        let header = csv_header(self.path, delimiter)?;
+        let Some((header, header_end)) = header else {
+            return Ok(Chunk {
+                end: self.start,
+                at_end: true,
+                ..Chunk::default()
+            });
+        };
+        // Positions of CSV files start after the header.
+        let reader = Reader {
+            start: self.start.max(header_end),
+            ..*self
+        };
+        let mut out = reader.csv_rows(delimiter, &header)?;
+        if out.end < self.start.max(header_end) {
+            out.end = self.start.max(header_end);
+        }
+        Ok(out)
+    }
+
+    fn csv_rows(&self, delimiter: u8, header: &CsvHeader) -> Result<Chunk, String> {
+        let (buf, eof) = self.read(Unit::CsvRow)?;
+        let max = self.limits.max_record_bytes;
+        // Rows that end in the buffer (a row being written is read later).
+        let mut rows: Vec<(usize, usize)> = Vec::new();
+        let mut pos = 0usize;
+        let mut bytes = 0usize;
+        let mut overlong: Option<(Reject, usize)> = None;
+        while pos < buf.len() && rows.len() < self.limits.batch_size && bytes < MAX_BATCH_BYTES {
+            let mut scan = Scan::new(Unit::CsvRow);
+            match scan.feed(&buf[pos..]) {
+                Some(n) if n > max => {
+                    if rows.is_empty() {
+                        overlong = Some((self.over_long(&buf[pos..pos + n], pos), pos + n + 1));
+                    }
+                    break;
+                }
+                Some(n) => {
+                    rows.push((pos, pos + n));
+                    bytes += n;
+                    pos += n + 1;
+                }
+                None if buf.len() - pos > max => {
+                    if rows.is_empty() {
+                        overlong =
+                            self.skip_overlong(pos, Unit::CsvRow, Scan::new(Unit::CsvRow))?;
+                    }
+                    break;
+                }
+                None if eof && self.final_ => {
+                    rows.push((pos, buf.len()));
+                    pos = buf.len();
+                }
+                None => break,
+            }
+        }
+        let mut out = Chunk::default();
+        if let Some((reject, next)) = overlong {
+            out.rejects.push(reject);
+            out.end = self.start + next as i64;
+            return Ok(out);
+        }
+        let mut parser = CsvRow::new(delimiter);
+        for (s, e) in rows {
+            let raw = buf[s..e].strip_suffix(b"\r").unwrap_or(&buf[s..e]);
+            if raw.trim_ascii().is_empty() {
+                continue;
+            }
+            match parser
+                .fields(raw)
+                .and_then(|fields| csv_record(header, &fields))
+            {
+                Ok(r) => out.records.push(r),
+                Err((stage, message)) => out.rejects.push(Reject {
+                    record: raw.to_vec(),
+                    stage,
+                    message,
+                    at: self.at(s),
+                }),
+            }
+        }
+        out.end = self.start + pos as i64;
+        out.at_end = eof && pos >= buf.len();
+        Ok(out)
+    }
+
+    /// A JSON array of records, element by element. The position is the
+    /// byte after the last element read (or after `[`), so a writer that
+    /// rewrites the closing bracket to append is followed.
+    fn json(&self) -> Result<Chunk, String> {
+        let (buf, eof) = self.read(Unit::Json)?;
+        let max = self.limits.max_record_bytes;
+        let mut out = Chunk {
+            end: self.start,
+            ..Chunk::default()
+        };
+        let skip_ws = |mut p: usize| {
+            while p < buf.len() && buf[p].is_ascii_whitespace() {
+                p += 1;
+            }
+            p
+        };
+        let mut pos;
+        // What comes next: an element (just after `[` or `,`) or a separator.
+        let mut want_element;
+        if self.start == 0 {
+            let bom = if buf.starts_with(BOM) { BOM.len() } else { 0 };
+            pos = skip_ws(bom);
+            if pos == buf.len() {
+                // Empty (so far).
+                out.at_end = eof;
+                return Ok(out);
+            }
+            if buf[pos] != b'[' {
+                return self.json_broken(
+                    &buf,
+                    pos,
+                    eof,
+                    "a json input must be one JSON array of records: expected `[`",
+                    out,
+                );
+            }
+            pos += 1;
+            out.end = self.start + pos as i64;
+            want_element = true;
+            // `[` then `]`: an empty array.
+            let p = skip_ws(pos);
+            if p < buf.len() && buf[p] == b']' {
+                out.at_end = true;
+                return Ok(out);
+            }
+        } else {
+            pos = 0;
+            want_element = false;
+            let p = skip_ws(0);
+            if p < buf.len() && buf[p] != b',' && buf[p] != b']' {
+                // Stored just after `[`.
+                want_element = true;
+            }
+        }
+        let mut bytes = 0usize;
+        loop {
+            let p = skip_ws(pos);
+            if p >= buf.len() {
+                if eof && self.final_ {
+                    return self.json_broken(
+                        &buf,
+                        p,
+                        eof,
+                        "the file ends before the array is closed",
+                        out,
+                    );
+                }
+                return Ok(out);
+            }
+            if !want_element {
+                match buf[p] {
+                    b',' => {
+                        pos = p + 1;
+                        want_element = true;
+                        continue;
+                    }
+                    b']' => {
+                        // Closed: anything after it but whitespace is an error.
+                        let rest = skip_ws(p + 1);
+                        if rest < buf.len() {
+                            return self.json_broken(
+                                &buf,
+                                rest,
+                                eof,
+                                "text after the array's closing `]`",
+                                out,
+                            );
+                        }
+                        out.at_end = eof;
+                        return Ok(out);
+                    }
+                    _ => {
+                        return self.json_broken(
+                            &buf,
+                            p,
+                            eof,
+                            "expected `,` or `]` after a record",
+                            out,
+                        );
+                    }
+                }
+            }
+            if out.full(&self.limits, bytes) {
+                return Ok(out);
+            }
+            if buf[p] == b']' {
+                // `[1,]` and the like.
+                return self.json_broken(&buf, p, eof, "expected a record, found `]`", out);
+            }
+            let mut scan = Scan::new(Unit::Json);
+            match scan.feed(&buf[p..]) {
+                Some(n) => {
+                    let elem = &buf[p..p + n];
+                    if n > max {
+                        out.rejects.push(self.over_long(elem, p));
+                    } else {
+                        match json_record(elem) {
+                            Ok(r) => {
+                                bytes += r.len();
+                                out.records.push(r);
+                            }
+                            Err((stage, message)) => out.rejects.push(Reject {
+                                record: elem.to_vec(),
+                                stage,
+                                message,
+                                at: self.at(p),
+                            }),
+                        }
+                    }
+                    pos = p + n;
+                    out.end = self.start + pos as i64;
+                    want_element = false;
+                }
+                None if buf.len() - p > max => {
+                    if let Some((reject, next)) =
+                        self.skip_overlong(p, Unit::Json, Scan::new(Unit::Json))?
+                    {
+                        out.rejects.push(reject);
+                        out.end = self.start + next as i64;
+                    }
+                    return Ok(out);
+                }
+                None if eof && self.final_ => {
+                    return self.json_broken(&buf, p, eof, "the file ends inside a record", out);
+                }
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The rest of a JSON file from `p` cannot be read: one dead letter
+    /// (`input`) holds it, and the file is finished. While the file may
+    /// still grow, nothing is decided yet.
+    fn json_broken(
+        &self,
+        buf: &[u8],
+        p: usize,
+        eof: bool,
+        why: &str,
+        mut out: Chunk,
+    ) -> Result<Chunk, String> {
+        if !self.final_ {
+            return Ok(out);
+        }
+        let from = self.start as u64 + p as u64;
+        let size = std::fs::metadata(self.path).map_err(|e| self.err(e))?.len();
+        let rest = if eof {
+            buf[p..].to_vec()
+        } else {
+            self.read_at(from, KEEP_BYTES)?.0
+        };
+        let mut message = format!("invalid JSON array at byte {from}: {why}");
+        if (rest.len() as u64) < size - from {
+            message.push_str(&format!(
+                "; the dead letter keeps the first {} of the {} bytes left",
+                rest.len(),
+                size - from
+            ));
+        }
+        if !rest.iter().all(u8::is_ascii_whitespace) {
+            out.rejects.push(Reject {
+                record: rest,
+                stage: Stage::Input,
+                message,
+                at: self.at(p),
+            });
+        }
+        out.end = size as i64;
+        out.at_end = true;
+        Ok(out)
+    }
+}
+
+/// A JSON array element as a one-line record: line breaks between tokens
+/// become spaces (a JSON string cannot hold one), the text is otherwise
+/// kept exactly.
+fn json_record(elem: &[u8]) -> Result<String, (Stage, String)> {
+    let text = std::str::from_utf8(elem).map_err(|e| {
+        (
+            Stage::Decode,
+            format!("not valid UTF-8 (byte {} of the record)", e.valid_up_to()),
+        )
+    })?;
+    serde_json::from_str::<&RawValue>(text)
+        .map_err(|e| (Stage::Decode, format!("invalid JSON: {e}")))?;
+    Ok(if text.contains(['\n', '\r']) {
+        text.replace(['\n', '\r'], " ")
+    } else {
+        text.to_string()
+    })
+}
+
+/// A CSV file's column names (`Err`: not UTF-8) and the byte after the header.
+type CsvHeader = Result<Vec<String>, String>;
 
 /// The header of a CSV file and the byte offset after it.
-fn csv_header(path: &Path, delimiter: u8) -> Result<Option<(csv::StringRecord, i64)>, String> {
+fn csv_header(path: &Path, delimiter: u8) -> Result<Option<(CsvHeader, i64)>, String> {
     let f = File::open(path).map_err(|e| e.to_string())?;
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .has_headers(false)
+        .flexible(true)
         .from_reader(f);
-    let mut header = csv::StringRecord::new();
-    match rdr.read_record(&mut header) {
-        Ok(true) => Ok(Some((header, rdr.position().byte() as i64))),
+    let mut header = csv::ByteRecord::new();
+    match rdr.read_byte_record(&mut header) {
+        Ok(true) => {
+            let end = rdr.position().byte() as i64;
+            let names: Result<Vec<String>, String> = header
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let f = if i == 0 {
+                        f.strip_prefix(BOM).unwrap_or(f)
+                    } else {
+                        f
+                    };
+                    std::str::from_utf8(f).map(str::to_string).map_err(|_| {
+                        format!("the CSV header's column {} is not valid UTF-8", i + 1)
+                    })
+                })
+                .collect();
+            Ok(Some((names, end)))
+        }
         Ok(false) => Ok(None),
         Err(e) => Err(format!("bad CSV header: {e}")),
     }
 }
 
-/// CSV rows as JSON objects of strings, from byte `start` (0: after the
-/// header). Only complete lines unless `final_`.
-fn read_csv(
-    path: &Path,
-    start: i64,
-    max: usize,
-    final_: bool,
-    delimiter: u8,
-) -> Result<Chunk, String> {
-    let Some((header, header_end)) = csv_header(path, delimiter)? else {
-        return Ok(Chunk {
-            end: start,
-            at_end: true,
-            ..Chunk::default()
-        });
-    };
-    let start = start.max(header_end);
-    let (mut buf, eof) = chunk(path, start)?;
-    if !(eof && final_) {
-        // Only whole lines: a row being written is read next time.
-        let keep = buf.iter().rposition(|b| *b == b'\n').map_or(0, |n| n + 1);
-        buf.truncate(keep);
+/// Parses single CSV rows (quotes, escaped quotes, a delimiter) without
+/// allocating per row.
+struct CsvRow {
+    rdr: csv_core::Reader,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl CsvRow {
+    fn new(delimiter: u8) -> CsvRow {
+        CsvRow {
+            rdr: csv_core::ReaderBuilder::new().delimiter(delimiter).build(),
+            out: Vec::new(),
+            ends: Vec::new(),
+        }
     }
-    let complete = buf.len();
-    let mut rdr = csv::ReaderBuilder::new()
-        .delimiter(delimiter)
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(&buf[..]);
-    let mut out = Chunk {
-        end: start,
-        ..Chunk::default()
-    };
-    let mut row = csv::StringRecord::new();
-    while out.records.len() + out.rejects.len() < max {
-        match rdr.read_record(&mut row) {
-            Ok(false) => break,
-            Ok(true) => {
-                if row.len() == 1 && row.get(0) == Some("") {
-                    // A blank line.
-                } else if row.len() != header.len() {
-                    out.rejects.push(Reject {
-                        record: row.iter().collect::<Vec<_>>().join(","),
-                        message: format!(
-                            "CSV row {} has {} fields, the header has {}",
-                            row.position().map_or(0, |p| p.line()),
-                            row.len(),
-                            header.len()
-                        ),
-                    });
-                } else {
-                    out.records.push(csv_record(&header, &row));
+
+    /// The fields of one row (its bytes without the line feed).
+    fn fields(&mut self, raw: &[u8]) -> Result<Vec<&[u8]>, (Stage, String)> {
+        use csv_core::ReadRecordResult as R;
+        self.rdr.reset();
+        // Unquoting never makes a row longer; a row has at most len + 1 fields.
+        self.out.resize(raw.len() + 1, 0);
+        self.ends.resize(raw.len() + 2, 0);
+        let (mut input, mut nout, mut nend) = (raw, 0usize, 0usize);
+        loop {
+            let (res, nin, o, e) =
+                self.rdr
+                    .read_record(input, &mut self.out[nout..], &mut self.ends[nend..]);
+            // Field ends count from the start of the record, across calls.
+            input = &input[nin..];
+            nout += o;
+            nend += e;
+            match res {
+                R::InputEmpty => {}
+                R::Record | R::End => break,
+                R::OutputFull | R::OutputEndsFull => {
+                    return Err((Stage::Input, "bad CSV: the row does not parse".into()));
                 }
             }
-            Err(e) => {
-                out.rejects.push(Reject {
-                    record: String::new(),
-                    message: format!("bad CSV: {e}"),
-                });
-                break;
-            }
         }
-        out.end = start + rdr.position().byte() as i64;
+        if !input.is_empty() {
+            return Err((
+                Stage::Input,
+                "bad CSV: a line break (carriage return) inside an unquoted field".into(),
+            ));
+        }
+        let mut fields = Vec::with_capacity(nend);
+        let mut from = 0;
+        for &end in &self.ends[..nend] {
+            fields.push(&self.out[from..end]);
+            from = end;
+        }
+        Ok(fields)
     }
-    out.at_end = eof && (out.end - start) as usize >= complete;
-    Ok(out)
 }
 
-/// Elements of a JSON array from index `start`. A file that does not parse
-/// is an error when `final_`, else (being written) read later.
-fn read_json(path: &Path, start: i64, max: usize, final_: bool) -> Result<Chunk, String> {
-    let text = std::fs::read(path).map_err(|e| e.to_string())?;
-    let items: Vec<Value> = match serde_json::from_slice(&text) {
-        Ok(Value::Array(items)) => items,
-        Ok(_) => return Err("a json input must be one JSON array of records".into()),
-        Err(_) if !final_ => {
-            return Ok(Chunk {
-                end: start,
-                ..Chunk::default()
-            });
-        }
-        Err(e) => return Err(format!("invalid JSON: {e}")),
-    };
-    let from = (start.max(0) as usize).min(items.len());
-    let to = (from + max).min(items.len());
-    Ok(Chunk {
-        records: items[from..to].iter().map(Value::to_string).collect(),
-        rejects: Vec::new(),
-        end: to as i64,
-        at_end: to == items.len(),
-    })
+/// A CSV row as a JSON object of strings, keyed by the header.
+fn csv_record(header: &CsvHeader, row: &[&[u8]]) -> Result<String, (Stage, String)> {
+    let header = header.as_ref().map_err(|e| (Stage::Decode, e.clone()))?;
+    if row.len() != header.len() {
+        return Err((
+            Stage::Input,
+            format!(
+                "CSV row has {} field{}, the header has {}",
+                row.len(),
+                if row.len() == 1 { "" } else { "s" },
+                header.len()
+            ),
+        ));
+    }
+    let mut obj = Map::with_capacity(header.len());
+    for (i, (k, v)) in header.iter().zip(row.iter().copied()).enumerate() {
+        let v = std::str::from_utf8(v).map_err(|_| {
+            (
+                Stage::Decode,
+                format!("CSV field `{k}` (column {}) is not valid UTF-8", i + 1),
+            )
+        })?;
+        obj.insert(k.clone(), Value::String(v.to_string()));
+    }
+    Ok(Value::Object(obj).to_string())
 }
 
-/// Standard input: JSON lines (or CSV with a header line). Batches are cut
-/// at `batch_size` records or `linger` after their first record.
+/// Standard input: JSON lines (or CSV with a header line, or one JSON
+/// array). Batches are cut at `batch_size` records or `linger` after their
+/// first record.
 pub struct StdinSource {
-    rx: tokio::sync::mpsc::Receiver<Result<String, String>>,
-    batch_size: usize,
+    rx: tokio::sync::mpsc::Receiver<Result<Line, String>>,
+    limits: Limits,
     linger: Duration,
     format: Format,
-    header: Option<csv::StringRecord>,
+    header: Option<CsvHeader>,
     ended: bool,
 }
 
-impl StdinSource {
-    pub fn new(format: Format, batch_size: usize, linger: Duration) -> StdinSource {
-        let (tx, rx) = tokio::sync::mpsc::channel(batch_size.max(1) * 4);
-        tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-            loop {
-                match lines.next_line().await {
-                    Ok(Some(l)) => {
-                        if tx.send(Ok(l)).await.is_err() {
-                            return;
+/// A line of standard input, or the head of an over-long one.
+enum Line {
+    Whole(Vec<u8>),
+    TooLong { head: Vec<u8>, len: usize },
+}
+
+/// Reads standard input as lines of at most `max` bytes (longer ones are
+/// reported with their head), into `tx`.
+async fn read_lines(
+    mut input: impl tokio::io::AsyncRead + Unpin,
+    max: usize,
+    tx: tokio::sync::mpsc::Sender<Result<Line, String>>,
+) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut line: Vec<u8> = Vec::new();
+    let mut len = 0usize;
+    loop {
+        let n = match input.read(&mut buf).await {
+            Ok(0) => {
+                if len > 0 {
+                    let l = if len > max {
+                        Line::TooLong { head: line, len }
+                    } else {
+                        Line::Whole(line)
+                    };
+                    let _ = tx.send(Ok(l)).await;
+                }
+                return;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string())).await;
+                return;
+            }
+        };
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let (piece, ended) = match memchr::memchr(b'\n', rest) {
+                Some(i) => (&rest[..i], Some(i + 1)),
+                None => (rest, None),
+            };
+            let room = KEEP_BYTES
+                .min(max.saturating_add(1))
+                .saturating_sub(line.len());
+            line.extend_from_slice(&piece[..piece.len().min(room)]);
+            len += piece.len();
+            match ended {
+                Some(i) => {
+                    let l = if len > max {
+                        Line::TooLong {
+                            head: std::mem::take(&mut line),
+                            len,
                         }
-                    }
-                    Ok(None) => return,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string())).await;
+                    } else {
+                        Line::Whole(std::mem::take(&mut line))
+                    };
+                    len = 0;
+                    if tx.send(Ok(l)).await.is_err() {
                         return;
                     }
+                    rest = &rest[i..];
                 }
+                None => rest = &[],
             }
-        });
+        }
+    }
+}
+
+impl StdinSource {
+    pub fn new(format: Format, limits: Limits, linger: Duration) -> StdinSource {
+        let (tx, rx) = tokio::sync::mpsc::channel(limits.batch_size * 4);
+        tokio::spawn(read_lines(tokio::io::stdin(), limits.max_record_bytes, tx));
         StdinSource {
             rx,
-            batch_size: batch_size.max(1),
+            limits,
             linger,
             format,
             header: None,
@@ -441,40 +1130,121 @@ impl StdinSource {
         }
     }
 
-    fn take(&mut self, line: String, batch: &mut SourceBatch) {
-        let line = line.trim();
-        if line.is_empty() {
+    fn take(&mut self, line: Line, batch: &mut SourceBatch) {
+        let reject = |record: Vec<u8>, stage: Stage, message: String| Reject {
+            record,
+            stage,
+            message,
+            at: Some("stdin".into()),
+        };
+        let line = match line {
+            Line::Whole(l) => l,
+            Line::TooLong { head, len } => {
+                batch.rejects.push(reject(
+                    head,
+                    Stage::Input,
+                    format!(
+                        "record of {len} bytes is longer than max_record_bytes ({})",
+                        self.limits.max_record_bytes
+                    ),
+                ));
+                return;
+            }
+        };
+        let raw = line.trim_ascii();
+        if raw.is_empty() {
             return;
         }
         match self.format {
-            Format::Jsonl | Format::Json => batch.records.push(line.to_string()),
+            Format::Jsonl | Format::Json => match std::str::from_utf8(raw) {
+                Ok(t) => batch.records.push(t.to_string()),
+                Err(e) => batch.rejects.push(reject(
+                    raw.to_vec(),
+                    Stage::Decode,
+                    format!("not valid UTF-8 (byte {} of the record)", e.valid_up_to()),
+                )),
+            },
             Format::Csv => {
-                let mut rdr = csv::ReaderBuilder::new()
-                    .has_headers(false)
-                    .from_reader(line.as_bytes());
-                let row = rdr.records().next();
-                match (row, &self.header) {
-                    (Some(Ok(row)), None) => self.header = Some(row),
-                    (Some(Ok(row)), Some(h)) if row.len() == h.len() => {
-                        batch.records.push(csv_record(h, &row));
+                let raw = line.strip_suffix(b"\r").unwrap_or(&line);
+                let mut parser = CsvRow::new(b',');
+                let row = match parser.fields(raw) {
+                    Ok(row) => row,
+                    Err((stage, message)) => {
+                        batch.rejects.push(reject(raw.to_vec(), stage, message));
+                        return;
                     }
-                    (Some(Ok(row)), Some(h)) => batch.rejects.push(Reject {
-                        record: line.to_string(),
-                        message: format!(
-                            "CSV row has {} fields, the header has {}",
-                            row.len(),
-                            h.len()
-                        ),
-                    }),
-                    (Some(Err(e)), _) => batch.rejects.push(Reject {
-                        record: line.to_string(),
-                        message: format!("bad CSV: {e}"),
-                    }),
-                    (None, _) => {}
+                };
+                match &self.header {
+                    None => {
+                        self.header = Some(
+                            row.iter()
+                                .enumerate()
+                                .map(|(i, f)| {
+                                    let f = if i == 0 {
+                                        f.strip_prefix(BOM).unwrap_or(f)
+                                    } else {
+                                        f
+                                    };
+                                    std::str::from_utf8(f).map(str::to_string).map_err(|_| {
+                                        format!(
+                                            "the CSV header's column {} is not valid UTF-8",
+                                            i + 1
+                                        )
+                                    })
+                                })
+                                .collect(),
+                        );
+                    }
+                    Some(h) => match csv_record(h, &row) {
+                        Ok(r) => batch.records.push(r),
+                        Err((stage, message)) => {
+                            batch.rejects.push(reject(raw.to_vec(), stage, message))
+                        }
+                    },
                 }
             }
         }
     }
+
+    /// A whole JSON array from standard input.
+    async fn json_array(&mut self) -> Result<SourceBatch, SourceError> {
+        let mut text = Vec::new();
+        while let Some(line) = self.rx.recv().await {
+            match line.map_err(SourceError::Stdin)? {
+                Line::Whole(l) => text.extend_from_slice(&l),
+                Line::TooLong { head, .. } => text.extend_from_slice(&head),
+            }
+            text.push(b'\n');
+        }
+        self.ended = true;
+        let dir = tempfile_dir();
+        let path = dir.join(format!("weavster-stdin-{}.json", std::process::id()));
+        std::fs::write(&path, &text).map_err(|e| SourceError::Stdin(e.to_string()))?;
+        let limits = Limits {
+            batch_size: usize::MAX,
+            max_batch_bytes: usize::MAX,
+            ..self.limits
+        };
+        let read = Reader {
+            path: &path,
+            stream: "stdin",
+            start: 0,
+            limits,
+            final_: true,
+        }
+        .json();
+        let _ = std::fs::remove_file(&path);
+        let chunk = read.map_err(SourceError::Stdin)?;
+        Ok(SourceBatch {
+            records: chunk.records,
+            rejects: chunk.rejects,
+            position: None,
+        })
+    }
+}
+
+fn tempfile_dir() -> PathBuf {
+    std::env::temp_dir()
 }
 
 impl Source for StdinSource {
@@ -483,22 +1253,14 @@ impl Source for StdinSource {
             if self.ended {
                 return Ok(None);
             }
-            let mut batch = SourceBatch::default();
-            // A JSON array arrives whole: collect all of standard input.
+            // A JSON array arrives whole.
             if self.format == Format::Json {
-                let mut text = String::new();
-                while let Some(line) = self.rx.recv().await {
-                    text.push_str(&line.map_err(SourceError::Stdin)?);
-                    text.push('\n');
-                }
-                self.ended = true;
-                let items: Vec<Value> = serde_json::from_str(&text)
-                    .map_err(|e| SourceError::Stdin(format!("invalid JSON array: {e}")))?;
-                batch.records = items.iter().map(Value::to_string).collect();
+                let batch = self.json_array().await?;
                 return Ok(Some(batch));
             }
+            let mut batch = SourceBatch::default();
             let mut deadline = None;
-            while batch.records.len() + batch.rejects.len() < self.batch_size {
+            while batch.records.len() + batch.rejects.len() < self.limits.batch_size {
                 let next = match deadline {
                     None => self.rx.recv().await,
                     Some(d) => match tokio::time::timeout_at(d, self.rx.recv()).await {
@@ -513,7 +1275,9 @@ impl Source for StdinSource {
                     }
                     Some(line) => {
                         self.take(line.map_err(SourceError::Stdin)?, &mut batch);
-                        if deadline.is_none() && !batch.records.is_empty() {
+                        if deadline.is_none()
+                            && !(batch.records.is_empty() && batch.rejects.is_empty())
+                        {
                             deadline = Some(tokio::time::Instant::now() + self.linger);
                         }
                     }
@@ -531,66 +1295,209 @@ impl Source for StdinSource {
 mod tests {
     use super::*;
 
-    fn check_jsonl(content: &str, start: i64, max: usize, final_: bool, want: &[&str], end: i64) {
+    fn limits(batch: usize, max_record: usize) -> Limits {
+        Limits::new(batch, max_record)
+    }
+
+    /// Records, rejects (stage, bytes), end, at_end.
+    type Read = (Vec<String>, Vec<(Stage, Vec<u8>)>, i64, bool);
+
+    /// Reads `content` (as file `name`) from `start` with `limits`; returns
+    /// the records, the rejects' (stage, bytes), the end and at_end.
+    fn check(name: &str, content: &[u8], start: i64, limits: Limits, final_: bool) -> Read {
         let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("in.jsonl");
+        let p = dir.path().join(name);
         std::fs::write(&p, content).expect("write");
-        let r = read_jsonl(&p, start, max, final_).expect("read");
-        assert_eq!(r.records, want);
-        assert_eq!(r.end, end);
+        let r = Reader {
+            path: &p,
+            stream: name,
+            start,
+            limits,
+            final_,
+        };
+        let c = match format_of(&p, None) {
+            Some(Format::Jsonl) => r.jsonl(),
+            Some(Format::Csv) => r.csv(b','),
+            _ => r.json(),
+        }
+        .expect("read");
+        let rejects = c.rejects.into_iter().map(|r| (r.stage, r.record)).collect();
+        (c.records, rejects, c.end, c.at_end)
+    }
+
+    /// Reads a whole file batch by batch, as a source does.
+    fn read_all(
+        name: &str,
+        content: &[u8],
+        limits: Limits,
+    ) -> (Vec<String>, Vec<(Stage, Vec<u8>)>) {
+        let mut start = 0;
+        let mut records = Vec::new();
+        let mut rejects = Vec::new();
+        for _ in 0..10_000 {
+            let (r, j, end, at_end) = check(name, content, start, limits, true);
+            let progress = end != start || !r.is_empty() || !j.is_empty();
+            records.extend(r);
+            rejects.extend(j);
+            start = end;
+            if at_end && !progress {
+                return (records, rejects);
+            }
+            assert!(progress || at_end, "no progress at {start}");
+        }
+        panic!("did not finish");
     }
 
     #[test]
     fn jsonl_positions() {
-        check_jsonl(
-            "{\"a\":1}\n\n{\"a\":2}\n",
+        let l = limits(10, 1 << 20);
+        let (r, _, end, _) = check("in.jsonl", b"{\"a\":1}\n\n{\"a\":2}\n", 0, l, false);
+        assert_eq!(
+            (r, end),
+            (vec!["{\"a\":1}".to_string(), "{\"a\":2}".into()], 17)
+        );
+        let (r, _, end, _) = check("in.jsonl", b"{\"a\":1}\n{\"a\":2}\n", 8, l, false);
+        assert_eq!((r, end), (vec!["{\"a\":2}".to_string()], 16));
+        let (r, _, end, _) = check(
+            "in.jsonl",
+            b"{\"a\":1}\n{\"a\":2}\n",
             0,
-            10,
+            limits(1, 99),
             false,
-            &["{\"a\":1}", "{\"a\":2}"],
-            17,
         );
-        check_jsonl("{\"a\":1}\n{\"a\":2}\n", 8, 10, false, &["{\"a\":2}"], 16);
-        check_jsonl("{\"a\":1}\n{\"a\":2}\n", 0, 1, false, &["{\"a\":1}"], 8);
+        assert_eq!((r, end), (vec!["{\"a\":1}".to_string()], 8));
         // A line still being written is left for later, unless final.
-        check_jsonl("{\"a\":1}\n{\"a\"", 0, 10, false, &["{\"a\":1}"], 8);
-        check_jsonl(
-            "{\"a\":1}\n{\"a\":2}",
-            0,
-            10,
-            true,
-            &["{\"a\":1}", "{\"a\":2}"],
-            15,
+        let (r, _, end, _) = check("in.jsonl", b"{\"a\":1}\n{\"a\"", 0, l, false);
+        assert_eq!((r, end), (vec!["{\"a\":1}".to_string()], 8));
+        let (r, _, end, _) = check("in.jsonl", b"{\"a\":1}\r\n{\"a\":2}", 0, l, true);
+        assert_eq!(
+            (r, end),
+            (vec!["{\"a\":1}".to_string(), "{\"a\":2}".into()], 16)
         );
+        // A byte-order mark is not part of the first record.
+        let (r, _, _, _) = check("in.jsonl", b"\xEF\xBB\xBF{\"a\":1}\n", 0, l, true);
+        assert_eq!(r, ["{\"a\":1}"]);
+    }
+
+    #[test]
+    fn jsonl_bad_lines_are_rejects_and_reading_goes_on() {
+        let long = format!("{{\"k\":\"{}\"}}", "x".repeat(3000));
+        let content = [
+            b"{\"id\":1}\n".to_vec(),
+            long.clone().into_bytes(),
+            b"\n{\"id\":2,\"s\":\"\xff\"}\n{\"id\":3,\"z\":\"a\x00b\"}\n{\"id\":4}".to_vec(),
+        ]
+        .concat();
+        // max_record_bytes below the long line, window far above it.
+        let (records, rejects) = read_all("in.jsonl", &content, limits(2, 100));
+        assert_eq!(
+            records,
+            ["{\"id\":1}", "{\"id\":3,\"z\":\"a\u{0}b\"}", "{\"id\":4}"]
+        );
+        assert_eq!(rejects.len(), 2);
+        assert_eq!(rejects[0], (Stage::Input, long.into_bytes()));
+        assert_eq!(
+            rejects[1],
+            (Stage::Decode, b"{\"id\":2,\"s\":\"\xff\"}".to_vec())
+        );
+    }
+
+    #[test]
+    fn a_line_longer_than_the_window_is_skipped_to_its_end() {
+        // 3 MiB line with a 1 MiB window: read through the file.
+        let long = vec![b'x'; 3 << 20];
+        let content = [
+            b"{\"id\":1}\n".to_vec(),
+            long.clone(),
+            b"\n{\"id\":2}\n".to_vec(),
+        ]
+        .concat();
+        let l = Limits {
+            batch_size: 10,
+            max_record_bytes: 1000,
+            max_batch_bytes: MAX_BATCH_BYTES,
+        };
+        let (records, rejects) = read_all("in.jsonl", &content, l);
+        assert_eq!(records, ["{\"id\":1}", "{\"id\":2}"]);
+        assert_eq!(rejects, [(Stage::Input, long)]);
     }
 
     #[test]
     fn csv_rows_and_rejects() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("in.csv");
-        std::fs::write(&p, "id,name\n1,\"a, b\"\n2\n3,c\n").expect("write");
-        let r = read_csv(&p, 0, 10, true, b',').expect("read");
+        let l = limits(10, 1 << 20);
+        let (r, j, end, _) = check("in.csv", b"id,name\n1,\"a, b\"\n2\n3,c\n", 0, l, true);
         assert_eq!(
-            r.records,
+            r,
             [r#"{"id":"1","name":"a, b"}"#, r#"{"id":"3","name":"c"}"#]
         );
-        assert_eq!(r.rejects.len(), 1);
-        assert!(r.rejects[0].message.contains("1 fields, the header has 2"));
-        assert_eq!(r.end, 23);
+        assert_eq!(j, [(Stage::Input, b"2".to_vec())]);
+        assert_eq!(end, 23);
         // Resuming after the first row.
-        let r = read_csv(&p, 17, 10, true, b',').expect("read");
-        assert_eq!(r.records, [r#"{"id":"3","name":"c"}"#]);
+        let (r, _, _, _) = check("in.csv", b"id,name\n1,\"a, b\"\n2\n3,c\n", 17, l, true);
+        assert_eq!(r, [r#"{"id":"3","name":"c"}"#]);
+        // Invalid UTF-8: that row only, and reading goes on (once hung).
+        let (r, j) = read_all("in.csv", b"id,name\n1,ann\n2,\xff\n3,cy\n", l);
+        assert_eq!(
+            r,
+            [r#"{"id":"1","name":"ann"}"#, r#"{"id":"3","name":"cy"}"#]
+        );
+        assert_eq!(j, [(Stage::Decode, b"2,\xff".to_vec())]);
+        // A quoted line break inside a row being written is not a row yet.
+        let (r, _, end, _) = check("in.csv", b"id,note\n1,\"a\nb", 0, l, false);
+        assert_eq!((r.len(), end), (0, 8));
+        // BOM and CRLF.
+        let (r, _) = read_all("in.csv", b"\xEF\xBB\xBFid,n\r\n1,a\r\n", l);
+        assert_eq!(r, [r#"{"id":"1","n":"a"}"#]);
     }
 
     #[test]
-    fn json_array_by_index() {
+    fn json_arrays_stream_by_element() {
+        let l = limits(2, 1 << 20);
+        let text = b"[{\"a\": 1},\n {\"a\":\n 2.50}, {\"a\": 3}]";
+        let (r, _, end, at_end) = check("in.json", text, 0, l, true);
+        assert_eq!(r, ["{\"a\": 1}", "{\"a\":  2.50}"]);
+        assert!(!at_end);
+        let (r, _, _, at_end) = check("in.json", text, end, l, true);
+        assert_eq!(r, ["{\"a\": 3}"]);
+        assert!(at_end);
+        // An element that is not JSON is a dead letter; reading goes on.
+        let (r, j) = read_all("in.json", b"[{\"a\":1}, {\"a\": tru}, {\"a\":2}]", l);
+        assert_eq!(r, ["{\"a\":1}", "{\"a\":2}"]);
+        assert_eq!(j, [(Stage::Decode, b"{\"a\": tru}".to_vec())]);
+        // Truncated: the rest is one dead letter.
+        let (r, j) = read_all("in.json", b"[{\"a\":1}, {\"a\":", l);
+        assert_eq!(r, ["{\"a\":1}"]);
+        assert_eq!(j, [(Stage::Input, b"{\"a\":".to_vec())]);
+        // An object, not an array: one dead letter.
+        let (r, j) = read_all("in.json", b"{\"a\":1}", l);
+        assert!(r.is_empty());
+        assert_eq!(j, [(Stage::Input, b"{\"a\":1}".to_vec())]);
+        // Empty and empty arrays: nothing.
+        assert_eq!(read_all("in.json", b"", l), (vec![], vec![]));
+        assert_eq!(read_all("in.json", b" [ ] ", l), (vec![], vec![]));
+    }
+
+    #[test]
+    fn a_json_array_appended_by_rewriting_its_bracket_is_followed() {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("in.json");
-        std::fs::write(&p, "[{\"a\": 1},\n {\"a\": 2}, {\"a\": 3}]").expect("write");
-        let r = read_json(&p, 1, 1, true).expect("read");
-        assert_eq!(r.records, [r#"{"a":2}"#]);
-        assert_eq!(r.end, 2);
-        assert!(!r.at_end);
+        std::fs::write(&p, b"[\n{\"a\":1}\n]\n").expect("write");
+        let read = |start| {
+            Reader {
+                path: &p,
+                stream: "in.json",
+                start,
+                limits: limits(10, 1 << 20),
+                final_: false,
+            }
+            .json()
+            .expect("read")
+        };
+        let c = read(0);
+        assert_eq!(c.records, ["{\"a\":1}"]);
+        std::fs::write(&p, b"[\n{\"a\":1},\n{\"a\":2}\n]\n").expect("write");
+        let c = read(c.end);
+        assert_eq!(c.records, ["{\"a\":2}"]);
     }
 
     #[test]
@@ -598,7 +1505,31 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("in.jsonl");
         std::fs::write(&p, "{}\n").expect("write");
-        let e = read_jsonl(&p, 100, 10, true).expect_err("shorter than position");
+        let r = Reader {
+            path: &p,
+            stream: "in.jsonl",
+            start: 100,
+            limits: limits(10, 100),
+            final_: true,
+        };
+        let e = r.jsonl().expect_err("shorter than position");
         assert!(e.contains("--from-start"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn stdin_lines_are_bounded() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(10);
+        let input = b"abc\ndefghijkl\nmn".to_vec();
+        read_lines(&input[..], 5, tx).await;
+        let mut got = Vec::new();
+        while let Some(Ok(l)) = rx.recv().await {
+            got.push(match l {
+                Line::Whole(l) => format!("whole {}", String::from_utf8_lossy(&l)),
+                Line::TooLong { head, len } => {
+                    format!("long {} {len}", String::from_utf8_lossy(&head))
+                }
+            });
+        }
+        assert_eq!(got, ["whole abc", "long defghi 9", "whole mn"]);
     }
 }

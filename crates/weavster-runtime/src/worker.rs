@@ -1,5 +1,13 @@
 //! The job handler: a batch through a warm wasm instance, into the sinks.
+//!
+//! One attempt at a job: run the batch in the guest; write its dead letters
+//! (keyed by job and item, so a retry never writes them twice); then each
+//! output not already written by an earlier attempt of the job, each write
+//! followed by a mark (`weavster.job_outputs`) together with the records
+//! that output refused. A failure anywhere before an output's write leaves
+//! that output unwritten; a retry skips the outputs already marked.
 
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -9,34 +17,11 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use weavster_host::{FlowModule, HostError, Instance};
 
-use crate::metrics::{DeadLabel, Metrics, OutputLabel};
+use crate::dead_letter::{self, Dead, Stage};
+use crate::metrics::{Metrics, OutputLabel};
 use crate::queue::{self, Job};
 use crate::sink::Sink;
-use crate::{Db, RuntimeError};
-
-/// Every dead-letter stage: `input` (the source could not read it),
-/// `decode`/`transform`/`routing` (the flow rejected it), `trap`/`deadline`
-/// (the guest crashed or ran too long on it), `output` (a sink refused it),
-/// `delivery` (its batch failed every attempt).
-pub const STAGES: &[&str] = &[
-    "input",
-    "decode",
-    "transform",
-    "routing",
-    "trap",
-    "deadline",
-    "output",
-    "delivery",
-];
-
-/// A record for the dead-letter table.
-#[derive(Debug, Clone)]
-pub(crate) struct Dead {
-    pub record: String,
-    pub stage: String,
-    pub message: String,
-    pub path: Option<String>,
-}
+use crate::{Db, DbError};
 
 /// A flow's shared worker state.
 pub(crate) struct FlowWorker {
@@ -56,16 +41,18 @@ pub(crate) struct FlowWorker {
 /// What one batch produced.
 #[derive(Default)]
 struct Executed {
-    /// Record texts by output.
-    routed: Vec<Vec<String>>,
+    /// Record texts by output, with their item (index in the job).
+    routed: Vec<Vec<(usize, String)>>,
     dead: Vec<Dead>,
     filtered: u64,
     unrouted: u64,
     traps: u64,
 }
 
+/// One line of the guest's answer (ABI v1): item `i`, then routes and a
+/// record, a filter mark, or a record error.
 #[derive(Deserialize)]
-struct OutLine<'a> {
+struct Outcome<'a> {
     i: usize,
     #[serde(default)]
     o: Option<Vec<u32>>,
@@ -74,15 +61,24 @@ struct OutLine<'a> {
     #[serde(default)]
     f: Option<u8>,
     #[serde(default)]
-    e: Option<OutError>,
+    e: Option<OutcomeError>,
 }
 
 #[derive(Deserialize)]
-struct OutError {
+struct OutcomeError {
     stage: String,
     message: String,
     #[serde(default)]
     path: Option<String>,
+}
+
+/// Why an attempt failed.
+enum Failure {
+    /// Retried with backoff (an output or the database failed).
+    Retry(String),
+    /// The guest answered something invalid: its records are dead-lettered
+    /// as `internal`, never retried (a retry would answer the same).
+    Internal(String),
 }
 
 fn encode_batch(now: &str, seed: u64, records: &[&str]) -> Vec<u8> {
@@ -113,7 +109,7 @@ impl FlowWorker {
     }
 
     /// Decodes the guest's outcome lines into `ex`; `index` maps an outcome's
-    /// record index to the batch's.
+    /// record index to the batch's. `Err`: an invalid answer.
     fn collect(
         &self,
         out: &[u8],
@@ -122,28 +118,44 @@ impl FlowWorker {
         ex: &mut Executed,
     ) -> Result<(), String> {
         for line in out.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let l: OutLine =
+            let l: Outcome =
                 serde_json::from_slice(line).map_err(|e| format!("bad outcome line: {e}"))?;
             let i = index(l.i);
+            if i >= records.len() {
+                return Err(format!(
+                    "outcome for record {i} of a batch of {}",
+                    records.len()
+                ));
+            }
             if let Some(r) = l.r {
+                let text = r.get();
+                if text.contains('\n') || !text.starts_with('{') {
+                    return Err(format!(
+                        "outcome record is not one-line JSON object: {text}"
+                    ));
+                }
                 let routes = l.o.unwrap_or_default();
                 if routes.is_empty() {
                     ex.unrouted += 1;
                 }
                 for o in routes {
-                    if let Some(list) = ex.routed.get_mut(o as usize) {
-                        list.push(r.get().to_string());
-                    }
+                    let list = ex
+                        .routed
+                        .get_mut(o as usize)
+                        .ok_or_else(|| format!("outcome routed to output {o}, which is not one"))?;
+                    list.push((i, text.to_string()));
                 }
             } else if l.f.is_some() {
                 ex.filtered += 1;
             } else if let Some(e) = l.e {
-                ex.dead.push(Dead {
-                    record: records.get(i).copied().unwrap_or_default().to_string(),
-                    stage: e.stage,
-                    message: e.message,
-                    path: e.path,
-                });
+                let mut d = Dead::new(
+                    records[i].as_bytes(),
+                    Stage::from_guest(&e.stage),
+                    e.message,
+                )
+                .item(i);
+                d.path = e.path;
+                ex.dead.push(d);
             } else {
                 return Err("outcome line without an outcome".into());
             }
@@ -153,140 +165,186 @@ impl FlowWorker {
 
     /// Runs the batch. After a trap or deadline the records are retried one
     /// by one on fresh instances, so only the records that trap again are
-    /// dead-lettered. `Err`: the batch cannot run at all (retried).
-    fn execute(&self, records: &[&str], seed: u64, now: &str) -> Result<Executed, String> {
+    /// dead-lettered.
+    fn execute(&self, records: &[&str], seed: u64, now: &str) -> Result<Executed, Failure> {
         let mut ex = Executed {
             routed: vec![Vec::new(); self.outputs.len()],
             ..Executed::default()
         };
         match self.run_guest(&encode_batch(now, seed, records)) {
-            Ok(out) => self.collect(&out, records, |i| i, &mut ex)?,
+            Ok(out) => self
+                .collect(&out, records, |i| i, &mut ex)
+                .map_err(Failure::Internal)?,
             Err(e) if e.ends_instance() => {
                 ex.traps += 1;
                 tracing::warn!(flow = %self.name, "{e}; retrying the batch record by record");
                 for (k, rec) in records.iter().enumerate() {
                     let one = [*rec];
                     match self.run_guest(&encode_batch(now, seed, &one)) {
-                        Ok(out) => self.collect(&out, records, |_| k, &mut ex)?,
+                        Ok(out) => self
+                            .collect(&out, records, |_| k, &mut ex)
+                            .map_err(Failure::Internal)?,
                         Err(e) if e.ends_instance() => {
                             ex.traps += 1;
                             let stage = if matches!(e, HostError::Deadline(_)) {
-                                "deadline"
+                                Stage::Deadline
                             } else {
-                                "trap"
+                                Stage::Trap
                             };
-                            ex.dead.push(Dead {
-                                record: rec.to_string(),
-                                stage: stage.into(),
-                                message: e.to_string(),
-                                path: None,
-                            });
+                            ex.dead
+                                .push(Dead::new(rec.as_bytes(), stage, e.to_string()).item(k));
                         }
-                        Err(e) => return Err(e.to_string()),
+                        Err(e) => return Err(Failure::Retry(e.to_string())),
                     }
                 }
             }
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(Failure::Retry(e.to_string())),
         }
         Ok(ex)
     }
 
-    /// One attempt at a job: guest, sinks, dead letters, counters.
-    async fn process(&self, job: &Job, seed: u64) -> Result<(), String> {
+    /// The outputs an earlier attempt of `job` already wrote.
+    async fn written_outputs(&self, job: &str) -> Result<BTreeSet<usize>, DbError> {
+        let rows: Vec<(i32,)> =
+            sqlx::query_as("SELECT output FROM weavster.job_outputs WHERE job_id = $1")
+                .bind(job)
+                .fetch_all(self.db.pool())
+                .await?;
+        Ok(rows.into_iter().map(|(o,)| o as usize).collect())
+    }
+
+    /// Marks output `o` of `job` written, with the records it refused, in
+    /// one transaction. Not fsynced on its own: the job's acknowledgement,
+    /// a synchronous commit after it, flushes it.
+    async fn mark_written(&self, job: &str, o: usize, refused: &[Dead]) -> Result<(), DbError> {
+        let mut tx = self.db.pool().begin().await?;
+        sqlx::query("SET LOCAL synchronous_commit = off")
+            .execute(&mut *tx)
+            .await?;
+        dead_letter::insert(&mut *tx, &self.name, self.run_id, 1, Some(job), refused).await?;
+        sqlx::query(
+            "INSERT INTO weavster.job_outputs (job_id, output) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(job)
+        .bind(o as i32)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// One attempt at a job: guest, dead letters, sinks, counters.
+    async fn process(&self, job: &Job, id: &str, attempt: u32, seed: u64) -> Result<(), Failure> {
         let started = Instant::now();
         let records = job.lines();
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        let mut ex = tokio::task::block_in_place(|| self.execute(&records, seed, &now))?;
-        let mut written = vec![0u64; self.outputs.len()];
+        let ex = tokio::task::block_in_place(|| self.execute(&records, seed, &now))?;
+        let retry = |e: DbError| Failure::Retry(e.to_string());
+        // Dead letters before any output: a failure here has written nothing.
+        dead_letter::insert(
+            self.db.pool(),
+            &self.name,
+            self.run_id,
+            1,
+            Some(id),
+            &ex.dead,
+        )
+        .await
+        .map_err(retry)?;
+        let done = if attempt > 1 {
+            self.written_outputs(id).await.map_err(retry)?
+        } else {
+            BTreeSet::new()
+        };
+        let m = &self.metrics;
+        let mut refused_total = Vec::new();
         for (o, list) in ex.routed.iter().enumerate() {
-            if list.is_empty() {
+            if list.is_empty() || done.contains(&o) {
                 continue;
             }
-            let refs: Vec<&str> = list.iter().map(String::as_str).collect();
+            let refs: Vec<&str> = list.iter().map(|(_, r)| r.as_str()).collect();
             let sink = self
                 .sinks
                 .get(o)
-                .ok_or_else(|| format!("no sink for output {o}"))?;
-            let refused = sink.write(&refs).await.map_err(|e| e.to_string())?;
-            written[o] = (list.len() - refused.len()) as u64;
-            for (i, message) in refused {
-                ex.dead.push(Dead {
-                    record: refs.get(i).copied().unwrap_or_default().to_string(),
-                    stage: "output".into(),
-                    message: format!("{}: {message}", self.outputs[o]),
-                    path: None,
-                });
-            }
+                .ok_or_else(|| Failure::Internal(format!("no sink for output {o}")))?;
+            let refused = sink
+                .write(&refs)
+                .await
+                .map_err(|e| Failure::Retry(e.to_string()))?;
+            let refused: Vec<Dead> = refused
+                .into_iter()
+                .filter_map(|(k, message)| {
+                    let (item, text) = list.get(k)?;
+                    let mut d = Dead::new(
+                        text.as_bytes(),
+                        Stage::Output,
+                        format!("{}: {message}", self.outputs[o]),
+                    )
+                    .item(*item);
+                    d.output = Some(self.outputs[o].clone());
+                    Some(d)
+                })
+                .collect();
+            m.out
+                .get_or_create(&OutputLabel {
+                    flow: self.name.clone(),
+                    output: self.outputs[o].clone(),
+                })
+                .inc_by((list.len() - refused.len()) as u64);
+            self.mark_written(id, o, &refused).await.map_err(retry)?;
+            refused_total.extend(refused);
         }
-        insert_dead(&self.db, &self.name, self.run_id, 1, &ex.dead)
-            .await
-            .map_err(|e| e.to_string())?;
         // Counted once the job succeeded (a retried attempt counts once).
-        let m = &self.metrics;
         let fl = Metrics::flow(&self.name);
         m.processed.get_or_create(&fl).inc_by(records.len() as u64);
         m.filtered.get_or_create(&fl).inc_by(ex.filtered);
         m.unrouted.get_or_create(&fl).inc_by(ex.unrouted);
         m.traps.get_or_create(&fl).inc_by(ex.traps);
         m.batches.get_or_create(&fl).inc();
-        for (o, n) in written.iter().enumerate() {
-            m.out
-                .get_or_create(&OutputLabel {
-                    flow: self.name.clone(),
-                    output: self.outputs[o].clone(),
-                })
-                .inc_by(*n);
-        }
-        count_dead(m, &self.name, &ex.dead);
+        m.count_dead(&self.name, &ex.dead);
+        m.count_dead(&self.name, &refused_total);
         m.latency
             .get_or_create(&fl)
             .observe(started.elapsed().as_secs_f64());
         Ok(())
     }
-}
 
-pub(crate) fn count_dead(m: &Metrics, flow: &str, dead: &[Dead]) {
-    for d in dead {
-        m.dead
-            .get_or_create(&DeadLabel {
-                flow: flow.to_string(),
-                stage: d.stage.clone(),
-            })
-            .inc();
+    /// Dead-letters the records of `job` that have no dead letter yet (its
+    /// last attempt failed, or the guest answered something invalid).
+    async fn dead_letter_rest(
+        &self,
+        job: &Job,
+        id: &str,
+        attempts: u32,
+        stage: Stage,
+        message: &str,
+    ) -> Result<(), DbError> {
+        let lines = job.lines();
+        let have: Vec<(i32,)> = sqlx::query_as(
+            "SELECT DISTINCT item FROM weavster.dead_letters WHERE job_id = $1 AND item IS NOT NULL",
+        )
+        .bind(id)
+        .fetch_all(self.db.pool())
+        .await?;
+        let have: BTreeSet<usize> = have.into_iter().map(|(i,)| i as usize).collect();
+        let dead: Vec<Dead> = lines
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !have.contains(i))
+            .map(|(i, r)| Dead::new(r.as_bytes(), stage, message).item(i))
+            .collect();
+        dead_letter::insert(
+            self.db.pool(),
+            &self.name,
+            self.run_id,
+            attempts as i32,
+            Some(id),
+            &dead,
+        )
+        .await?;
+        self.metrics.count_dead(&self.name, &dead);
+        Ok(())
     }
-}
-
-/// Writes dead letters in one statement.
-pub(crate) async fn insert_dead(
-    db: &Db,
-    flow: &str,
-    run_id: i64,
-    attempts: i32,
-    dead: &[Dead],
-) -> Result<(), RuntimeError> {
-    if dead.is_empty() {
-        return Ok(());
-    }
-    let records: Vec<&str> = dead.iter().map(|d| d.record.as_str()).collect();
-    let stages: Vec<&str> = dead.iter().map(|d| d.stage.as_str()).collect();
-    let messages: Vec<&str> = dead.iter().map(|d| d.message.as_str()).collect();
-    let paths: Vec<Option<&str>> = dead.iter().map(|d| d.path.as_deref()).collect();
-    sqlx::query(
-        "INSERT INTO weavster.dead_letters (flow, record, stage, message, path, attempts, run_id)
-         SELECT $1, r, s, m, p, $6, $7
-         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[]) AS t(r, s, m, p)",
-    )
-    .bind(flow)
-    .bind(&records)
-    .bind(&stages)
-    .bind(&messages)
-    .bind(&paths)
-    .bind(attempts)
-    .bind(run_id)
-    .execute(db.pool())
-    .await
-    .map_err(|e| RuntimeError::Db(e.into()))?;
-    Ok(())
 }
 
 /// The apalis handler of every flow queue.
@@ -299,33 +357,46 @@ pub(crate) async fn handle(
     let id = task_id.to_string();
     let w: &FlowWorker = &worker;
     let n = attempt.current() as u32;
-    match w.process(&job, crate::fnv(&id)).await {
-        Ok(()) => Ok(()),
-        Err(message) => {
-            let fl = Metrics::flow(&w.name);
-            w.metrics.failed_batches.get_or_create(&fl).inc();
-            if n >= w.max_attempts {
-                tracing::error!(flow = %w.name, job = %id, attempt = n, "{message}; dead-lettering the batch");
-                let dead: Vec<Dead> = job
-                    .lines()
-                    .into_iter()
-                    .map(|r| Dead {
-                        record: r.to_string(),
-                        stage: "delivery".into(),
-                        message: format!("failed {n} times: {message}"),
-                        path: None,
-                    })
-                    .collect();
-                insert_dead(&w.db, &w.name, w.run_id, n as i32, &dead).await?;
-                count_dead(&w.metrics, &w.name, &dead);
-                Ok(())
-            } else {
-                let wait = queue::backoff(n);
-                tracing::warn!(flow = %w.name, job = %id, attempt = n, "{message}; retrying in {wait:?}");
-                queue::delay(&w.db, &id, wait).await?;
-                Err(message.into())
-            }
+    let message = match w.process(&job, &id, n, crate::fnv(&id)).await {
+        Ok(()) => return Ok(()),
+        Err(Failure::Internal(e)) => {
+            let message = format!(
+                "bug in Weavster: the compiled module of flow `{}` gave an invalid answer ({e}); \
+                 please report it with the flow's file, this record, and the generated Rust \
+                 (`weavster compile --debug --flow {}` writes it)",
+                w.name, w.name
+            );
+            tracing::error!(flow = %w.name, job = %id, "{message}");
+            w.dead_letter_rest(&job, &id, n, Stage::Internal, &message)
+                .await?;
+            return Ok(());
         }
+        Err(Failure::Retry(message)) => message,
+    };
+    let fl = Metrics::flow(&w.name);
+    w.metrics.failed_batches.get_or_create(&fl).inc();
+    if n >= w.max_attempts {
+        tracing::error!(flow = %w.name, job = %id, attempt = n, "{message}; dead-lettering the batch");
+        w.dead_letter_rest(
+            &job,
+            &id,
+            n,
+            Stage::Delivery,
+            &format!("failed {n} times: {message}"),
+        )
+        .await?;
+        Ok(())
+    } else {
+        let wait = queue::backoff(n);
+        tracing::warn!(flow = %w.name, job = %id, attempt = n, "{message}; retrying in {wait:?}");
+        queue::delay(&w.db, &id, wait).await?;
+        // Wake a worker when the wait is over (else it waits for a poll).
+        let (db, flow) = (w.db.clone(), w.name.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = queue::notify(&db, &flow, &id).await;
+        });
+        Err(message.into())
     }
 }
 
@@ -344,7 +415,7 @@ mod tests {
 
     #[test]
     fn outcome_lines_parse_borrowed() {
-        let l: OutLine = serde_json::from_str(r#"{"i":3,"o":[0,2],"r":{"a": 1}}"#).expect("parse");
+        let l: Outcome = serde_json::from_str(r#"{"i":3,"o":[0,2],"r":{"a": 1}}"#).expect("parse");
         assert_eq!(
             (l.i, l.o, l.r.map(RawValue::get)),
             (3, Some(vec![0, 2]), Some("{\"a\": 1}"))

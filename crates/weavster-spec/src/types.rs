@@ -43,6 +43,12 @@ pub struct ProjectFile {
     /// Runtime settings; a target's `runtime` overrides them key by key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub runtime: Option<RuntimeConfig>,
+    /// Allow `env_var()` in flow files. Off by default: a value rendered
+    /// into a flow is compiled into its module, which is meant to be
+    /// shipped; use `var()` for per-environment values instead. Secrets
+    /// (`WEAVSTER_SECRET_*`) are refused in flows even when this is on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_env_var_in_flows: bool,
 }
 
 /// Runtime settings. Every key is optional; see `docs/project.md` for defaults.
@@ -68,6 +74,16 @@ pub struct RuntimeConfig {
     /// is stopped and the batch retried record by record (default 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_timeout_ms: Option<u64>,
+    /// The longest record (a line, a CSV row, a JSON array element) an input
+    /// takes, in bytes (default 4194304, 4 MiB); a longer one goes to the
+    /// dead letters (stage `input`) and reading goes on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_record_bytes: Option<u64>,
+    /// Directories outside the project that file connectors may read or
+    /// write (absolute, or relative to the project). Paths outside the
+    /// project and these directories are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_paths: Option<Vec<String>>,
 }
 
 // ---------------------------------------------------------------------------
@@ -524,6 +540,8 @@ pub struct Runtime {
     pub workers: u32,
     pub max_attempts: u32,
     pub batch_timeout_ms: u64,
+    pub max_record_bytes: u64,
+    pub allowed_paths: Vec<String>,
 }
 
 impl Default for Runtime {
@@ -535,6 +553,8 @@ impl Default for Runtime {
             workers: 2,
             max_attempts: 5,
             batch_timeout_ms: 10_000,
+            max_record_bytes: 4 << 20,
+            allowed_paths: Vec::new(),
         }
     }
 }
@@ -559,6 +579,12 @@ impl Runtime {
         }
         if let Some(v) = cfg.batch_timeout_ms {
             self.batch_timeout_ms = v;
+        }
+        if let Some(v) = cfg.max_record_bytes {
+            self.max_record_bytes = v;
+        }
+        if let Some(v) = &cfg.allowed_paths {
+            self.allowed_paths = v.clone();
         }
     }
 }
