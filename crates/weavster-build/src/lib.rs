@@ -9,6 +9,11 @@
 //! source, the rustc version and the
 //! profile. A flow whose module exists for its key is not rebuilt; when no
 //! flow changed, cargo is not run at all.
+//!
+//! Running needs no Rust toolchain: beside each module, `<flow>-<key>.source`
+//! holds a key of everything but the rustc version. Without `rustc` on
+//! PATH, a module whose source key matches is used as it is; a flow with
+//! none is an error naming it ([`BuildError::NoToolchain`]).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -101,6 +106,12 @@ pub enum BuildError {
     Cargo(String),
     #[error("cannot generate the code of flow `{flow}`: {message} (a bug in Weavster)")]
     Codegen { flow: String, message: String },
+    #[error(
+        "flow `{flow}` must be compiled, and no Rust toolchain is on PATH ({detail}): \
+         install Rust (scripts/setup.sh does), or compile the project where Rust is \
+         and bring its .weavster/target/wasm along"
+    )]
+    NoToolchain { flow: String, detail: String },
 }
 
 /// One flow to build.
@@ -204,6 +215,31 @@ pub fn toolchain_key(rustc: &str, profile: Profile) -> String {
     hex(&h.finalize())
 }
 
+/// The key of a flow module without the compiler's version: what a
+/// toolchain-less `run` can check a cached module against.
+pub fn source_key(fingerprint: &str, source: &str, profile: Profile) -> String {
+    flow_key(fingerprint, source, &toolchain_key("", profile))
+}
+
+/// The cached module of `flow` whose source key is `key`, if any.
+fn find_by_source_key(wasm_dir: &Path, flow: &str, key: &str) -> Option<(PathBuf, String)> {
+    let entries = std::fs::read_dir(wasm_dir).ok()?;
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name().to_string_lossy().to_string();
+        let Some(module_key) = name
+            .strip_prefix(&format!("{flow}-"))
+            .and_then(|n| n.strip_suffix(".source"))
+        else {
+            continue;
+        };
+        let wasm = wasm_dir.join(format!("{flow}-{module_key}.wasm"));
+        if std::fs::read_to_string(e.path()).is_ok_and(|k| k.trim() == key) && wasm.is_file() {
+            return Some((wasm, module_key.to_string()));
+        }
+    }
+    None
+}
+
 /// The cache key of one flow: its IR, the Rust generated from it (so that a
 /// Weavster with different code generation never reuses a stale module) and
 /// the toolchain.
@@ -252,8 +288,14 @@ pub fn build(
         path: wasm_dir.clone(),
         source,
     })?;
-    let rustc = rustc_version(opts.project_root)?;
-    let toolchain = toolchain_key(&rustc, opts.profile);
+    let rustc = match rustc_version(opts.project_root) {
+        Ok(r) => Some(r),
+        Err(BuildError::Spawn { source, .. }) if !opts.force => {
+            return cached_without_toolchain(flows, opts, &wasm_dir, &source.to_string(), progress);
+        }
+        Err(e) => return Err(e),
+    };
+    let toolchain = toolchain_key(rustc.as_deref().unwrap_or_default(), opts.profile);
 
     let mut results = Vec::new();
     let mut stale = Vec::new();
@@ -318,7 +360,9 @@ pub fn build(
         if let Ok(entries) = std::fs::read_dir(&wasm_dir) {
             for e in entries.filter_map(Result::ok) {
                 let name = e.file_name().to_string_lossy().to_string();
-                if name.starts_with(&format!("{}-", b.flow)) && e.path() != b.wasm {
+                if name.starts_with(&format!("{}-", b.flow))
+                    && !name.starts_with(&format!("{}-{}.", b.flow, b.key))
+                {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
@@ -327,7 +371,51 @@ pub fn build(
             path: built.clone(),
             source,
         })?;
+        if let Some((f, source)) = stale.iter().find(|(f, _)| f.ir.name == b.flow) {
+            write_if_changed(
+                &b.wasm.with_extension("source"),
+                &source_key(&f.ir.fingerprint(), source, opts.profile),
+            )?;
+        }
     }
+    Ok(results)
+}
+
+/// Every flow from the cache, found by its source key (no rustc to ask).
+fn cached_without_toolchain(
+    flows: &[FlowInput<'_>],
+    opts: &Options<'_>,
+    wasm_dir: &Path,
+    detail: &str,
+    progress: &mut dyn FnMut(Event),
+) -> Result<Vec<Built>, BuildError> {
+    let layout = Layout::new(opts.project_root);
+    let mut results = Vec::new();
+    for f in flows {
+        let fingerprint = f.ir.fingerprint();
+        let source = generate(f)?;
+        if opts.debug {
+            write_if_changed(
+                &layout.debug_dir().join(format!("{}.rs", f.ir.name)),
+                &source,
+            )?;
+        }
+        let key = source_key(&fingerprint, &source, opts.profile);
+        let (wasm, key) = find_by_source_key(wasm_dir, &f.ir.name, &key).ok_or_else(|| {
+            BuildError::NoToolchain {
+                flow: f.ir.name.clone(),
+                detail: detail.to_string(),
+            }
+        })?;
+        results.push(Built {
+            flow: f.ir.name.clone(),
+            wasm,
+            key,
+            fingerprint,
+            cached: true,
+        });
+    }
+    progress(Event::UpToDate);
     Ok(results)
 }
 

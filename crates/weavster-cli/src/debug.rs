@@ -161,6 +161,17 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // Everything shown goes through the project's masking: a secret or an
+    // env value in a path or an address is never printed.
+    if let Some(l) = &loaded {
+        let secrets = &l.project.secrets;
+        for c in &mut checks {
+            c.detail = secrets.mask_str(&c.detail);
+            if let Some(f) = &mut c.fix {
+                *f = secrets.mask_str(f);
+            }
+        }
+    }
     let all_ok = checks.iter().all(|c| c.ok);
     match args.output {
         Format::Json => println!(
@@ -328,6 +339,16 @@ fn file_check(name: &str, root: &Path, pattern: &str, input: bool) -> Check {
                 Some(p) => existing = p,
                 None => break,
             }
+        }
+        if existing.is_file() {
+            return Check::fail(
+                name,
+                format!(
+                    "{pattern} cannot be created: {} is a file, not a directory",
+                    existing.strip_prefix(root).unwrap_or(existing).display()
+                ),
+                "move that file away or fix `path`",
+            );
         }
         let writable = std::fs::metadata(existing)
             .map(|m| !m.permissions().readonly())

@@ -113,9 +113,43 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("{}", mask(&format!("error: {e:#}")));
             ExitCode::from(2)
         }
+    }
+}
+
+/// The loaded project's secrets: every message and log line this process
+/// writes to stderr is masked through them.
+static SECRETS: std::sync::OnceLock<std::sync::Arc<weavster_project::Secrets>> =
+    std::sync::OnceLock::new();
+
+/// `text` with the loaded project's secrets masked.
+pub fn mask(text: &str) -> String {
+    match SECRETS.get() {
+        Some(s) => s.mask(text),
+        None => text.to_string(),
+    }
+}
+
+/// A log line, written to stderr masked when complete.
+struct MaskedLine(Vec<u8>);
+
+impl std::io::Write for MaskedLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for MaskedLine {
+    fn drop(&mut self) {
+        let text = mask(&String::from_utf8_lossy(&self.0));
+        let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
     }
 }
 
@@ -131,7 +165,7 @@ fn init_logging(g: &Global) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(|| MaskedLine(Vec::new()));
     let _ = match g.log_format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.with_ansi(color_stderr()).try_init(),
@@ -160,6 +194,8 @@ impl Global {
             env: std::env::vars().collect(),
             home_dir: std::env::var_os("HOME").map(PathBuf::from),
         };
-        weavster_project::load(&opts)
+        let loaded = weavster_project::load(&opts)?;
+        let _ = SECRETS.set(loaded.project.secrets.clone());
+        Ok(loaded)
     }
 }

@@ -48,6 +48,36 @@ impl Queue {
         }
     }
 
+    /// Stops the embedded server from anywhere (a forced exit).
+    pub fn emergency(&self) -> Option<weavster_pg::EmergencyStop> {
+        self.embedded.as_ref().map(|e| e.emergency())
+    }
+
+    /// Resolves with an error message if the embedded server dies and
+    /// cannot be started again; restarts it otherwise (checked every
+    /// second). Never resolves for an external database (its own
+    /// supervisor restarts it; the run retries meanwhile).
+    pub async fn failed(&self) -> String {
+        let Some(server) = &self.embedded else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match server.ensure_running().await {
+                Ok(true) => {
+                    tracing::warn!("the embedded PostgreSQL had stopped; it was started again")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    return format!(
+                        "the embedded PostgreSQL stopped and could not be started again ({} attempts): {e}",
+                        weavster_pg::RESTART_ATTEMPTS
+                    );
+                }
+            }
+        }
+    }
+
     pub async fn close(self) {
         self.db.pool().close().await;
         if let Some(server) = self.embedded

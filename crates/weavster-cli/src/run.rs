@@ -161,20 +161,40 @@ fn plan(project: &Project, name: &str, wasm: &Path) -> anyhow::Result<FlowPlan> 
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn signalled() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// Watches SIGINT and SIGTERM: the first asks for a graceful stop (`tx`
+/// becomes true); a second one stops at once — the embedded PostgreSQL is
+/// stopped immediately if this process is its last user, and the process
+/// exits with 130. Jobs it held are run again by the next run.
+fn watch_signals(
+    tx: tokio::sync::watch::Sender<bool>,
+    emergency: Option<weavster_pg::EmergencyStop>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    tokio::spawn(async move {
+        let mut seen = 0;
+        loop {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
             }
-            Err(_) => std::future::pending::<()>().await,
+            seen += 1;
+            if seen == 1 {
+                eprintln!(
+                    "stopping: finishing the batches in flight (a second Ctrl-C or SIGTERM stops at once)"
+                );
+                let _ = tx.send(true);
+            } else {
+                eprintln!("stopping at once: batches in flight will be run again by the next run");
+                if let Some(e) = &emergency {
+                    e.stop_now();
+                }
+                std::process::exit(130);
+            }
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = term => {}
-    }
+    });
+    Ok(())
 }
 
 fn progress_line(metrics: &Metrics) -> String {
@@ -222,7 +242,7 @@ fn print_summary(report: &RunReport, quiet: bool) {
             eprintln!("    dead letters by stage: {}", dead.join(", "));
         }
         if let Some(e) = &f.error {
-            eprintln!("    input failed: {e}");
+            eprintln!("    input failed: {}", crate::mask(e));
         }
     }
     let dead = report.dead_total();
@@ -340,11 +360,32 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
                 }
             })
         });
-        let result = weavster_runtime::run(&queue.db, &host, plans, opts, signalled()).await;
+        let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+        watch_signals(stop_tx, queue.emergency())?;
+        let failure: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+        let shutdown = {
+            let failure = failure.clone();
+            let queue = &queue;
+            async move {
+                tokio::select! {
+                    _ = stop_rx.wait_for(|s| *s) => {}
+                    message = queue.failed() => {
+                        tracing::error!("{message}");
+                        if let Ok(mut f) = failure.lock() {
+                            *f = Some(message);
+                        }
+                    }
+                }
+            }
+        };
+        let result = weavster_runtime::run(&queue.db, &host, plans, opts, shutdown).await;
         if let Some(t) = ticker {
             t.abort();
         }
         queue.close().await;
+        if let Some(message) = failure.lock().ok().and_then(|mut f| f.take()) {
+            anyhow::bail!("{message}");
+        }
         anyhow::Ok(result?)
     });
     if let Some(b) = &bar {

@@ -145,7 +145,78 @@ pub(crate) fn runtime(diags: &mut Vec<Diagnostic>, file: &str, node: &Node, rt: 
     }
 }
 
-pub(crate) fn connector(diags: &mut Vec<Diagnostic>, def: &ConnectorDef, node: &Node) {
+/// `path` lexically normalized (`.` and `..` resolved without the disk).
+fn normalize(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The directory a path (maybe a glob) reads or writes under: up to its
+/// first component with glob syntax.
+fn literal_prefix(path: &std::path::Path) -> std::path::PathBuf {
+    path.components()
+        .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
+        .collect()
+}
+
+/// Where `path` resolves (through symlinks, as far as it exists).
+fn resolved(path: &std::path::Path) -> std::path::PathBuf {
+    let mut existing = path.to_path_buf();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return path.to_path_buf(),
+        }
+    }
+    let mut out = existing.canonicalize().unwrap_or(existing);
+    for name in rest.into_iter().rev() {
+        out.push(name);
+    }
+    out
+}
+
+/// Whether a file connector's `path` stays inside the project or an
+/// allowed directory (lexically and through symlinks).
+pub(crate) fn path_allowed(root: &std::path::Path, allowed: &[String], path: &str) -> bool {
+    let root = root.canonicalize().unwrap_or_else(|_| root.to_path_buf());
+    let within = |p: &std::path::Path| -> std::path::PathBuf {
+        if p.is_absolute() {
+            normalize(p)
+        } else {
+            normalize(&root.join(p))
+        }
+    };
+    let target = literal_prefix(&within(std::path::Path::new(path)));
+    let mut dirs = vec![root.clone()];
+    dirs.extend(allowed.iter().map(|a| within(std::path::Path::new(a))));
+    let real = resolved(&target);
+    dirs.iter().any(|d| target.starts_with(d)) && dirs.iter().any(|d| real.starts_with(resolved(d)))
+}
+
+pub(crate) fn connector(
+    diags: &mut Vec<Diagnostic>,
+    def: &ConnectorDef,
+    node: &Node,
+    root: &std::path::Path,
+    allowed: &[String],
+) {
     let at = |key: &str| node.get(key).map(|n| n.span).unwrap_or(node.span);
     let err = |msg: String, key: &str| {
         Diagnostic::error(
@@ -168,6 +239,15 @@ pub(crate) fn connector(diags: &mut Vec<Diagnostic>, def: &ConnectorDef, node: &
             }
             if f.path.trim().is_empty() {
                 diags.push(err("`path` is empty".into(), "path"));
+            } else if !path_allowed(root, allowed, &f.path) {
+                diags.push(
+                    err(
+                        format!("`path` `{}` is outside the project", f.path),
+                        "path",
+                    )
+                    .expected("a path inside the project directory")
+                    .hint("to read or write elsewhere, list the directory under `runtime.allowed_paths` (in weavster.yaml, or the target in profiles.yaml)"),
+                );
             }
             if let Some(d) = &f.delimiter
                 && (d.chars().count() != 1 || !d.is_ascii())
@@ -707,6 +787,23 @@ impl FlowCheck<'_> {
     }
 
     fn template(&mut self, src: &str, node: &Node) {
+        // A record template has no other templates to load: these would
+        // fail on every record.
+        static LOADS: std::sync::OnceLock<Option<regex::Regex>> = std::sync::OnceLock::new();
+        if let Some(re) = LOADS
+            .get_or_init(|| regex::Regex::new(r"\{%[-+]?\s*(include|import|extends|from)\b").ok())
+            && let Some(m) = re.captures(src).and_then(|c| c.get(1))
+        {
+            self.push(
+                Diagnostic::error(
+                    "template::load",
+                    format!("`{}` cannot be used in a record template", m.as_str()),
+                )
+                .at(sub_span(node, m.start(), m.end()))
+                .hint("a record template is compiled into the flow on its own; write the text in place, or use a macro defined in the same template"),
+            );
+            return;
+        }
         let env = minijinja::Environment::new();
         if let Err(e) = env.template_from_str(src) {
             let detail = e

@@ -9,6 +9,7 @@
 //! for the CLI to print.
 
 mod check;
+pub mod edits;
 mod load;
 mod manifest;
 pub mod render;
@@ -50,6 +51,8 @@ pub struct LoadOptions {
 pub enum LoadError {
     #[error("not a Weavster project: no weavster.yaml in {0} (create one with `weavster init`)")]
     NotAProject(PathBuf),
+    #[error("{0}")]
+    Vars(String),
     #[error("cannot read {path}: {source}")]
     Io {
         path: PathBuf,

@@ -30,6 +30,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut l = Loader {
         diags: Vec::new(),
         sources: BTreeMap::new(),
+        shown: BTreeMap::new(),
         secrets: Arc::new(Secrets::default()),
     };
     let secrets = Arc::clone(&l.secrets);
@@ -41,7 +42,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
 
     // --vars
     let cli_vars = match &opts.vars {
-        Some(text) => l.cli_vars(text),
+        Some(text) => cli_vars(text)?,
         None => IndexMap::new(),
     };
     let early = RenderContext {
@@ -443,8 +444,17 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         }
     }
     for def in project.connectors.values() {
+        if let Ok(v) = serde_json::to_value(&def.connector) {
+            secrets.add_secret_fields(&v);
+        }
         if let Some(node) = connector_nodes.get(&def.reference) {
-            check::connector(&mut l.diags, def, node);
+            check::connector(
+                &mut l.diags,
+                def,
+                node,
+                &root,
+                &project.runtime.allowed_paths,
+            );
         }
     }
 
@@ -454,13 +464,18 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let mut broken_flows = Vec::new();
     // Flow files that parsed as YAML but not as a flow: checked part by part.
     let mut partial_flows = Vec::new();
+    let allow_env = project
+        .file
+        .as_ref()
+        .is_some_and(|f| f.allow_env_var_in_flows);
     for path in list(&root.join("flows"), &["yaml", "yml"])? {
         let rel = display_path(&root, &path);
         let text = read(&path)?;
-        let Some(node) = l.render_parse(&rel, &text, &flow_ctx) else {
+        let Some((node, rendered)) = l.render_parse_keep(&rel, &text, &flow_ctx) else {
             broken_flows.push(stem(&path));
             continue;
         };
+        l.env_in_flow(&rel, &rendered, allow_env);
         let Some(spec) = l.flow(&rel, &node) else {
             broken_flows.push(stem(&path));
             partial_flows.push((stem(&path), rel, node));
@@ -584,15 +599,35 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         ))
     });
     diagnostics.dedup();
-    let sources = l
-        .sources
-        .into_iter()
-        .map(|(k, v)| (k, secrets.mask(&v)))
-        .collect();
+    // What is shown: secrets masked in every file and message, and every
+    // span moved to where its text is in the shown file.
+    let mut sources = BTreeMap::new();
+    let mut moved: BTreeMap<String, (crate::edits::Edits, crate::edits::Edits)> = BTreeMap::new();
+    for (file, text) in l.sources {
+        let (masked, edits) = secrets.mask_edits(&text);
+        if let Some(shown) = l.shown.remove(&file) {
+            moved.insert(file.clone(), (shown, edits));
+        } else {
+            moved.insert(file.clone(), (crate::edits::Edits::default(), edits));
+        }
+        sources.insert(file, masked);
+    }
     let diagnostics = diagnostics
         .into_iter()
         .map(|mut d| {
             d.message = secrets.mask(&d.message);
+            for text in [&mut d.label, &mut d.expected, &mut d.hint]
+                .into_iter()
+                .flatten()
+            {
+                *text = secrets.mask_values(text);
+            }
+            if let (Some(file), Some(span)) = (&d.file, d.span)
+                && let (Some((shown, masked)), Some(text)) = (moved.get(file), sources.get(file))
+            {
+                let map = shown.then(masked);
+                d.span = Some(span_of(text, map.map(span.start), map.map(span.end)));
+            }
             d
         })
         .collect();
@@ -605,9 +640,16 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
 
 struct Loader {
     diags: Vec<Diagnostic>,
+    /// File → the text shown in snippets (rendered, values in place).
     sources: BTreeMap<String, String>,
+    /// File → how offsets of the parsed text (with markers) move in its
+    /// shown text.
+    shown: BTreeMap<String, crate::edits::Edits>,
     secrets: Arc<Secrets>,
 }
+
+/// The largest project file read (YAML or CSV).
+pub const MAX_FILE_BYTES: usize = 8 << 20;
 
 impl Loader {
     fn push(&mut self, d: Diagnostic) {
@@ -615,6 +657,30 @@ impl Loader {
     }
 
     fn render_parse(&mut self, rel: &str, text: &str, ctx: &RenderContext<'_>) -> Option<Node> {
+        self.render_parse_keep(rel, text, ctx).map(|(n, _)| n)
+    }
+
+    /// Renders and parses a file; also returns what rendering printed.
+    fn render_parse_keep(
+        &mut self,
+        rel: &str,
+        text: &str,
+        ctx: &RenderContext<'_>,
+    ) -> Option<(Node, crate::render::Rendered)> {
+        if text.len() > MAX_FILE_BYTES {
+            self.push(
+                Diagnostic::error(
+                    "file::too-large",
+                    format!(
+                        "the file is {} bytes; project files may hold at most {MAX_FILE_BYTES}",
+                        text.len()
+                    ),
+                )
+                .in_file(rel)
+                .at(file_start()),
+            );
+            return None;
+        }
         let rendered = match render(rel, text, ctx) {
             Ok(r) => r,
             Err(d) => {
@@ -623,11 +689,16 @@ impl Loader {
                 return None;
             }
         };
-        self.sources.insert(rel.to_string(), rendered.clone());
-        match yaml::parse(&rendered) {
-            Ok(node) => Some(node),
+        let (shown, edits) = rendered.display();
+        self.sources.insert(rel.to_string(), shown);
+        self.shown.insert(rel.to_string(), edits);
+        match yaml::parse(&rendered.text) {
+            Ok(mut node) => {
+                crate::render::fill(&mut node, &rendered.inserts);
+                Some((node, rendered))
+            }
             Err(e) => {
-                let span = span_of(&rendered, e.span.start, e.span.end);
+                let span = span_of(&rendered.text, e.span.start, e.span.end);
                 self.push(
                     Diagnostic::error("yaml::syntax", format!("invalid YAML: {}", e.message))
                         .in_file(rel)
@@ -639,6 +710,39 @@ impl Loader {
                 );
                 None
             }
+        }
+    }
+
+    /// `env_var()` values printed into a flow file: compiled into its
+    /// module, which is meant to be shipped. Secrets never; others only
+    /// when the project allows it.
+    fn env_in_flow(&mut self, rel: &str, rendered: &crate::render::Rendered, allow: bool) {
+        for ins in &rendered.inserts {
+            if ins.env.is_empty() || (allow && !ins.secret) {
+                continue;
+            }
+            let names: Vec<String> = ins.env.iter().map(|n| format!("`{n}`")).collect();
+            let span = span_of(&rendered.text, ins.at, ins.end);
+            let d = if ins.secret {
+                Diagnostic::error(
+                    "flow::secret",
+                    format!(
+                        "the secret {} would be compiled into this flow's module",
+                        names.join(", ")
+                    ),
+                )
+                .hint("secrets belong in connectors (read when the flow runs), never in a flow")
+            } else {
+                Diagnostic::error(
+                    "flow::env-var",
+                    format!(
+                        "env_var() value of {} would be compiled into this flow's module",
+                        names.join(", ")
+                    ),
+                )
+                .hint("compiled modules are meant to be shipped: use var('name') (given to the flow when it runs, from the target's vars), or set `allow_env_var_in_flows: true` in weavster.yaml")
+            };
+            self.push(d.in_file(rel).at(span));
         }
     }
 
@@ -667,36 +771,24 @@ impl Loader {
         }
     }
 
+    /// Deserializes `T`, reporting every schema error of the node.
     fn deserialize<T: DeserializeOwned>(&mut self, rel: &str, node: &Node) -> Option<T> {
-        match yaml::from_node::<T>(node) {
-            Ok(v) => Some(v),
-            Err(e) => {
-                self.push(de_diagnostic(rel, node, &e));
-                None
-            }
-        }
+        self.deserialize_skipping(rel, node, &[])
     }
 
-    fn cli_vars(&mut self, text: &str) -> IndexMap<String, Value> {
-        let bad = |msg: String| {
-            Diagnostic::error("cli::vars", msg)
-                .in_file("--vars")
-                .expected("a YAML or JSON map, e.g. --vars '{min_total: 10}'")
-        };
-        match yaml::parse(text) {
-            Ok(node) => match yaml::from_node::<IndexMap<String, Value>>(&node) {
-                Ok(v) => v,
-                Err(_) => {
-                    self.push(bad(format!(
-                        "--vars must be a map, found {}",
-                        node.kind.describe()
-                    )));
-                    IndexMap::new()
+    fn deserialize_skipping<T: DeserializeOwned>(
+        &mut self,
+        rel: &str,
+        node: &Node,
+        skip: &[&str],
+    ) -> Option<T> {
+        match yaml::from_node_all::<T>(node, skip) {
+            Ok(v) => Some(v),
+            Err(errors) => {
+                for e in &errors {
+                    self.push(de_diagnostic(rel, node, e));
                 }
-            },
-            Err(e) => {
-                self.push(bad(format!("--vars is not valid YAML: {}", e.message)));
-                IndexMap::new()
+                None
             }
         }
     }
@@ -741,13 +833,26 @@ impl Loader {
         };
         let _ = type_key;
         let ty = type_node.raw.clone().unwrap_or_default();
-        let result = match ty.as_str() {
-            "file" => yaml::from_node_skipping(node, &["type"]).map(Connector::File),
-            "stdin" => yaml::from_node_skipping(node, &["type"]).map(Connector::Stdin),
-            "stdout" => yaml::from_node_skipping(node, &["type"]).map(Connector::Stdout),
-            "kafka" => yaml::from_node_skipping(node, &["type"]).map(Connector::Kafka),
-            "postgres" => yaml::from_node_skipping(node, &["type"]).map(Connector::Postgres),
-            "http" => yaml::from_node_skipping(node, &["type"]).map(Connector::Http),
+        let skip = &["type"];
+        match ty.as_str() {
+            "file" => self
+                .deserialize_skipping(rel, node, skip)
+                .map(Connector::File),
+            "stdin" => self
+                .deserialize_skipping(rel, node, skip)
+                .map(Connector::Stdin),
+            "stdout" => self
+                .deserialize_skipping(rel, node, skip)
+                .map(Connector::Stdout),
+            "kafka" => self
+                .deserialize_skipping(rel, node, skip)
+                .map(Connector::Kafka),
+            "postgres" => self
+                .deserialize_skipping(rel, node, skip)
+                .map(Connector::Postgres),
+            "http" => self
+                .deserialize_skipping(rel, node, skip)
+                .map(Connector::Http),
             other => {
                 let mut d = Diagnostic::error(
                     "connector::unknown-type",
@@ -765,13 +870,6 @@ impl Loader {
                     );
                 }
                 self.push(d);
-                return None;
-            }
-        };
-        match result {
-            Ok(c) => Some(c),
-            Err(e) => {
-                self.push(de_diagnostic(rel, node, &e));
                 None
             }
         }
@@ -860,6 +958,24 @@ impl Loader {
             columns,
             rows,
         })
+    }
+}
+
+/// `--vars`: a YAML or JSON map (a usage error otherwise).
+fn cli_vars(text: &str) -> Result<IndexMap<String, Value>, LoadError> {
+    let bad = |msg: String| {
+        LoadError::Vars(format!(
+            "{msg}; expected a YAML or JSON map, e.g. --vars '{{min_total: 10}}'"
+        ))
+    };
+    match yaml::parse(text) {
+        Ok(node) => yaml::from_node::<IndexMap<String, Value>>(&node).map_err(|_| {
+            bad(format!(
+                "--vars must be a map, found {}",
+                node.kind.describe()
+            ))
+        }),
+        Err(e) => Err(bad(format!("--vars is not valid YAML: {}", e.message))),
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use indexmap::IndexMap;
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::Serde;
+
 use minijinja::{Environment, Error, ErrorKind, UndefinedBehavior, Value as JValue};
 use serde_json::Value;
 use weavster_spec::{Diagnostic, Span};
@@ -108,11 +109,184 @@ fn protect_runtime_blocks(src: &str) -> String {
     out
 }
 
+/// What rendering gave: the text with a marker where each `{{ ... }}`
+/// printed something, and what each printed. Values are put into the
+/// parsed YAML as data ([`fill`]), never spliced into its text: a value
+/// cannot add keys or change the file's structure, whatever it holds.
+#[derive(Debug, Default, Clone)]
+pub struct Rendered {
+    pub text: String,
+    pub inserts: Vec<Insert>,
+}
+
+/// One printed value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Insert {
+    pub value: Value,
+    /// As MiniJinja prints it.
+    pub text: String,
+    /// Names of the env vars whose values it holds.
+    pub env: Vec<String>,
+    /// It holds a secret (a `WEAVSTER_SECRET_*` value).
+    pub secret: bool,
+    /// Where its marker is in [`Rendered::text`] (start, end).
+    pub at: usize,
+    pub end: usize,
+}
+
+const MARK_OPEN: char = '\u{E000}';
+const MARK_CLOSE: char = '\u{E001}';
+
+impl Rendered {
+    fn plain(text: &str) -> Rendered {
+        Rendered {
+            text: text.to_string(),
+            inserts: Vec::new(),
+        }
+    }
+
+    /// The text for people: each marker replaced by what it printed (line
+    /// breaks escaped, secrets masked), and how offsets move.
+    pub fn display(&self) -> (String, crate::edits::Edits) {
+        let edits: Vec<(usize, usize, String)> = markers(&self.text)
+            .filter_map(|(start, end, i)| {
+                let ins = self.inserts.get(i)?;
+                let shown = if ins.secret {
+                    crate::secrets::MASK.to_string()
+                } else {
+                    ins.text.replace('\n', "\\n").replace('\r', "\\r")
+                };
+                Some((start, end, shown))
+            })
+            .collect();
+        crate::edits::apply(&self.text, &edits)
+    }
+
+    /// Inserts whose markers lie in `[start, end)`.
+    pub fn inserts_in(&self, start: usize, end: usize) -> impl Iterator<Item = &Insert> {
+        self.inserts
+            .iter()
+            .filter(move |i| i.at >= start && i.at < end)
+    }
+}
+
+/// The markers in `text`: (start, end, index).
+fn markers(text: &str) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    text.match_indices(MARK_OPEN).filter_map(|(start, _)| {
+        let rest = &text[start + MARK_OPEN.len_utf8()..];
+        let close = rest.find(MARK_CLOSE)?;
+        let i: usize = rest[..close].parse().ok()?;
+        Some((
+            start,
+            start + MARK_OPEN.len_utf8() + close + MARK_CLOSE.len_utf8(),
+            i,
+        ))
+    })
+}
+
+/// Puts the printed values into `node` (parsed from [`Rendered::text`]):
+/// a scalar that is one marker takes the value as data (a list stays a
+/// list); a scalar with markers in text takes their printed text, and a
+/// plain one is then resolved as YAML would (`{{ env_var('N') }}` giving
+/// `500` is a number).
+pub fn fill(node: &mut weavster_spec::yaml::Node, inserts: &[Insert]) {
+    use weavster_spec::yaml::NodeKind;
+    match &mut node.kind {
+        NodeKind::Seq(items) => items.iter_mut().for_each(|n| fill(n, inserts)),
+        NodeKind::Map(entries) => entries.iter_mut().for_each(|(k, v)| {
+            fill(k, inserts);
+            fill(v, inserts);
+        }),
+        _ => {
+            let Some(raw) = node.raw.as_deref() else {
+                return;
+            };
+            if !raw.contains(MARK_OPEN) {
+                return;
+            }
+            let found: Vec<(usize, usize, usize)> = markers(raw).collect();
+            if let [(0, end, i)] = found[..]
+                && end == raw.len()
+                && let Some(ins) = inserts.get(i)
+                && !ins.value.is_string()
+            {
+                *node = json_node(&ins.value, node.span);
+                return;
+            }
+            let mut text = String::with_capacity(raw.len());
+            let mut last = 0;
+            for (start, end, i) in found {
+                text.push_str(&raw[last..start]);
+                if let Some(ins) = inserts.get(i) {
+                    text.push_str(&ins.text);
+                }
+                last = end;
+            }
+            text.push_str(&raw[last..]);
+            node.kind = if node.quoted {
+                NodeKind::Str(text.clone())
+            } else {
+                weavster_spec::yaml::resolve_plain(&text)
+            };
+            node.raw = Some(text);
+        }
+    }
+}
+
+/// A JSON value as a YAML node at `span`.
+fn json_node(v: &Value, span: Span) -> weavster_spec::yaml::Node {
+    use weavster_spec::yaml::{Node, NodeKind};
+    let scalar = |kind: NodeKind, raw: String| Node {
+        kind,
+        span,
+        raw: Some(raw),
+        quoted: false,
+    };
+    match v {
+        Value::Null => scalar(NodeKind::Null, "null".into()),
+        Value::Bool(b) => scalar(NodeKind::Bool(*b), b.to_string()),
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => scalar(NodeKind::Int(i), n.to_string()),
+            None => scalar(
+                NodeKind::Float(n.as_f64().unwrap_or(f64::NAN)),
+                n.to_string(),
+            ),
+        },
+        Value::String(s) => Node {
+            kind: NodeKind::Str(s.clone()),
+            span,
+            raw: Some(s.clone()),
+            quoted: true,
+        },
+        Value::Array(items) => Node {
+            kind: NodeKind::Seq(items.iter().map(|i| json_node(i, span)).collect()),
+            span,
+            raw: None,
+            quoted: false,
+        },
+        Value::Object(m) => Node {
+            kind: NodeKind::Map(
+                m.iter()
+                    .map(|(k, v)| {
+                        (
+                            json_node(&Value::String(k.clone()), span),
+                            json_node(v, span),
+                        )
+                    })
+                    .collect(),
+            ),
+            span,
+            raw: None,
+            quoted: false,
+        },
+    }
+}
+
 /// Renders `src`; on failure returns a located diagnostic.
-pub fn render(file: &str, src: &str, ctx: &RenderContext<'_>) -> Result<String, Diagnostic> {
+pub fn render(file: &str, src: &str, ctx: &RenderContext<'_>) -> Result<Rendered, Diagnostic> {
     // Files without template syntax are returned as they are.
     if !src.contains("{{") && !src.contains("{%") && !src.contains("{#") {
-        return Ok(src.to_string());
+        return Ok(Rendered::plain(src));
     }
     let protected = if ctx.protect_record_templates {
         protect_runtime_blocks(src)
@@ -124,18 +298,54 @@ pub fn render(file: &str, src: &str, ctx: &RenderContext<'_>) -> Result<String, 
     if let Ok(syntax) = SyntaxConfig::builder().keep_trailing_newline(true).build() {
         env.set_syntax(syntax);
     }
-    let used_secrets: Arc<Mutex<Vec<String>>> = Arc::default();
+    // Env vars read while rendering (and before, by other files): (name,
+    // value); what a printed value holds of them is tracked.
+    let used_env: Arc<Mutex<Vec<(String, String)>>> = Arc::new(Mutex::new(ctx.secrets.env_read()));
+    let inserts: Arc<Mutex<Vec<Insert>>> = Arc::default();
+    {
+        let used = Arc::clone(&used_env);
+        let inserts = Arc::clone(&inserts);
+        env.set_formatter(move |out, _state, value| {
+            let text = value.to_string();
+            let json = serde_json::to_value(value).unwrap_or(Value::Null);
+            let mut names = Vec::new();
+            let mut secret = false;
+            if let Ok(used) = used.lock() {
+                for (name, v) in used.iter() {
+                    if !v.is_empty() && text.contains(v.as_str()) {
+                        names.push(name.clone());
+                        secret |= name.starts_with(SECRET_ENV_PREFIX);
+                    }
+                }
+            }
+            let Ok(mut inserts) = inserts.lock() else {
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "render state poisoned",
+                ));
+            };
+            let i = inserts.len();
+            inserts.push(Insert {
+                value: json,
+                text,
+                env: names,
+                secret,
+                at: 0,
+                end: 0,
+            });
+            write!(out, "{MARK_OPEN}{i}{MARK_CLOSE}").map_err(Error::from)
+        });
+    }
     {
         let envs = ctx.env.clone();
         let lenient = ctx.lenient_env;
-        let used = Arc::clone(&used_secrets);
+        let used = Arc::clone(&used_env);
         env.add_function("env_var", move |name: String, default: Option<JValue>| -> Result<JValue, Error> {
             match envs.get(&name) {
                 Some(v) => {
-                    if name.starts_with(SECRET_ENV_PREFIX)
-                        && let Ok(mut used) = used.lock() {
-                            used.push(v.clone());
-                        }
+                    if let Ok(mut used) = used.lock() {
+                        used.push((name.clone(), v.clone()));
+                    }
                     Ok(JValue::from(v.clone()))
                 }
                 None => match default {
@@ -174,12 +384,20 @@ pub fn render(file: &str, src: &str, ctx: &RenderContext<'_>) -> Result<String, 
         globals.insert("project", JValue::from(Serde(p)));
     }
     let result = env.render_str(&protected, globals);
-    if let Ok(used) = used_secrets.lock() {
-        for s in used.iter() {
-            ctx.secrets.add(s);
+    if let Ok(used) = used_env.lock() {
+        for (name, v) in used.iter() {
+            ctx.secrets.read_env(name, v);
         }
     }
-    result.map_err(|e| render_error(file, src, &protected, &e, ctx.target.is_none()))
+    let text = result.map_err(|e| render_error(file, src, &protected, &e, ctx.target.is_none()))?;
+    let mut inserts = inserts.lock().map(|i| i.clone()).unwrap_or_default();
+    for (start, end, i) in markers(&text) {
+        if let Some(ins) = inserts.get_mut(i) {
+            ins.at = start;
+            ins.end = end;
+        }
+    }
+    Ok(Rendered { text, inserts })
 }
 
 fn render_error(file: &str, src: &str, protected: &str, e: &Error, early: bool) -> Diagnostic {

@@ -83,6 +83,9 @@ impl RunReport {
 /// (backpressure: memory and queue size stay bounded whatever the input).
 const MAX_PENDING_JOBS: i64 = 32;
 
+/// How long a stopping run waits for the batches in flight.
+const STOP_GRACE: Duration = Duration::from_secs(60);
+
 /// Finished jobs are deleted after this long (apalis keeps them forever).
 const KEEP_DONE_JOBS: Duration = Duration::from_secs(3600);
 
@@ -114,6 +117,8 @@ pub async fn run(
         for n in &names {
             db.reset_offsets(n).await?;
         }
+    } else {
+        warn_rereading(db, &plans).await?;
     }
     let s = &opts.settings;
     let workers = match build_workers(db, host, &plans, s, &opts, run_id) {
@@ -276,8 +281,20 @@ pub async fn run(
         let _ = h.await;
     }
     let _ = stop_workers.send(true);
-    for w in worker_tasks {
-        let _ = w.await;
+    // In-flight batches finish, within a bound: a batch still running
+    // after it is abandoned (its job is run again, as after a crash).
+    let aborts: Vec<_> = worker_tasks.iter().map(|w| w.abort_handle()).collect();
+    if tokio::time::timeout(STOP_GRACE, futures::future::join_all(worker_tasks))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "batches still running after {}s: abandoned (they will be run again)",
+            STOP_GRACE.as_secs()
+        );
+        for a in aborts {
+            a.abort();
+        }
     }
     depth.abort();
     opts.metrics.set_ready(false);
@@ -302,6 +319,36 @@ pub async fn run(
     let summary = serde_json::to_value(&report).unwrap_or_default();
     db.finish_run(run_id, report.status(), &summary).await?;
     Ok(report)
+}
+
+/// Says so, loudly, when a flow with a file input has no stored position
+/// while its appended outputs already hold data: its inputs are read again
+/// from the start (a new or reset queue database), so those outputs get
+/// every record again.
+async fn warn_rereading(db: &Db, plans: &[FlowPlan]) -> Result<(), RuntimeError> {
+    for p in plans {
+        if !matches!(p.input, InputPlan::File { .. }) || !db.offsets(&p.name).await?.is_empty() {
+            continue;
+        }
+        for o in &p.outputs {
+            if let OutputPlan::File {
+                path,
+                display: shown,
+                mode: crate::WriteMode::Append,
+                ..
+            } = o
+                && std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
+            {
+                tracing::warn!(
+                    flow = %p.name,
+                    "no input position is stored for this flow (first run, or the queue database is new, e.g. .weavster/postgres was deleted), \
+                     but its output {shown} already holds data: every input record will be read and appended again. \
+                     To avoid duplicates, remove or move the output first, or use `mode: overwrite`"
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn build_workers(

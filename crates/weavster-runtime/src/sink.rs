@@ -133,6 +133,20 @@ impl FileSink {
             message: e.to_string(),
         };
         if let Some(parent) = path.parent() {
+            // A file where a directory must be: say which.
+            let blocking = parent
+                .ancestors()
+                .find(|a| a.exists())
+                .filter(|a| !a.is_dir());
+            if let Some(file) = blocking {
+                return Err(SinkError::File {
+                    path: display.clone(),
+                    message: format!(
+                        "cannot create its directory: {} is a file, not a directory",
+                        file.display()
+                    ),
+                });
+            }
             std::fs::create_dir_all(parent).map_err(err)?;
         }
         // jsonl and csv are opened for appending (O_APPEND): each batch is

@@ -116,14 +116,20 @@ pub trait Source: Send {
 
 /// The format of a file: configured, else from its extension.
 pub fn format_of(path: &Path, configured: Option<Format>) -> Option<Format> {
-    configured.or_else(
-        || match path.extension().and_then(|e| e.to_str()).unwrap_or("") {
+    configured.or_else(|| {
+        match path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "jsonl" | "ndjson" => Some(Format::Jsonl),
             "json" => Some(Format::Json),
             "csv" => Some(Format::Csv),
             _ => None,
-        },
-    )
+        }
+    })
 }
 
 /// Whether a path pattern has glob syntax (else it names one file).

@@ -184,7 +184,15 @@ impl Offsets {
     }
 }
 
-/// Parses one YAML document. An empty document is `Null`.
+/// The most nodes a document may expand to (aliases count the nodes they
+/// repeat): a few aliases of aliases cannot make a small file use gigabytes.
+pub const MAX_NODES: usize = 250_000;
+/// The deepest a document may nest lists and maps.
+pub const MAX_DEPTH: usize = 128;
+
+/// Parses one YAML document. An empty document is `Null`. Documents that
+/// expand to more than [`MAX_NODES`] nodes or nest deeper than
+/// [`MAX_DEPTH`] are errors.
 pub fn parse(src: &str) -> Result<Node, YamlError> {
     let offsets = Offsets::new(src);
     let mut parser = Parser::new_from_str(src);
@@ -194,6 +202,7 @@ pub fn parse(src: &str) -> Result<Node, YamlError> {
         anchors: HashMap::new(),
         root: None,
         docs: 0,
+        nodes: 0,
     };
     while let Some(next) = parser.next_event() {
         match next {
@@ -236,9 +245,21 @@ enum Frame {
 struct Builder<'a> {
     offsets: &'a Offsets,
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Node>,
+    /// Anchored nodes, with how many nodes each holds.
+    anchors: HashMap<usize, (Node, usize)>,
     root: Option<Node>,
     docs: usize,
+    /// Nodes built so far, repeated ones included.
+    nodes: usize,
+}
+
+/// How many nodes `n` holds (itself included).
+fn count(n: &Node) -> usize {
+    1 + match &n.kind {
+        NodeKind::Seq(items) => items.iter().map(count).sum(),
+        NodeKind::Map(entries) => entries.iter().map(|(k, v)| count(k) + count(v)).sum(),
+        _ => 0,
+    }
 }
 
 impl Builder<'_> {
@@ -258,11 +279,16 @@ impl Builder<'_> {
                 }
             }
             Event::Alias(id) => {
-                let node = self.anchors.get(&id).cloned().ok_or_else(|| YamlError {
+                let size = self.anchors.get(&id).map_or(0, |(_, size)| *size);
+                self.grow(size, span)?;
+                let (node, _) = self.anchors.get(&id).ok_or_else(|| YamlError {
                     message: "alias refers to an unknown anchor".into(),
                     span,
                 })?;
-                let node = Node { span, ..node };
+                let node = Node {
+                    span,
+                    ..node.clone()
+                };
                 self.push(node)?;
             }
             Event::Scalar(value, style, anchor, tag) => {
@@ -279,22 +305,29 @@ impl Builder<'_> {
                     raw: Some(value.to_string()),
                     quoted: quoted || forced_str,
                 };
+                self.grow(1, span)?;
                 if anchor > 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    self.anchors.insert(anchor, (node.clone(), 1));
                 }
                 self.push(node)?;
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
-                span,
-                anchor,
-                items: Vec::new(),
-            }),
-            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
-                span,
-                anchor,
-                entries: Vec::new(),
-                key: None,
-            }),
+            Event::SequenceStart(anchor, _) => {
+                self.deeper(span)?;
+                self.stack.push(Frame::Seq {
+                    span,
+                    anchor,
+                    items: Vec::new(),
+                })
+            }
+            Event::MappingStart(anchor, _) => {
+                self.deeper(span)?;
+                self.stack.push(Frame::Map {
+                    span,
+                    anchor,
+                    entries: Vec::new(),
+                    key: None,
+                })
+            }
             Event::SequenceEnd | Event::MappingEnd => {
                 let Some(frame) = self.stack.pop() else {
                     return Ok(false);
@@ -328,14 +361,40 @@ impl Builder<'_> {
                         anchor,
                     ),
                 };
+                self.grow(1, span)?;
                 if anchor > 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    let size = count(&node);
+                    self.anchors.insert(anchor, (node.clone(), size));
                 }
                 self.push(node)?;
             }
             Event::Nothing | Event::StreamStart | Event::DocumentEnd => {}
         }
         Ok(false)
+    }
+
+    /// Counts `n` more nodes against [`MAX_NODES`].
+    fn grow(&mut self, n: usize, span: Span) -> Result<(), YamlError> {
+        self.nodes = self.nodes.saturating_add(n);
+        if self.nodes > MAX_NODES {
+            return Err(YamlError {
+                message: format!(
+                    "the document expands to more than {MAX_NODES} nodes (aliases repeat the nodes they refer to)"
+                ),
+                span,
+            });
+        }
+        Ok(())
+    }
+
+    fn deeper(&self, span: Span) -> Result<(), YamlError> {
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(YamlError {
+                message: format!("lists and maps nest deeper than {MAX_DEPTH} levels"),
+                span,
+            });
+        }
+        Ok(())
     }
 
     fn push(&mut self, node: Node) -> Result<(), YamlError> {
@@ -379,7 +438,7 @@ fn join(start: Span, end: Span) -> Span {
 }
 
 /// YAML 1.2 core schema resolution of a plain scalar.
-fn resolve_plain(s: &str) -> NodeKind {
+pub fn resolve_plain(s: &str) -> NodeKind {
     match s {
         "" | "~" | "null" | "Null" | "NULL" => return NodeKind::Null,
         "true" | "True" | "TRUE" => return NodeKind::Bool(true),
@@ -574,6 +633,68 @@ fn describe_unexpected(u: &de::Unexpected<'_>) -> String {
 /// Deserializes `T` from a node.
 pub fn from_node<T: DeserializeOwned>(node: &Node) -> Result<T, DeError> {
     T::deserialize(NodeDe { node, skip: &[] })
+}
+
+/// Deserializes `T` from a node, reporting every error rather than the
+/// first: after an error, the map entry holding the offending node is
+/// removed and deserialization tried again (a key missing because it was
+/// removed is not reported). At most 50 errors.
+pub fn from_node_all<T: DeserializeOwned>(node: &Node, skip: &[&str]) -> Result<T, Vec<DeError>> {
+    let first = match T::deserialize(NodeDe { node, skip }) {
+        Ok(v) => return Ok(v),
+        Err(e) => e,
+    };
+    let mut errors = vec![first];
+    let mut tree = node.clone();
+    let mut removed: Vec<String> = Vec::new();
+    while errors.len() < 50 {
+        let Some(span) = errors.last().and_then(|e| e.span) else {
+            break;
+        };
+        match remove_entry(&mut tree, span) {
+            Some(key) => removed.push(key),
+            None => break,
+        }
+        match T::deserialize(NodeDe { node: &tree, skip }) {
+            Ok(_) => break,
+            Err(e) => {
+                // A key missing because it was removed, or misspelled as an
+                // unknown key already reported, is not a new problem.
+                let repeated = matches!(&e.kind, DeErrorKind::MissingField { field }
+                    if removed.iter().any(|r| r == field
+                        || crate::diag::did_you_mean(r, [*field]).is_some()))
+                    || errors
+                        .iter()
+                        .any(|x| x.span == e.span && x.message == e.message);
+                if repeated {
+                    break;
+                }
+                errors.push(e);
+            }
+        }
+    }
+    Err(errors)
+}
+
+/// Removes the map entry whose key or value is at `span` (searched from the
+/// deepest node); returns its key.
+fn remove_entry(node: &mut Node, span: Span) -> Option<String> {
+    match &mut node.kind {
+        NodeKind::Map(entries) => {
+            for (_, v) in entries.iter_mut() {
+                if let Some(k) = remove_entry(v, span) {
+                    return Some(k);
+                }
+            }
+            let i = entries
+                .iter()
+                .position(|(k, v)| k.span == span || v.span == span)?;
+            let (k, _) = entries.remove(i);
+            Some(k.raw.unwrap_or_default())
+        }
+        NodeKind::Seq(items) => items.iter_mut().find_map(|n| remove_entry(n, span)),
+        _ => None,
+    }
 }
 
 /// Deserializes `T` from a map node, ignoring the keys in `skip` (used for
