@@ -308,6 +308,7 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         max_attempts: rt.max_attempts,
         batch_deadline: Duration::from_millis(rt.batch_timeout_ms),
         max_record_bytes: usize::try_from(rt.max_record_bytes).unwrap_or(usize::MAX),
+        heartbeat: weavster_runtime::HEARTBEAT,
     };
     let metrics = Metrics::new(
         plans

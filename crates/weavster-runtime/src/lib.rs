@@ -29,6 +29,7 @@ use std::time::Duration;
 pub use db::{Db, DbError, mask_url};
 pub use dead_letter::{DeadLetter, DeadLetterFilter, Replayed, Stage};
 pub use metrics::{FlowCounts, Metrics};
+pub use queue::HEARTBEAT;
 pub use run::{FlowReport, RunOptions, RunReport, run};
 pub use source::Limits;
 pub use weavster_spec::types::{Format, WriteMode};
@@ -116,6 +117,9 @@ pub struct QueueSettings {
     pub batch_deadline: Duration,
     /// The longest record an input takes.
     pub max_record_bytes: usize,
+    /// How often workers say they are alive ([`HEARTBEAT`] by
+    /// default; a job of a worker silent for 3 beats is run elsewhere).
+    pub heartbeat: Duration,
 }
 
 impl QueueSettings {

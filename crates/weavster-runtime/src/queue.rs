@@ -32,17 +32,18 @@ impl Job {
     }
 }
 
-/// How often workers report they are alive; a job held by a worker silent
-/// for `HEARTBEAT × MISSED_HEARTBEATS` is given to another (after a crash).
+/// How often workers report they are alive (by default); a job held by a
+/// worker silent for `heartbeat × MISSED_HEARTBEATS` is given to another
+/// (after a crash).
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 pub const MISSED_HEARTBEATS: usize = 3;
 
 /// The apalis storage of a flow's queue.
-pub fn storage(db: &Db, flow: &str, fetch: usize) -> PostgresStorage<Job> {
+pub fn storage(db: &Db, flow: &str, fetch: usize, heartbeat: Duration) -> PostgresStorage<Job> {
     let config = Config::default()
         .queue(queue_name(flow))
         .batch_size(fetch.max(1))
-        .heartbeat_interval(HEARTBEAT)
+        .heartbeat_interval(heartbeat)
         .missed_heartbeats(MISSED_HEARTBEATS)
         // Without it apalis never marks a job done.
         .persist_results(true);

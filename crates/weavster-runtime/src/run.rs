@@ -147,6 +147,7 @@ pub async fn run(
                 name,
                 db.clone(),
                 fw.clone(),
+                s.heartbeat,
                 workers_stopped.clone(),
             )));
         }
@@ -406,7 +407,13 @@ fn build_workers(
 
 /// Runs an apalis worker until `stop`, restarting it after a failure (a
 /// lost database connection).
-async fn supervise(name: String, db: Db, fw: Arc<FlowWorker>, stop: watch::Receiver<bool>) {
+async fn supervise(
+    name: String,
+    db: Db,
+    fw: Arc<FlowWorker>,
+    heartbeat: Duration,
+    stop: watch::Receiver<bool>,
+) {
     let mut generation = 0u32;
     // Stopped: told so, or the run is gone.
     let stopped = |rx: &watch::Receiver<bool>| *rx.borrow() || rx.has_changed().is_err();
@@ -414,7 +421,7 @@ async fn supervise(name: String, db: Db, fw: Arc<FlowWorker>, stop: watch::Recei
         if stopped(&stop) {
             return;
         }
-        let storage = queue::storage(&db, &fw.name, 2).with_pubsub();
+        let storage = queue::storage(&db, &fw.name, 2, heartbeat).with_pubsub();
         let worker = WorkerBuilder::new(format!("{name}:{generation}"))
             .backend(storage)
             .data(fw.clone())
@@ -428,9 +435,13 @@ async fn supervise(name: String, db: Db, fw: Arc<FlowWorker>, stop: watch::Recei
         // Our own heartbeat, on a task of its own: apalis beats from the
         // worker's loop, which a long batch can starve, and another worker
         // would then take the batch from this live process.
-        let heartbeat = tokio::spawn(keep_alive(db.clone(), format!("{name}:{generation}")));
+        let beat = tokio::spawn(keep_alive(
+            db.clone(),
+            format!("{name}:{generation}"),
+            heartbeat,
+        ));
         let result = worker.run_until(signal).await;
-        heartbeat.abort();
+        beat.abort();
         match result {
             Ok(()) if stopped(&stop) => return,
             Ok(()) => tracing::warn!(worker = %name, "worker stopped; restarting"),
@@ -442,9 +453,9 @@ async fn supervise(name: String, db: Db, fw: Arc<FlowWorker>, stop: watch::Recei
 }
 
 /// Marks worker `id` alive every heartbeat interval, whatever it is doing.
-async fn keep_alive(db: Db, id: String) {
+async fn keep_alive(db: Db, id: String, every: Duration) {
     loop {
-        tokio::time::sleep(queue::HEARTBEAT).await;
+        tokio::time::sleep(every).await;
         if let Err(e) = sqlx::query("UPDATE apalis.workers SET last_seen = now() WHERE id = $1")
             .bind(&id)
             .execute(db.pool())

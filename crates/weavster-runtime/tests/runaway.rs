@@ -13,8 +13,9 @@ use weavster_runtime::{
 };
 
 /// An ABI v1 guest in WAT: routes every record unchanged to output 0, loops
-/// forever on a record starting `{"l`, traps on one starting `{"t`. (Record
-/// indexes are one digit: batches of at most 10.)
+/// forever on a record starting `{"l`, traps on one starting `{"t`, works
+/// for a while (15 × 2^28 loop turns) on one starting `{"s`. (Record indexes are
+/// one digit: batches of at most 10.)
 const GUEST: &str = r#"
 (module
   (memory (export "memory") 16)
@@ -28,7 +29,7 @@ const GUEST: &str = r#"
     (i32.store8 (local.get $o) (local.get $b))
     (i32.add (local.get $o) (i32.const 1)))
   (func (export "weavster_process") (param $len i32) (result i32)
-    (local $p i32) (local $end i32) (local $o i32) (local $i i32) (local $start i32)
+    (local $p i32) (local $end i32) (local $o i32) (local $i i32) (local $start i32) (local $k i32)
     (local.set $p (i32.const 65536))
     (local.set $end (i32.add (i32.const 65536) (local.get $len)))
     (local.set $o (i32.const 524288))
@@ -51,6 +52,12 @@ const GUEST: &str = r#"
           (then (loop $forever (br $forever))))
         (if (i32.eq (i32.load8_u (i32.add (local.get $start) (i32.const 2))) (i32.const 116))
           (then unreachable))
+        (if (i32.eq (i32.load8_u (i32.add (local.get $start) (i32.const 2))) (i32.const 115))
+          (then
+            (local.set $k (i32.const 0))
+            (loop $slow
+              (local.set $k (i32.add (local.get $k) (i32.const 1)))
+              (br_if $slow (i32.lt_u (local.get $k) (i32.const 0xf0000000))))))
         (local.set $o (call $put (local.get $o) (i32.const 123)))
         (local.set $o (call $put (local.get $o) (i32.const 34)))
         (local.set $o (call $put (local.get $o) (i32.const 105)))
@@ -94,14 +101,23 @@ fn plan(root: &Path) -> FlowPlan {
 
 /// Runs the flow once (to the end of its input) on a 300 ms deadline.
 async fn check(db: &Db, root: &Path) -> RunReport {
-    let settings = QueueSettings {
-        batch_size: 4,
-        linger: Duration::from_millis(10),
-        workers: 1,
-        max_attempts: 2,
-        batch_deadline: Duration::from_millis(300),
-        max_record_bytes: 1 << 20,
-    };
+    check_with(
+        db,
+        root,
+        QueueSettings {
+            batch_size: 4,
+            linger: Duration::from_millis(10),
+            workers: 1,
+            max_attempts: 2,
+            batch_deadline: Duration::from_millis(300),
+            max_record_bytes: 1 << 20,
+            heartbeat: weavster_runtime::HEARTBEAT,
+        },
+    )
+    .await
+}
+
+async fn check_with(db: &Db, root: &Path, settings: QueueSettings) -> RunReport {
     let mut host = weavster_host::Host::new().expect("host");
     host.batch_deadline = settings.batch_deadline;
     let opts = RunOptions {
@@ -190,6 +206,64 @@ async fn runaway_and_crashing_records_are_dead_lettered_the_rest_delivered() {
             .count(),
         5
     );
+    db.pool().close().await;
+    server.stop().await.expect("stop");
+}
+
+/// A batch that works for longer than a worker may stay silent (here: 3 ×
+/// 1 s heartbeats; apalis counts whole seconds) is not taken over by the flow's other worker while it
+/// runs: heartbeats do not depend on the batch yielding. Each batch runs
+/// once, and every record is written exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_batch_is_not_run_twice() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().to_path_buf();
+    let server =
+        weavster_pg::Embedded::start(&weavster_pg::Options::new(root.join(".weavster/postgres")))
+            .await
+            .expect("embedded PostgreSQL");
+    let db = Db::connect(&server.url(), 8, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    std::fs::write(root.join("guest.wasm"), GUEST).expect("write guest");
+    std::fs::write(
+        root.join("in.jsonl"),
+        "{\"s\":1}\n{\"s\":2}\n{\"n\":3}\n{\"n\":4}\n{\"s\":5}\n{\"n\":6}\n",
+    )
+    .expect("write input");
+    let report = check_with(
+        &db,
+        &root,
+        QueueSettings {
+            batch_size: 3,
+            linger: Duration::from_millis(10),
+            workers: 2,
+            max_attempts: 3,
+            batch_deadline: Duration::from_secs(600),
+            max_record_bytes: 1 << 20,
+            heartbeat: Duration::from_secs(1),
+        },
+    )
+    .await;
+    let out = std::fs::read_to_string(root.join("out.jsonl")).expect("output");
+    let mut got: Vec<&str> = out.lines().collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "{\"n\":3}",
+            "{\"n\":4}",
+            "{\"n\":6}",
+            "{\"s\":1}",
+            "{\"s\":2}",
+            "{\"s\":5}"
+        ],
+        "{report:?}"
+    );
+    assert_eq!(report.status(), "ok", "{report:?}");
+    // Each batch was run once: not taken over while it ran.
+    let counts = &report.flows["wild"].counts;
+    assert_eq!((counts.batches, counts.processed), (2, 6), "{report:?}");
     db.pool().close().await;
     server.stop().await.expect("stop");
 }
