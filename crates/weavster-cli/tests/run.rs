@@ -8,36 +8,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Out, example, weavster};
+use common::{Out, dead_letters, example, project, records, records_lines, weavster};
 use serde_json::Value;
 use weavster_spec::types::{Connector, ConnectorsFile, FlowFile, TestCase};
-
-/// Writes `files` (path → text) into a new project dir.
-fn project(files: &[(&str, &str)]) -> (tempfile::TempDir, Vec<(String, String)>) {
-    let tmp = tempfile::tempdir().expect("tmp");
-    for (path, text) in files {
-        let p = tmp.path().join(path);
-        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
-        std::fs::write(p, text).expect("write");
-    }
-    let env = vec![(
-        "WEAVSTER_CARGO_TARGET_DIR".to_string(),
-        common::repo()
-            .join("target/weavster-flows")
-            .display()
-            .to_string(),
-    )];
-    (tmp, env)
-}
-
-fn records(path: &Path) -> Vec<Value> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).expect("output record is JSON"))
-        .collect()
-}
 
 /// Records with sorted keys, sorted: outputs compared as multisets.
 fn canonical(v: &[Value]) -> Vec<String> {
@@ -67,16 +40,6 @@ fn run(dir: &Path, args: &[&str], env: &[(String, String)]) -> Out {
         out.stderr
     );
     out
-}
-
-fn records_lines(path: &Path) -> usize {
-    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
-}
-
-fn dead_letters(dir: &Path, env: &[(String, String)]) -> Vec<Value> {
-    let out = weavster(dir, &["dlq", "ls", "-o", "json"], env);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    serde_json::from_str(&out.stdout).expect("dlq ls json")
 }
 
 /// Every fixture of every example, through `run --once` instead of `test`:

@@ -79,3 +79,92 @@ pub fn example(name: &str) -> (tempfile::TempDir, Vec<(String, String)>) {
     )];
     (tmp, env)
 }
+
+/// Writes `files` (path → text) into a new project dir; env that shares
+/// compiled wasm dependencies across tests.
+pub fn project(files: &[(&str, &str)]) -> (tempfile::TempDir, Vec<(String, String)>) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    for (path, text) in files {
+        write(tmp.path(), path, text.as_bytes());
+    }
+    let env = vec![(
+        "WEAVSTER_CARGO_TARGET_DIR".to_string(),
+        repo().join("target/weavster-flows").display().to_string(),
+    )];
+    (tmp, env)
+}
+
+/// Writes `bytes` at `path` under `dir`, creating directories.
+pub fn write(dir: &Path, path: &str, bytes: &[u8]) {
+    let p = dir.join(path);
+    std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+    std::fs::write(p, bytes).expect("write");
+}
+
+/// The JSON records of a JSON-lines file (none if it does not exist).
+pub fn records(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("output record is JSON"))
+        .collect()
+}
+
+pub fn records_lines(path: &Path) -> usize {
+    std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
+}
+
+/// `weavster dlq ls -o json`, every dead letter.
+pub fn dead_letters(dir: &Path, env: &[(String, String)]) -> Vec<serde_json::Value> {
+    let out = weavster(dir, &["dlq", "ls", "-o", "json", "--limit", "1000000"], env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    serde_json::from_str(&out.stdout).expect("dlq ls json")
+}
+
+/// A dead letter's record bytes (from `record`, or `record_base64`).
+pub fn dead_record(d: &serde_json::Value) -> Vec<u8> {
+    use base64::Engine as _;
+    match (d["record"].as_str(), d["record_base64"].as_str()) {
+        (Some(t), _) => t.as_bytes().to_vec(),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .expect("base64"),
+        _ => Vec::new(),
+    }
+}
+
+/// The weavster binary with the test's env, not yet run.
+pub fn command(dir: &Path, args: &[&str], env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_weavster"));
+    cmd.current_dir(dir).args(args).env("NO_COLOR", "1");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("WEAVSTER_") {
+            cmd.env_remove(k);
+        }
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Waits for `child` at most `limit`; kills it and fails if it hangs.
+pub fn wait_bounded(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::process::ExitStatus {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}: still running after {limit:?} (hangs)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,574 @@
+//! Ordinary bad input and faults, through the real binary: each test is a
+//! defect once found (issue "Reliability I"), kept as a regression test.
+//! Every record is counted: outputs and dead letters are compared with
+//! what went in.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{command, dead_letters, dead_record, project, records, wait_bounded, weavster, write};
+use serde_json::Value;
+
+const COPY: &str = "input: files.input\noutputs:\n  - to: files.output\n";
+const FILES: &str =
+    "input: { type: file, path: data/in.jsonl }\noutput: { type: file, path: out/out.jsonl }\n";
+
+/// `weavster run --once`, bounded: a hang fails the test.
+fn run_once(dir: &Path, env: &[(String, String)]) -> (i32, String) {
+    let log = dir.join("run.log");
+    let mut child = command(dir, &["run", "--once"], env)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let status = wait_bounded(&mut child, Duration::from_secs(180), "run --once");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!text.contains("panicked"), "{text}");
+    (status.code().unwrap_or(-1), text)
+}
+
+/// Output records by `id` → how many times each was written.
+fn ids(path: &Path) -> BTreeMap<i64, usize> {
+    let mut m = BTreeMap::new();
+    for r in records(path) {
+        *m.entry(r["id"].as_i64().expect("id")).or_default() += 1;
+    }
+    m
+}
+
+/// Dead letters as (stage, record bytes), sorted.
+fn letters(dir: &Path, env: &[(String, String)]) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = dead_letters(dir, env)
+        .iter()
+        .map(|d| {
+            (
+                d["stage"].as_str().unwrap_or("").to_string(),
+                dead_record(d),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn once(ids: &[i64]) -> BTreeMap<i64, usize> {
+    ids.iter().map(|i| (*i, 1)).collect()
+}
+
+/// A raw NUL inside a line, an escaped `\u0000`, invalid UTF-8 and a
+/// failing function: each bad record is dead-lettered once with its exact
+/// bytes; good records are written once (they were written twice, and the
+/// NUL record lost, when dead letters could not hold a NUL). A field the
+/// flow only reads keeps its exact text. A replay delivers nothing twice.
+#[test]
+fn bad_bytes_are_dead_lettered_once_with_their_exact_bytes() {
+    let input: Vec<u8> = [
+        &b"{\"id\":1,\"n\":1,\"x\":\"1\"}\n"[..],
+        b"{\"id\":2,\"k\":\"a\x00b\",\"n\":1,\"x\":\"1\"}\n",
+        b"{\"id\":3,\"k\":\"a\\u0000b\",\"n\":1,\"x\":\"1\"}\n",
+        b"{\"id\":4,\"n\":1,\"x\":\"bad\"}\n",
+        b"{\"id\":5,\"s\":\"\xff\xfe\",\"n\":1,\"x\":\"1\"}\n",
+        b"{\"id\":6,\"n\":123456789012345678901234567890,\"x\":\"1\"}\n",
+        b"{\"id\":7,\"n\":1,\"x\":\"1\"}",
+    ]
+    .concat();
+    let (tmp, env) = project(&[
+        ("weavster.yaml", "name: bytes\n"),
+        ("connectors/files.yaml", FILES),
+        (
+            "flows/calc.yaml",
+            "input: files.input\ntransforms:\n  - set: { n2: n + 1, m: int(x) }\noutputs:\n  - to: files.output\n",
+        ),
+    ]);
+    let dir = tmp.path();
+    write(dir, "data/in.jsonl", &input);
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 1, "{log}");
+    let out = dir.join("out/out.jsonl");
+    assert_eq!(ids(&out), once(&[1, 3, 6, 7]), "{log}");
+    let text = std::fs::read_to_string(&out).expect("output");
+    assert!(text.contains("\"k\":\"a\\u0000b\""), "{text}");
+    assert!(
+        text.contains("\"n\":123456789012345678901234567890"),
+        "a field only read was rewritten:\n{text}"
+    );
+    let want = vec![
+        (
+            "decode".to_string(),
+            b"{\"id\":2,\"k\":\"a\x00b\",\"n\":1,\"x\":\"1\"}".to_vec(),
+        ),
+        (
+            "decode".to_string(),
+            b"{\"id\":5,\"s\":\"\xff\xfe\",\"n\":1,\"x\":\"1\"}".to_vec(),
+        ),
+        (
+            "transform".to_string(),
+            b"{\"id\":4,\"n\":1,\"x\":\"bad\"}".to_vec(),
+        ),
+    ];
+    assert_eq!(letters(dir, &env), want);
+    // Shown escaped, never raw.
+    let dead = dead_letters(dir, &env);
+    let nul = dead
+        .iter()
+        .find(|d| d["record"].as_str().is_some_and(|r| r.contains('\0')))
+        .expect("the NUL record");
+    let show = weavster(dir, &["dlq", "show", &nul["id"].to_string()], &env);
+    assert!(show.stdout.contains("a\\u{0000}b"), "{}", show.stdout);
+    assert!(!show.stdout.contains('\0'));
+
+    // Replay all: the invalid UTF-8 one stays (nothing can read it); the
+    // others fail again; the good records are not written again.
+    let replay = weavster(dir, &["dlq", "replay"], &env);
+    assert_eq!(replay.code, 1, "{}{}", replay.stdout, replay.stderr);
+    assert!(
+        replay.stdout.contains("not valid UTF-8"),
+        "{}",
+        replay.stdout
+    );
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 1, "{log}");
+    assert_eq!(ids(&out), once(&[1, 3, 6, 7]));
+    assert_eq!(letters(dir, &env), want);
+}
+
+/// A line longer than `max_record_bytes` is dead-lettered (stage `input`,
+/// with where it was) and the lines after it are read; it used to end the
+/// reading of its file silently. A second run reads nothing again.
+#[test]
+fn an_over_long_line_is_dead_lettered_and_reading_goes_on() {
+    let long = format!("{{\"id\":2,\"pad\":\"{}\"}}", "x".repeat(5000));
+    let input = format!("{{\"id\":1}}\n{long}\n{{\"id\":3}}\n");
+    let (tmp, env) = project(&[
+        (
+            "weavster.yaml",
+            "name: long\nruntime: { max_record_bytes: 1000 }\n",
+        ),
+        ("connectors/files.yaml", FILES),
+        ("flows/copy.yaml", COPY),
+        ("data/in.jsonl", &input),
+    ]);
+    let dir = tmp.path();
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 1, "{log}");
+    assert_eq!(ids(&dir.join("out/out.jsonl")), once(&[1, 3]));
+    let dead = dead_letters(dir, &env);
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert_eq!(dead[0]["stage"], "input");
+    assert_eq!(dead_record(&dead[0]), long.as_bytes());
+    assert_eq!(dead[0]["source"], "data/in.jsonl@9");
+    assert!(
+        dead[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("max_record_bytes")),
+        "{dead:#?}"
+    );
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(ids(&dir.join("out/out.jsonl")), once(&[1, 3]));
+}
+
+/// A CSV row with invalid UTF-8 is one dead letter (`decode`, its exact
+/// bytes); the run ends (it looped forever, ignoring SIGTERM).
+#[test]
+fn a_csv_row_with_invalid_utf8_ends_and_is_one_dead_letter() {
+    let (tmp, env) = project(&[
+        ("weavster.yaml", "name: csvbad\n"),
+        (
+            "connectors/files.yaml",
+            "input: { type: file, path: data/in.csv }\noutput: { type: file, path: out/out.jsonl }\n",
+        ),
+        (
+            "flows/copy.yaml",
+            "input: files.input\ntransforms:\n  - cast: { id: int }\noutputs:\n  - to: files.output\n",
+        ),
+    ]);
+    let dir = tmp.path();
+    write(dir, "data/in.csv", b"id,name\n1,ann\n2,\xff\n3,cy\n");
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 1, "{log}");
+    assert_eq!(ids(&dir.join("out/out.jsonl")), once(&[1, 3]));
+    assert_eq!(
+        letters(dir, &env),
+        vec![("decode".to_string(), b"2,\xff".to_vec())]
+    );
+}
+
+/// A missing input file fails the run (exit 1, named); a truncated JSON
+/// file among others is read up to where it breaks, its rest is one dead
+/// letter, and the other files are read — once, not again on the next run.
+#[test]
+fn missing_and_broken_input_files() {
+    let (tmp, env) = project(&[
+        ("weavster.yaml", "name: files\n"),
+        (
+            "connectors/files.yaml",
+            "input: { type: file, path: data/*.json }\noutput: { type: file, path: out/out.jsonl }\nmissing: { type: file, path: data/none.jsonl }\n",
+        ),
+        ("flows/copy.yaml", COPY),
+        (
+            "flows/lost.yaml",
+            "input: files.missing\noutputs:\n  - to: files.output\n",
+        ),
+        (
+            "data/a.json",
+            "[{\"id\":1}, {\"id\":2}, {\"id\":3, \"x\": [1,",
+        ),
+        ("data/b.json", "{\"id\": 9}"),
+        ("data/c.json", "[\n  {\"id\": 4},\n  {\"id\": 5}\n]\n"),
+        ("data/d.json", ""),
+    ]);
+    let dir = tmp.path();
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("data/none.jsonl: no such file"), "{log}");
+    assert_eq!(
+        ids(&dir.join("out/out.jsonl")),
+        once(&[1, 2, 4, 5]),
+        "{log}"
+    );
+    assert_eq!(
+        letters(dir, &env),
+        vec![
+            ("input".to_string(), b"{\"id\": 9}".to_vec()),
+            ("input".to_string(), b"{\"id\":3, \"x\": [1,".to_vec()),
+        ]
+    );
+    let (_, log) = run_once(dir, &env);
+    assert_eq!(
+        ids(&dir.join("out/out.jsonl")),
+        once(&[1, 2, 4, 5]),
+        "{log}"
+    );
+    assert_eq!(letters(dir, &env).len(), 2);
+}
+
+/// A compiled project runs and tests with no Rust toolchain on PATH; a
+/// changed flow then says which flow needs compiling and why it cannot be.
+#[test]
+fn compiled_projects_run_without_a_rust_toolchain() {
+    let (tmp, mut env) = project(&[
+        ("weavster.yaml", "name: norust\n"),
+        ("connectors/files.yaml", FILES),
+        (
+            "flows/copy.yaml",
+            "input: files.input\ntransforms:\n  - set: { b: a * 2 }\noutputs:\n  - to: files.output\n",
+        ),
+        (
+            "tests/copy/one.yaml",
+            "input:\n  - { a: 2 }\nexpect:\n  files.output:\n    - { a: 2, b: 4 }\n",
+        ),
+        ("data/in.jsonl", "{\"id\":1,\"a\":1}\n"),
+    ]);
+    let dir = tmp.path();
+    assert_eq!(weavster(dir, &["compile"], &env).code, 0);
+    env.push((
+        "PATH".into(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    ));
+    let test = weavster(dir, &["test"], &env);
+    assert_eq!(test.code, 0, "{}{}", test.stdout, test.stderr);
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(records(&dir.join("out/out.jsonl"))[0]["b"], 2);
+    write(
+        dir,
+        "flows/copy.yaml",
+        b"input: files.input\ntransforms:\n  - set: { b: a * 3 }\noutputs:\n  - to: files.output\n",
+    );
+    let changed = weavster(dir, &["run", "--once"], &env);
+    assert_eq!(changed.code, 2, "{}", changed.stderr);
+    assert!(
+        changed.stderr.contains("flow `copy` must be compiled")
+            && changed.stderr.contains("no Rust toolchain"),
+        "{}",
+        changed.stderr
+    );
+}
+
+fn big_project(n: usize) -> (tempfile::TempDir, Vec<(String, String)>) {
+    let input: String = (0..n).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    let (tmp, env) = project(&[
+        (
+            "weavster.yaml",
+            "name: stop\nruntime: { batch_size: 500 }\n",
+        ),
+        ("connectors/files.yaml", FILES),
+        (
+            "flows/copy.yaml",
+            "input: files.input\ntransforms:\n  - set: { seen: true }\noutputs:\n  - to: files.output\n",
+        ),
+        ("data/in.jsonl", &input),
+    ]);
+    assert_eq!(weavster(tmp.path(), &["compile"], &env).code, 0);
+    (tmp, env)
+}
+
+/// Every id in 0..n at least once (duplicates are allowed after a stop).
+fn all_delivered(out: &Path, n: usize) {
+    let got = ids(out);
+    let missing: Vec<usize> = (0..n)
+        .filter(|i| !got.contains_key(&(*i as i64)))
+        .take(5)
+        .collect();
+    assert!(missing.is_empty(), "never delivered, e.g. {missing:?}");
+}
+
+fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+fn wait_for_output(out: &Path) {
+    let started = std::time::Instant::now();
+    while common::records_lines(out) == 0 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// SIGTERM in the middle of `run --once` stops it gracefully (exit 0,
+/// `stopped`, the embedded server stopped); it used to hang. A second
+/// signal stops at once (exit 130). A later run delivers the rest.
+#[test]
+fn once_stops_on_a_signal_and_a_second_signal_forces() {
+    const N: usize = 150_000;
+    let (tmp, env) = big_project(N);
+    let dir = tmp.path();
+    let out = dir.join("out/out.jsonl");
+    let pid_file = dir.join(".weavster/postgres/data/postmaster.pid");
+
+    let log = dir.join("term.log");
+    let mut child = command(dir, &["run", "--once"], &env)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    wait_for_output(&out);
+    signal(child.id(), "-TERM");
+    let status = wait_bounded(
+        &mut child,
+        Duration::from_secs(90),
+        "run --once after SIGTERM",
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains("stopped"), "{text}");
+    assert!(
+        !pid_file.exists(),
+        "the embedded PostgreSQL was left running:\n{text}"
+    );
+
+    let log = dir.join("force.log");
+    let mut child = command(dir, &["run", "--once"], &env)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let before = common::records_lines(&out);
+    let started = std::time::Instant::now();
+    while common::records_lines(&out) == before && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    signal(child.id(), "-INT");
+    std::thread::sleep(Duration::from_millis(50));
+    signal(child.id(), "-INT");
+    let status = wait_bounded(
+        &mut child,
+        Duration::from_secs(30),
+        "run --once after two SIGINTs",
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(130), "{text}");
+
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 0, "{log}");
+    all_delivered(&out, N);
+}
+
+/// The embedded PostgreSQL killed (`kill -9`) mid-run is started again and
+/// the run finishes with every record; it used to retry forever.
+#[test]
+fn a_killed_embedded_postgres_is_restarted() {
+    const N: usize = 100_000;
+    let (tmp, env) = big_project(N);
+    let dir = tmp.path();
+    let out = dir.join("out/out.jsonl");
+    let log = dir.join("run.log");
+    let mut child = command(dir, &["run", "--once"], &env)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    wait_for_output(&out);
+    let (pid, _) = weavster_pg::live_postmaster(&dir.join(".weavster/postgres/data"))
+        .expect("a running postmaster");
+    signal(pid, "-KILL");
+    let status = wait_bounded(
+        &mut child,
+        Duration::from_secs(180),
+        "run after the queue was killed",
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{text}");
+    assert!(text.contains("started again"), "{text}");
+    all_delivered(&out, N);
+}
+
+/// Two `run --once` at the same time in one project share its embedded
+/// server (the second used to stop the first's); both finish, every record
+/// is delivered.
+#[test]
+fn two_runs_in_one_project_share_the_embedded_server() {
+    const N: usize = 60_000;
+    let (tmp, env) = big_project(N);
+    let dir = tmp.path();
+    // The server's data dir exists before both start.
+    assert_eq!(weavster(dir, &["dlq", "ls"], &env).code, 0);
+    let spawn = |log: &str| {
+        command(dir, &["run", "--once"], &env)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join(log)).expect("log"))
+            .spawn()
+            .expect("spawn")
+    };
+    let mut a = spawn("a.log");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut b = spawn("b.log");
+    let sa = wait_bounded(&mut a, Duration::from_secs(180), "first run");
+    let sb = wait_bounded(&mut b, Duration::from_secs(180), "second run");
+    let ta = std::fs::read_to_string(dir.join("a.log")).unwrap_or_default();
+    let tb = std::fs::read_to_string(dir.join("b.log")).unwrap_or_default();
+    assert!(sa.success() && sb.success(), "A:\n{ta}\nB:\n{tb}");
+    assert!(!tb.contains("pg_ctl"), "{tb}");
+    all_delivered(&dir.join("out/out.jsonl"), N);
+    assert!(
+        !dir.join(".weavster/postgres/data/postmaster.pid").exists(),
+        "the last run out did not stop the server"
+    );
+}
+
+/// Deleting `.weavster/postgres` forgets input positions: the next run says
+/// loudly that its inputs are read again into outputs that hold data.
+#[test]
+fn a_new_queue_database_warns_before_reading_inputs_again() {
+    let (tmp, env) = project(&[
+        ("weavster.yaml", "name: again\n"),
+        ("connectors/files.yaml", FILES),
+        ("flows/copy.yaml", COPY),
+        ("data/in.jsonl", "{\"id\":1}\n"),
+    ]);
+    let dir = tmp.path();
+    assert_eq!(run_once(dir, &env).0, 0);
+    std::fs::remove_dir_all(dir.join(".weavster/postgres")).expect("rm");
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("no input position is stored") && log.contains("out/out.jsonl"),
+        "{log}"
+    );
+}
+
+/// Secrets and env values never reach `ls`, `debug` or error messages, and
+/// `--vars` values cannot add keys to a file.
+#[test]
+fn secrets_and_vars_stay_data() {
+    let (tmp, mut env) = project(&[
+        ("weavster.yaml", "name: masks\n"),
+        (
+            "connectors/files.yaml",
+            "input: { type: file, path: \"{{ env_var('WEAVSTER_SECRET_DIR') }}/in.jsonl\" }\noutput:\n  type: file\n  path: out/{{ var('name2', 'o.jsonl') }}\n",
+        ),
+        (
+            "connectors/api.yaml",
+            "kafka_out:\n  type: kafka\n  brokers: localhost:9092\n  topic: t\n  options:\n    sasl.jaas.config: 'org.apache.kafka.common.security.plain.PlainLoginModule required username=\"u\" password=\"kpass-123\";'\npg:\n  type: postgres\n  url: \"postgres://db/shop?sslpassword=pgpass-456&application_name=w\"\n  table: t\nhook:\n  type: http\n  url: \"https://api.example.com/x?api_key=key-789\"\n  headers:\n    Authorization: Bearer tok-000\n    X-Api-Key: xkey-111\n",
+        ),
+        ("flows/copy.yaml", COPY),
+    ]);
+    env.push(("WEAVSTER_SECRET_DIR".into(), "data/s3cret-dir".into()));
+    let dir = tmp.path();
+    let secrets = [
+        "s3cret-dir",
+        "kpass-123",
+        "pgpass-456",
+        "key-789",
+        "tok-000",
+        "xkey-111",
+    ];
+    for args in [
+        vec!["ls", "-o", "json"],
+        vec!["ls"],
+        vec!["debug"],
+        vec!["debug", "-o", "json"],
+        vec!["validate", "--format", "json"],
+    ] {
+        let out = weavster(dir, &args, &env);
+        for s in secrets {
+            assert!(
+                !out.stdout.contains(s) && !out.stderr.contains(s),
+                "`{}` printed {s}:\n{}{}",
+                args.join(" "),
+                out.stdout,
+                out.stderr
+            );
+        }
+    }
+    // A var is a value: a line break in it adds no key.
+    let vars = "{name2: \"a\\n  format: csv\\n  mode: overwrite\\n  #.jsonl\"}";
+    let ls = weavster(dir, &["ls", "-o", "json", "--vars", vars], &env);
+    assert_eq!(ls.code, 0, "{}", ls.stderr);
+    let v: Value = serde_json::from_str(&ls.stdout).expect("ls json");
+    let output = v["connectors"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["ref"] == "files.output"))
+        .expect("files.output");
+    assert!(output["config"].get("format").is_none(), "{output:#}");
+    assert!(output["config"].get("mode").is_none(), "{output:#}");
+    // A bad --vars is a usage error.
+    let bad = weavster(dir, &["validate", "--vars", "[1, 2]"], &env);
+    assert_eq!(bad.code, 2, "{}", bad.stderr);
+}
+
+/// Messages: an output path under a regular file says so (`run` and
+/// `debug`); an unknown dead-letter id is a usage error.
+#[test]
+fn clear_messages_for_ordinary_mistakes() {
+    let (tmp, env) = project(&[
+        ("weavster.yaml", "name: msgs\n"),
+        (
+            "connectors/files.yaml",
+            "input: { type: file, path: data/in.jsonl }\noutput: { type: file, path: out/sub/o.jsonl }\n",
+        ),
+        ("flows/copy.yaml", COPY),
+        ("data/in.jsonl", "{\"id\":1}\n"),
+        ("out/sub", "a file where a directory should be\n"),
+    ]);
+    let dir = tmp.path();
+    let debug = weavster(dir, &["debug"], &env);
+    assert!(
+        debug.stdout.contains("out/sub is a file, not a directory"),
+        "{}",
+        debug.stdout
+    );
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 2, "{log}");
+    assert!(log.contains("is a file, not a directory"), "{log}");
+    for cmd in [
+        &["dlq", "replay", "999999"][..],
+        &["dlq", "purge", "999999"],
+    ] {
+        let out = weavster(dir, cmd, &env);
+        assert_eq!(out.code, 2, "{cmd:?}: {}", out.stderr);
+        assert!(
+            out.stderr.contains("no dead letter with id 999999"),
+            "{}",
+            out.stderr
+        );
+    }
+}
