@@ -44,13 +44,27 @@ impl Db {
     /// Connects (retrying for up to `wait`, for a server still starting)
     /// and runs the migrations: apalis's (schema `apalis`) and Weavster's
     /// (schema `weavster`, own migration table).
+    ///
+    /// Sessions commit with `synchronous_commit = off`: a commit returns
+    /// before its WAL is flushed (the server flushes within 200 ms, in
+    /// order). A crash of the server (or of the machine) can then lose the
+    /// last commits *and everything after them*: an acknowledgement, a
+    /// dead letter, a mark — each is done again by a job that runs again.
+    /// Only enqueueing, after which a source moves on, commits
+    /// synchronously ([`Db::durable`]).
     pub async fn connect(url: &str, max_connections: u32, wait: Duration) -> Result<Db, DbError> {
         let deadline = tokio::time::Instant::now() + wait;
+        let options: sqlx::postgres::PgConnectOptions =
+            url.parse().map_err(|e| DbError::Connect {
+                url: mask_url(url),
+                source: e,
+            })?;
+        let options = options.options([("synchronous_commit", "off")]);
         let pool = loop {
             let attempt = PgPoolOptions::new()
                 .max_connections(max_connections)
                 .acquire_timeout(Duration::from_secs(10))
-                .connect(url)
+                .connect_with(options.clone())
                 .await;
             match attempt {
                 Ok(pool) => break pool,
@@ -86,6 +100,15 @@ impl Db {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Makes the transaction on `conn` commit synchronously (its WAL
+    /// flushed before the commit returns, with everything before it).
+    pub async fn durable(conn: &mut sqlx::PgConnection) -> Result<(), DbError> {
+        sqlx::query("SET LOCAL synchronous_commit = on")
+            .execute(conn)
+            .await?;
+        Ok(())
     }
 
     /// The stored positions of a flow's input streams.

@@ -682,6 +682,10 @@ impl Pump {
         batch: &SourceBatch,
     ) -> Result<bool, RuntimeError> {
         let mut tx = self.db.pool().begin().await.map_err(DbError::from)?;
+        // Durable before the source moves on: a job and its position lost
+        // to a crash of the database would leave this run's source past
+        // records that are nowhere.
+        Db::durable(&mut tx).await?;
         if let Some(p) = &batch.position {
             let moved = sqlx::query(
                 "INSERT INTO weavster.offsets (flow, stream, position) VALUES ($1, $2, $4)

@@ -214,13 +214,9 @@ impl FlowWorker {
     }
 
     /// Marks output `o` of `job` written, with the records it refused, in
-    /// one transaction. Not fsynced on its own: the job's acknowledgement,
-    /// a synchronous commit after it, flushes it.
+    /// one transaction.
     async fn mark_written(&self, job: &str, o: usize, refused: &[Dead]) -> Result<(), DbError> {
         let mut tx = self.db.pool().begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
-            .await?;
         dead_letter::insert(&mut *tx, &self.name, self.run_id, 1, Some(job), refused).await?;
         sqlx::query(
             "INSERT INTO weavster.job_outputs (job_id, output) VALUES ($1, $2) ON CONFLICT DO NOTHING",
