@@ -262,6 +262,82 @@ fn wasm_matches_the_interpreter() {
     );
 }
 
+/// A sample of generated flows and every case of `tests/flows-corpus/`
+/// through the real wasm build and wasmtime: the same bytes as the
+/// interpreter. (`generated_native.rs` compares many more natively.)
+#[test]
+fn generated_flows_in_wasm_match_the_interpreter() {
+    use proptest::strategy::ValueTree;
+    let sample: usize = std::env::var("WEAVSTER_FLOWGEN_WASM")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let (columns, rows) = weavster_flowgen::lookup_table();
+    let tables = BTreeMap::from([(
+        weavster_flowgen::LOOKUP.to_string(),
+        LookupData { columns, rows },
+    )]);
+    let mut cases: Vec<weavster_flowgen::Case> = Vec::new();
+    let mut corpus: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/flows-corpus"))
+        .expect("corpus")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    corpus.sort();
+    for p in corpus {
+        cases
+            .push(serde_json::from_str(&std::fs::read_to_string(&p).expect("read")).expect("case"));
+    }
+    let mut runner = TestRunner::new(Config {
+        rng_algorithm: proptest::test_runner::RngAlgorithm::ChaCha,
+        ..Config::default()
+    });
+    let strategy = weavster_flowgen::case();
+    let mut generated = 0;
+    while generated < sample {
+        let case = strategy.new_tree(&mut runner).expect("case").current();
+        if weavster_ir::lower("g", &case.flow, &tables).is_ok() {
+            cases.push(case);
+            generated += 1;
+        }
+    }
+    let irs: Vec<weavster_ir::Flow> = cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| weavster_ir::lower(&format!("gen{i}"), &c.flow, &tables).expect("lowers"))
+        .collect();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let inputs: Vec<_> = irs
+        .iter()
+        .map(|ir| weavster_build::FlowInput {
+            ir,
+            origin: "generated",
+        })
+        .collect();
+    let opts = weavster_build::Options {
+        project_root: tmp.path(),
+        force: false,
+        debug: false,
+        profile: weavster_build::Profile::Release,
+        cargo_target_dir: Some(repo().join("target/weavster-flows")),
+    };
+    let built = weavster_build::build(&inputs, &opts, &mut |_| {}).expect("builds");
+    let host = weavster_host::Host::new().expect("host");
+    for ((ir, case), b) in irs.iter().zip(&cases).zip(&built) {
+        let module = host.load(&b.wasm).expect("module loads");
+        let interp = Interpreter::new(ir.clone()).expect("interpreter");
+        let whole = Interpreter::new(weavster_ir::Flow {
+            fields: None,
+            ..ir.clone()
+        })
+        .expect("interpreter");
+        let mut wasm = module.instantiate(&case.vars).expect("instance");
+        let mut batch = Vec::new();
+        encode_batch("2026-03-04T05:06:07Z", 42, &case.records, &mut batch);
+        compare(&ir.name, (&interp, &whole), &mut wasm, &case.vars, &batch);
+    }
+}
+
 #[test]
 fn generated_rust_is_stable() {
     for dir in examples() {

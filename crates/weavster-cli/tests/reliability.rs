@@ -572,3 +572,34 @@ fn clear_messages_for_ordinary_mistakes() {
         );
     }
 }
+
+/// A regex extraction without `into` writes its groups as fields: the
+/// compiled flow once emitted broken records for it (every batch failed).
+/// `weavster test` and `run --once` deliver the groups.
+#[test]
+fn regex_groups_without_into_reach_the_output() {
+    let (tmp, env) = project(&[
+        ("weavster.yaml", "name: groups\n"),
+        ("connectors/files.yaml", FILES),
+        (
+            "flows/days.yaml",
+            "input: files.input\ntransforms:\n  - regex: { field: ts, pattern: '^(?P<day>\\d{4}-\\d{2}-\\d{2})T' }\noutputs:\n  - to: files.output\n    when: day != 'x'\n",
+        ),
+        (
+            "tests/days/one.yaml",
+            "input:\n  - { ts: '2026-01-02T03:04:05Z', day: old }\nexpect:\n  files.output:\n    - { ts: '2026-01-02T03:04:05Z', day: '2026-01-02' }\n",
+        ),
+        (
+            "data/in.jsonl",
+            "{\"id\":1,\"ts\":\"2026-01-02T03:04:05Z\"}\n{\"id\":2,\"ts\":\"2026-02-03T00:00:00Z\",\"day\":\"x\"}\n",
+        ),
+    ]);
+    let dir = tmp.path();
+    let test = weavster(dir, &["test"], &env);
+    assert_eq!(test.code, 0, "{}{}", test.stdout, test.stderr);
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 0, "{log}");
+    let got = records(&dir.join("out/out.jsonl"));
+    let days: Vec<&str> = got.iter().filter_map(|r| r["day"].as_str()).collect();
+    assert_eq!(days, ["2026-01-02", "2026-02-03"], "{got:?}");
+}

@@ -69,147 +69,234 @@ pub fn vars() -> Map<String, Value> {
 // Paths and expressions (source text, as users write them)
 // ---------------------------------------------------------------------------
 
-fn ident(name: &str) -> String {
-    if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        name.to_string()
-    } else {
-        format!("['{name}']")
-    }
-}
+/// Top-level fields a path can name on its own (a key with a space can
+/// only be reached inside another: `user['k y']`).
+const PATH_FIELDS: &[&str] = &["a", "b", "c", "n", "s", "items", "user", "day"];
 
-/// A record path: `a`, `user.x`, `items[0]`, `['k y']`, `user['id']`.
+/// A record path: `a`, `user.x`, `items[0]`, `items[1].id`, `user['k y']`.
 pub fn path() -> impl Strategy<Value = String> {
-    let top = prop::sample::select(FIELDS);
     prop_oneof![
-        4 => top.prop_map(|f| {
-            let p = ident(f);
-            p.strip_prefix('[').map(|_| p.clone()).unwrap_or(p)
-        }),
+        4 => prop::sample::select(PATH_FIELDS).prop_map(str::to_string),
         2 => (prop::sample::select(&["user", "b", "c"][..]), prop::sample::select(INNER))
             .prop_map(|(a, b)| format!("{a}.{b}")),
         1 => (prop::sample::select(&["items", "a"][..]), -2i64..3).prop_map(|(a, i)| format!("{a}[{i}]")),
         1 => (prop::sample::select(&["items"][..]), 0i64..2, prop::sample::select(INNER))
             .prop_map(|(a, i, k)| format!("{a}[{i}].{k}")),
-        1 => prop::sample::select(INNER).prop_map(|k| format!("user['{k}']")),
+        1 => prop::sample::select(&["id", "k y"][..]).prop_map(|k| format!("user['{k}']")),
     ]
 }
 
 /// A path that names a single field to write (no negative index).
 fn target() -> impl Strategy<Value = String> {
     prop_oneof![
-        4 => prop::sample::select(FIELDS).prop_map(|f| ident(f)),
+        4 => prop::sample::select(PATH_FIELDS).prop_map(str::to_string),
         2 => (prop::sample::select(&["user", "out", "b"][..]), prop::sample::select(INNER))
             .prop_map(|(a, b)| format!("{a}.{b}")),
         1 => (prop::sample::select(&["items"][..]), 0i64..2).prop_map(|(a, i)| format!("{a}[{i}]")),
     ]
 }
 
-fn literal() -> impl Strategy<Value = String> {
-    prop_oneof![
-        Just("null".to_string()),
-        Just("true".to_string()),
-        Just("false".to_string()),
+/// The kind of value an expression should give, so that generated
+/// expressions pass the static checks (a path can still hold anything:
+/// type errors at run time are record errors, and are generated too).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Any,
+    Num,
+    Str,
+    Bool,
+    List,
+}
+
+fn kind_of(t: weavster_expr::Type) -> Kind {
+    use weavster_expr::Type;
+    match t {
+        Type::Int | Type::Float | Type::Number => Kind::Num,
+        Type::String => Kind::Str,
+        Type::Bool => Kind::Bool,
+        Type::List => Kind::List,
+        _ => Kind::Any,
+    }
+}
+
+fn literal(kind: Kind) -> BoxedStrategy<String> {
+    let num = prop_oneof![
         (-20i64..20).prop_map(|i| i.to_string()),
         (-100.0f64..100.0).prop_map(|f| format!("{f:.2}")),
-        prop::sample::select(
-            &[
-                "'de'",
-                "'x'",
-                "''",
-                "'a,b'",
-                "'12'",
-                "'2026-01-02T03:04:05Z'",
-                "\"Q\""
-            ][..]
-        )
-        .prop_map(str::to_string),
-        Just("[1, 'a', null]".to_string()),
-        Just("{'k': 1}".to_string()),
-    ]
+    ];
+    let text = prop::sample::select(
+        &[
+            "'de'",
+            "'x'",
+            "''",
+            "'a,b'",
+            "'12'",
+            "'2026-01-02T03:04:05Z'",
+            "\"Q\"",
+        ][..],
+    )
+    .prop_map(str::to_string);
+    let boolean = prop::sample::select(&["true", "false"][..]).prop_map(str::to_string);
+    match kind {
+        Kind::Num => num.boxed(),
+        Kind::Str => text.boxed(),
+        Kind::Bool => boolean.boxed(),
+        Kind::List => Just("[1, 'a', null]".to_string()).boxed(),
+        Kind::Any => prop_oneof![
+            Just("null".to_string()),
+            boolean,
+            num,
+            text,
+            Just("[1, 'a', null]".to_string()),
+            Just("{'k': 1}".to_string()),
+        ]
+        .boxed(),
+    }
 }
 
-/// Arguments suited to some functions whose results are more interesting
-/// with the right kind of input.
-fn special_call() -> impl Strategy<Value = String> {
-    prop_oneof![
-        path().prop_map(|p| format!("exists({p})")),
-        prop::sample::select(&["limit", "tag", "missing"][..]).prop_map(|v| format!("var('{v}')")),
-        Just("now()".to_string()),
-        Just("uuid()".to_string()),
-        path().prop_map(|p| format!("parse_timestamp({p})")),
-        path().prop_map(|p| format!("format_timestamp({p}, '%Y-%m-%d')")),
-        path().prop_map(|p| format!("parse_json(to_json({p}))")),
-        path().prop_map(|p| format!("base64_decode(base64_encode(string({p})))")),
-        path().prop_map(|p| format!("substring(string({p}), 1, 3)")),
-        path().prop_map(|p| format!("split(string({p}), ',')")),
-        path().prop_map(|p| format!("join([{p}, 'z'], '-')")),
-        path().prop_map(|p| format!("replace(string({p}), 'a', 'b')")),
-        path().prop_map(|p| format!("round({p}, 1)")),
-    ]
+/// Calls whose arguments must have a particular shape.
+fn special_call(kind: Kind) -> BoxedStrategy<String> {
+    match kind {
+        Kind::Bool => path().prop_map(|p| format!("exists({p})")).boxed(),
+        Kind::Num => prop_oneof![
+            Just("var('limit')".to_string()),
+            path().prop_map(|p| format!("round({p}, 1)")),
+            path().prop_map(|p| format!("length(string({p}))")),
+        ]
+        .boxed(),
+        Kind::Str => prop_oneof![
+            Just("var('tag')".to_string()),
+            Just("now()".to_string()),
+            Just("uuid()".to_string()),
+            path().prop_map(|p| format!("format_timestamp({p}, '%Y-%m-%d')")),
+            path().prop_map(|p| format!("base64_decode(base64_encode(string({p})))")),
+            path().prop_map(|p| format!("substring(string({p}), 1, 3)")),
+            path().prop_map(|p| format!("replace(string({p}), 'a', 'b')")),
+            path().prop_map(|p| format!("join([{p}, 'z'], '-')")),
+            path().prop_map(|p| format!("to_json({p})")),
+        ]
+        .boxed(),
+        Kind::List => path()
+            .prop_map(|p| format!("split(string({p}), ',')"))
+            .boxed(),
+        Kind::Any => prop_oneof![
+            path().prop_map(|p| format!("parse_timestamp({p})")),
+            path().prop_map(|p| format!("parse_json(to_json({p}))")),
+            Just("var('missing')".to_string()),
+        ]
+        .boxed(),
+    }
 }
 
-/// Functions callable with arbitrary expressions, by how many arguments.
-fn plain_call(arg: BoxedStrategy<String>) -> impl Strategy<Value = String> {
-    let names: Vec<(&'static str, usize, usize)> = weavster_expr::FUNCTIONS
+/// A call of a library function returning `kind`, its arguments of the
+/// kinds its parameters take.
+fn call(kind: Kind, depth: u32) -> BoxedStrategy<String> {
+    let fns: Vec<&'static weavster_expr::Function> = weavster_expr::FUNCTIONS
         .iter()
         .filter(|f| !matches!(f.name, "exists" | "var" | "now" | "uuid"))
-        .map(|f| {
-            let max = if f.variadic {
-                f.required + 2
-            } else {
-                f.params.len()
-            };
-            (f.name, f.required, max.max(f.required))
+        .filter(|f| {
+            kind == Kind::Any || kind_of(f.returns) == kind || kind_of(f.returns) == Kind::Any
         })
         .collect();
-    (
-        prop::sample::select(names),
-        prop::collection::vec(arg, 0..4),
-        any::<bool>(),
-    )
-        .prop_map(|((name, min, max), mut args, as_filter)| {
-            args.truncate(max);
-            while args.len() < min {
-                args.push("a".into());
-            }
-            if as_filter && !args.is_empty() {
-                let first = args.remove(0);
-                if args.is_empty() {
-                    format!("({first} | {name})")
-                } else {
-                    format!("({first} | {name}({}))", args.join(", "))
-                }
+    if fns.is_empty() {
+        return special_call(kind);
+    }
+    (prop::sample::select(fns), any::<bool>(), 0usize..3)
+        .prop_flat_map(move |(f, as_filter, extra)| {
+            let count = if f.variadic {
+                f.required + extra
             } else {
-                format!("{name}({})", args.join(", "))
-            }
+                (f.required + extra).min(f.params.len())
+            };
+            let args: Vec<BoxedStrategy<String>> = (0..count)
+                .map(|i| {
+                    let t = f
+                        .params
+                        .get(i)
+                        .or(f.params.last())
+                        .copied()
+                        .unwrap_or(weavster_expr::Type::Any);
+                    typed(kind_of(t), depth)
+                })
+                .collect();
+            args.prop_map(move |mut args| {
+                if as_filter && !args.is_empty() {
+                    let first = args.remove(0);
+                    if args.is_empty() {
+                        format!("({first} | {})", f.name)
+                    } else {
+                        format!("({first} | {}({}))", f.name, args.join(", "))
+                    }
+                } else {
+                    format!("{}({})", f.name, args.join(", "))
+                }
+            })
         })
+        .boxed()
+}
+
+/// An expression of about `kind`, nesting up to `depth`.
+fn typed(kind: Kind, depth: u32) -> BoxedStrategy<String> {
+    let leaf = prop_oneof![
+        4 => path().boxed(),
+        2 => literal(kind),
+        1 => special_call(kind),
+    ]
+    .boxed();
+    if depth == 0 {
+        return leaf;
+    }
+    let d = depth - 1;
+    let cond = (typed(Kind::Bool, d), typed(kind, d), typed(kind, d))
+        .prop_map(|(c, a, b)| format!("({a} if {c} else {b})"));
+    let inner = match kind {
+        Kind::Num => prop_oneof![
+            2 => (typed(Kind::Num, d), prop::sample::select(&["+", "-", "*", "/", "//", "%", "**"][..]), typed(Kind::Num, d))
+                .prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+            1 => typed(Kind::Num, d).prop_map(|a| format!("(-{a})")),
+        ]
+        .boxed(),
+        Kind::Str => (typed(Kind::Any, d), typed(Kind::Any, d))
+            .prop_map(|(a, b)| format!("({a} ~ {b})"))
+            .boxed(),
+        Kind::Bool => prop_oneof![
+            2 => (typed(Kind::Any, d), prop::sample::select(&["==", "!=", "<", "<=", ">", ">="][..]), typed(Kind::Any, d))
+                .prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+            1 => (typed(Kind::Bool, d), prop::sample::select(&["and", "or"][..]), typed(Kind::Bool, d))
+                .prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+            1 => typed(Kind::Bool, d).prop_map(|a| format!("(not {a})")),
+            1 => (typed(Kind::Any, d), prop::sample::select(&["in", "not in"][..]), typed(Kind::List, d))
+                .prop_map(|(a, op, b)| format!("({a} {op} {b})")),
+        ]
+        .boxed(),
+        Kind::List => typed(Kind::Any, d)
+            .prop_map(|a| format!("[{a}, 1]"))
+            .boxed(),
+        Kind::Any => prop_oneof![
+            1 => typed(Kind::Num, d),
+            1 => typed(Kind::Str, d),
+            1 => typed(Kind::Bool, d),
+            1 => (typed(Kind::List, d), 0i64..2).prop_map(|(a, i)| format!("{a}[{i}]")),
+        ]
+        .boxed(),
+    };
+    prop_oneof![
+        3 => leaf,
+        3 => inner,
+        2 => call(kind, d),
+        1 => cond,
+    ]
+    .boxed()
 }
 
 /// An expression (source text).
 pub fn expr() -> BoxedStrategy<String> {
-    let leaf = prop_oneof![
-        3 => path(),
-        2 => literal(),
-        1 => special_call(),
-    ];
-    leaf.prop_recursive(3, 24, 3, |inner| {
-        let ops = prop::sample::select(
-            &[
-                "+", "-", "*", "/", "//", "%", "**", "~", "==", "!=", "<", "<=", ">", ">=", "in",
-                "not in", "and", "or",
-            ][..],
-        );
-        prop_oneof![
-            2 => (inner.clone(), ops, inner.clone()).prop_map(|(a, op, b)| format!("({a} {op} {b})")),
-            1 => inner.clone().prop_map(|a| format!("(not {a})")),
-            1 => inner.clone().prop_map(|a| format!("(-{a})")),
-            1 => (inner.clone(), inner.clone(), inner.clone())
-                .prop_map(|(a, c, b)| format!("({a} if {c} else {b})")),
-            2 => plain_call(inner.clone().boxed()),
-            1 => (inner.clone(), 0i64..2).prop_map(|(a, i)| format!("[{a}, 1][{i}]")),
-        ]
-    })
-    .boxed()
+    typed(Kind::Any, 3)
+}
+
+/// A condition.
+fn condition() -> BoxedStrategy<String> {
+    typed(Kind::Bool, 2)
 }
 
 // ---------------------------------------------------------------------------
@@ -299,7 +386,7 @@ fn simple() -> BoxedStrategy<Transform> {
             ]),
         )
         .prop_map(Transform::Cast),
-        2 => expr().prop_map(Transform::Filter),
+        2 => condition().prop_map(Transform::Filter),
         2 => (path(), prop::sample::select(PATTERNS), prop::option::of(target()), on_no_match())
             .prop_map(|(field, pattern, into, on_no_match)| {
                 Transform::Regex(RegexStep {
@@ -353,7 +440,7 @@ fn transforms(depth: u32) -> BoxedStrategy<Vec<Transform>> {
     } else {
         prop_oneof![
             5 => simple(),
-            1 => (expr(), transforms(depth - 1), transforms(depth - 1)).prop_map(
+            1 => (condition(), transforms(depth - 1), transforms(depth - 1)).prop_map(
                 |(condition, then, otherwise)| Transform::When(WhenStep {
                     condition,
                     then,
@@ -370,7 +457,7 @@ fn transforms(depth: u32) -> BoxedStrategy<Vec<Transform>> {
 pub fn flow() -> impl Strategy<Value = FlowFile> {
     (
         transforms(2),
-        prop::collection::vec(prop::option::of(expr()), 1..4),
+        prop::collection::vec(prop::option::of(condition()), 1..4),
         any::<bool>(),
     )
         .prop_map(|(transforms, whens, unrouted_error)| FlowFile {

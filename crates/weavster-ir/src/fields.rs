@@ -110,7 +110,7 @@ impl Acc<'_> {
         let re = self
             .regexes
             .get(id)
-            .and_then(|src| weavster_guest::regex::Regex::new(src).ok());
+            .and_then(|src| crate::interp::regex(src).ok());
         match re {
             Some(re) => {
                 for name in re.capture_names().flatten() {

@@ -31,12 +31,32 @@ fn g(p: &Path) -> Vec<GSeg<'_>> {
 
 type Cont<'a> = &'a dyn Fn(&Interpreter, Value, &Ctx<'_>, &mut Vec<Outcome>);
 
+/// Compiles `src`, reusing earlier compilations of the same pattern in
+/// this process (the differential tests build hundreds of thousands of
+/// interpreters over a few patterns; a `Regex` clone shares its program).
+pub fn regex(src: &str) -> Result<Regex, String> {
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<String, Regex>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(re) = cache.lock().ok().and_then(|c| c.get(src).cloned()) {
+        return Ok(re);
+    }
+    let re = Regex::new(src).map_err(|e| e.to_string())?;
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= 1024 {
+            c.clear();
+        }
+        c.insert(src.to_string(), re.clone());
+    }
+    Ok(re)
+}
+
 impl Interpreter {
     pub fn new(flow: Flow) -> Result<Self, String> {
         let regexes = flow
             .regexes
             .iter()
-            .map(|r| Regex::new(r).map_err(|e| e.to_string()))
+            .map(|r| regex(r))
             .collect::<Result<_, _>>()?;
         let names: Vec<String> = (0..flow.templates.len()).map(|i| format!("t{i}")).collect();
         let sources: Vec<(&str, &str)> = names

@@ -201,7 +201,7 @@ impl Lowerer<'_> {
     }
 
     fn regex(&mut self, pattern: &str) -> Res<usize> {
-        regex::Regex::new(pattern).map_err(|e| LowerError(format!("regex `{pattern}`: {e}")))?;
+        crate::interp::regex(pattern).map_err(|e| LowerError(format!("regex `{pattern}`: {e}")))?;
         if let Some(i) = self.regexes.iter().position(|r| r == pattern) {
             return Ok(i);
         }

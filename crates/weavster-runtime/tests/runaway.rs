@@ -14,8 +14,9 @@ use weavster_runtime::{
 
 /// An ABI v1 guest in WAT: routes every record unchanged to output 0, loops
 /// forever on a record starting `{"l`, traps on one starting `{"t`, works
-/// for a while (15 × 2^28 loop turns) on one starting `{"s`. (Record indexes are
-/// one digit: batches of at most 10.)
+/// for a while (15 × 2^28 loop turns) on one starting `{"s`, answers an
+/// invalid outcome line for one starting `{"b`. (Record indexes are one
+/// digit: batches of at most 10.)
 const GUEST: &str = r#"
 (module
   (memory (export "memory") 16)
@@ -52,6 +53,10 @@ const GUEST: &str = r#"
           (then (loop $forever (br $forever))))
         (if (i32.eq (i32.load8_u (i32.add (local.get $start) (i32.const 2))) (i32.const 116))
           (then unreachable))
+        (if (i32.eq (i32.load8_u (i32.add (local.get $start) (i32.const 2))) (i32.const 98))
+          (then
+            (local.set $o (call $put (local.get $o) (i32.const 120)))
+            (local.set $o (call $put (local.get $o) (i32.const 10)))))
         (if (i32.eq (i32.load8_u (i32.add (local.get $start) (i32.const 2))) (i32.const 115))
           (then
             (local.set $k (i32.const 0))
@@ -264,6 +269,45 @@ async fn a_slow_batch_is_not_run_twice() {
     // Each batch was run once: not taken over while it ran.
     let counts = &report.flows["wild"].counts;
     assert_eq!((counts.batches, counts.processed), (2, 6), "{report:?}");
+    db.pool().close().await;
+    server.stop().await.expect("stop");
+}
+
+/// A compiled flow that answers an invalid outcome (a bug in Weavster):
+/// its batch is dead-lettered at once as `internal`, with a message asking
+/// for a report, never retried; other batches go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_guest_answer_is_an_internal_dead_letter_not_a_retry() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let root = dir.path().to_path_buf();
+    let server =
+        weavster_pg::Embedded::start(&weavster_pg::Options::new(root.join(".weavster/postgres")))
+            .await
+            .expect("embedded PostgreSQL");
+    let db = Db::connect(&server.url(), 8, Duration::from_secs(10))
+        .await
+        .expect("connect");
+    std::fs::write(root.join("guest.wasm"), GUEST).expect("write guest");
+    std::fs::write(
+        root.join("in.jsonl"),
+        "{\"n\":1}\n{\"n\":2}\n{\"b\":3}\n{\"n\":4}\n{\"n\":5}\n",
+    )
+    .expect("write input");
+    let report = check(&db, &root).await;
+    let out = std::fs::read_to_string(root.join("out.jsonl")).expect("output");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["{\"n\":5}"]);
+    let counts = &report.flows["wild"].counts;
+    assert_eq!(counts.dead, BTreeMap::from([("internal".to_string(), 4)]));
+    assert_eq!(counts.failed_batches, 0, "retried: {report:?}");
+    let dead = db
+        .dead_letters(&DeadLetterFilter::default(), 10)
+        .await
+        .expect("dead letters");
+    assert!(
+        dead.iter()
+            .all(|d| d.attempts == 1 && d.message.contains("bug in Weavster")),
+        "{dead:#?}"
+    );
     db.pool().close().await;
     server.stop().await.expect("stop");
 }
