@@ -7,7 +7,6 @@
 
 mod records;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -45,19 +44,7 @@ fn compile(root: &Path, host: &weavster_host::Host) -> anyhow::Result<Vec<weavst
         bail!("invalid project: {:?}", loaded.diagnostics);
     }
     let p = &loaded.project;
-    let tables: BTreeMap<_, _> = p
-        .lookups
-        .iter()
-        .map(|(k, t)| {
-            (
-                k.clone(),
-                weavster_ir::LookupData {
-                    columns: t.columns.clone(),
-                    rows: t.rows.clone(),
-                },
-            )
-        })
-        .collect();
+    let tables = p.lookup_data();
     let irs = p
         .flows
         .iter()

@@ -50,6 +50,10 @@ const GUEST_FILES: &[(&str, &str)] = &[
         "src/step.rs",
         include_str!("../../weavster-guest/src/step.rs"),
     ),
+    (
+        "src/table.rs",
+        include_str!("../../weavster-guest/src/table.rs"),
+    ),
 ];
 
 /// The guest's dependencies, as in the repository's `[workspace.dependencies]`
@@ -58,22 +62,38 @@ pub const GUEST_DEPENDENCIES: &str = r#"serde = "1"
 serde_json = { version = "1", features = ["preserve_order", "raw_value", "float_roundtrip"] }
 regex = "1"
 minijinja = { version = "3", features = ["serde"] }
-phf = "0.11"
 sha2 = "0.10"
 base64 = "0.22"
 chrono = { version = "0.4", default-features = false, features = ["alloc"] }
 "#;
 
 /// Build profile of the flow modules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Profile {
+    /// For development (`compile`, `test`, `run`): opt-level 3 and one
+    /// codegen unit, but no LTO: changing a flow rebuilds its small crate
+    /// and links, in about a second.
+    Dev,
+    /// For shipping (`compile --release`, `run --release`, `package`):
     /// opt-level 3, fat LTO, one codegen unit, panic=abort, stripped.
     Release,
 }
 
 impl Profile {
-    fn name(self) -> &'static str {
-        "release"
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Dev => "dev",
+            Profile::Release => "release",
+        }
+    }
+
+    /// The cargo profile it builds with (and its target subdirectory).
+    fn cargo_profile(self) -> &'static str {
+        match self {
+            Profile::Dev => "weavster-dev",
+            Profile::Release => "release",
+        }
     }
 }
 
@@ -129,6 +149,8 @@ pub struct Built {
     pub key: String,
     pub fingerprint: String,
     pub cached: bool,
+    /// The profile it was built with.
+    pub profile: Profile,
 }
 
 /// Progress reported while building (the CLI draws it).
@@ -221,18 +243,30 @@ pub fn source_key(fingerprint: &str, source: &str, profile: Profile) -> String {
     flow_key(fingerprint, source, &toolchain_key("", profile))
 }
 
+/// `<flow>.<profile>-`: how the modules of a flow built with a profile
+/// start their names (so that a dev and a release build of it coexist).
+fn module_prefix(flow: &str, profile: Profile) -> String {
+    format!("{flow}.{}-", profile.name())
+}
+
 /// The cached module of `flow` whose source key is `key`, if any.
-fn find_by_source_key(wasm_dir: &Path, flow: &str, key: &str) -> Option<(PathBuf, String)> {
+fn find_by_source_key(
+    wasm_dir: &Path,
+    flow: &str,
+    profile: Profile,
+    key: &str,
+) -> Option<(PathBuf, String)> {
+    let prefix = module_prefix(flow, profile);
     let entries = std::fs::read_dir(wasm_dir).ok()?;
     for e in entries.filter_map(Result::ok) {
         let name = e.file_name().to_string_lossy().to_string();
         let Some(module_key) = name
-            .strip_prefix(&format!("{flow}-"))
+            .strip_prefix(&prefix)
             .and_then(|n| n.strip_suffix(".source"))
         else {
             continue;
         };
-        let wasm = wasm_dir.join(format!("{flow}-{module_key}.wasm"));
+        let wasm = wasm_dir.join(format!("{prefix}{module_key}.wasm"));
         if std::fs::read_to_string(e.path()).is_ok_and(|k| k.trim() == key) && wasm.is_file() {
             return Some((wasm, module_key.to_string()));
         }
@@ -257,7 +291,7 @@ fn crate_name(flow: &str, key: &str) -> String {
     format!("flow_{flow}_{key}")
 }
 
-fn generate(f: &FlowInput<'_>) -> Result<String, BuildError> {
+fn generate(f: &FlowInput<'_>) -> Result<weavster_codegen::Generated, BuildError> {
     weavster_codegen::generate(f.ir, f.origin).map_err(|e| BuildError::Codegen {
         flow: f.ir.name.clone(),
         message: e.to_string(),
@@ -302,9 +336,13 @@ pub fn build(
     for f in flows {
         let fingerprint = f.ir.fingerprint();
         // Generated once, for the key, the build dir and `--debug`.
-        let source = generate(f)?;
+        let generated = generate(f)?;
+        let source = generated.source.clone();
         let key = flow_key(&fingerprint, &source, &toolchain);
-        let wasm = wasm_dir.join(format!("{}-{key}.wasm", f.ir.name));
+        let wasm = wasm_dir.join(format!(
+            "{}{key}.wasm",
+            module_prefix(&f.ir.name, opts.profile)
+        ));
         let cached = !opts.force && wasm.is_file();
         if opts.debug {
             write_if_changed(
@@ -313,7 +351,7 @@ pub fn build(
             )?;
         }
         if !cached {
-            stale.push((f, source));
+            stale.push((f, generated));
         }
         results.push(Built {
             flow: f.ir.name.clone(),
@@ -321,6 +359,7 @@ pub fn build(
             key,
             fingerprint,
             cached,
+            profile: opts.profile,
         });
     }
     if stale.is_empty() {
@@ -331,11 +370,18 @@ pub fn build(
     let build_dir = layout.build_dir();
     let keys: Vec<&str> = results.iter().map(|b| b.key.as_str()).collect();
     write_workspace(&build_dir, flows, &keys)?;
-    for (f, source) in &stale {
-        write_if_changed(
-            &build_dir.join("flows").join(&f.ir.name).join("src/lib.rs"),
-            source,
-        )?;
+    for (f, generated) in &stale {
+        let src = build_dir.join("flows").join(&f.ir.name).join("src");
+        write_if_changed(&src.join("lib.rs"), &generated.source)?;
+        for (name, bytes) in &generated.assets {
+            let path = src.join(name);
+            if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(bytes.len() as u64) {
+                std::fs::write(&path, bytes).map_err(|source| BuildError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
     }
     let cargo_target = match &opts.cargo_target_dir {
         Some(d) => std::path::absolute(d).unwrap_or_else(|_| d.clone()),
@@ -353,16 +399,15 @@ pub fn build(
         opts.profile,
         progress,
     )?;
-    let target_dir = cargo_target.join(TARGET).join(opts.profile.name());
+    let target_dir = cargo_target.join(TARGET).join(opts.profile.cargo_profile());
     for b in results.iter().filter(|b| !b.cached) {
         let built = target_dir.join(format!("{}.wasm", crate_name(&b.flow, &b.key)));
         // Old modules of this flow are replaced by the new one.
         if let Ok(entries) = std::fs::read_dir(&wasm_dir) {
             for e in entries.filter_map(Result::ok) {
                 let name = e.file_name().to_string_lossy().to_string();
-                if name.starts_with(&format!("{}-", b.flow))
-                    && !name.starts_with(&format!("{}-{}.", b.flow, b.key))
-                {
+                let prefix = module_prefix(&b.flow, opts.profile);
+                if name.starts_with(&prefix) && !name.starts_with(&format!("{prefix}{}.", b.key)) {
                     let _ = std::fs::remove_file(e.path());
                 }
             }
@@ -371,10 +416,10 @@ pub fn build(
             path: built.clone(),
             source,
         })?;
-        if let Some((f, source)) = stale.iter().find(|(f, _)| f.ir.name == b.flow) {
+        if let Some((f, generated)) = stale.iter().find(|(f, _)| f.ir.name == b.flow) {
             write_if_changed(
                 &b.wasm.with_extension("source"),
-                &source_key(&f.ir.fingerprint(), source, opts.profile),
+                &source_key(&f.ir.fingerprint(), &generated.source, opts.profile),
             )?;
         }
     }
@@ -393,7 +438,7 @@ fn cached_without_toolchain(
     let mut results = Vec::new();
     for f in flows {
         let fingerprint = f.ir.fingerprint();
-        let source = generate(f)?;
+        let source = generate(f)?.source;
         if opts.debug {
             write_if_changed(
                 &layout.debug_dir().join(format!("{}.rs", f.ir.name)),
@@ -401,18 +446,20 @@ fn cached_without_toolchain(
             )?;
         }
         let key = source_key(&fingerprint, &source, opts.profile);
-        let (wasm, key) = find_by_source_key(wasm_dir, &f.ir.name, &key).ok_or_else(|| {
-            BuildError::NoToolchain {
-                flow: f.ir.name.clone(),
-                detail: detail.to_string(),
-            }
-        })?;
+        let (wasm, key) =
+            find_by_source_key(wasm_dir, &f.ir.name, opts.profile, &key).ok_or_else(|| {
+                BuildError::NoToolchain {
+                    flow: f.ir.name.clone(),
+                    detail: detail.to_string(),
+                }
+            })?;
         results.push(Built {
             flow: f.ir.name.clone(),
             wasm,
             key,
             fingerprint,
             cached: true,
+            profile: opts.profile,
         });
     }
     progress(Event::UpToDate);
@@ -436,6 +483,11 @@ lto = "fat"
 codegen-units = 1
 panic = "abort"
 strip = true
+
+[profile.weavster-dev]
+inherits = "release"
+lto = false
+incremental = false
 "#,
         members = members.join(", ")
     );
@@ -501,9 +553,7 @@ fn run_cargo(
         .env("CARGO_TARGET_DIR", target_dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if profile == Profile::Release {
-        cmd.arg("--release");
-    }
+    cmd.args(["--profile", profile.cargo_profile()]);
     for (_, name) in stale {
         cmd.args(["-p", name]);
     }

@@ -1,6 +1,5 @@
 //! `weavster compile`
 
-use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +8,6 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use serde::Serialize;
 use weavster_build::{Built, Event, FlowInput, Options, Profile};
-use weavster_ir::LookupData;
 use weavster_project::report::render;
 use weavster_project::{Loaded, Manifest};
 
@@ -26,6 +24,20 @@ pub struct Args {
     /// Also write the generated Rust to .weavster/debug/<flow>.rs.
     #[arg(long)]
     pub debug: bool,
+    /// Build fully optimized (fat LTO: slower to build, faster to run), for
+    /// production; by default flows build for development.
+    #[arg(long)]
+    pub release: bool,
+}
+
+impl Args {
+    pub fn profile(&self) -> Profile {
+        if self.release {
+            Profile::Release
+        } else {
+            Profile::Dev
+        }
+    }
 }
 
 /// A compiled flow, with what `test` and `run` need.
@@ -44,7 +56,15 @@ struct CompiledManifest<'a> {
 /// Loads, validates, lowers and builds; prints diagnostics and progress.
 /// `Ok(None)` means the project is invalid (diagnostics were printed).
 pub fn compile(g: &Global, args: &Args, quiet: bool) -> anyhow::Result<Option<(Loaded, Compiled)>> {
-    let loaded = g.load()?;
+    compile_loaded(g.load()?, args, quiet)
+}
+
+/// [`compile`] of a project already loaded.
+pub fn compile_loaded(
+    loaded: Loaded,
+    args: &Args,
+    quiet: bool,
+) -> anyhow::Result<Option<(Loaded, Compiled)>> {
     if !loaded.is_valid() {
         eprint!(
             "{}",
@@ -60,19 +80,7 @@ pub fn compile(g: &Global, args: &Args, quiet: bool) -> anyhow::Result<Option<(L
             bail!("no flow named `{f}` (flows: {})", names.join(", "));
         }
     }
-    let lookups: BTreeMap<String, LookupData> = project
-        .lookups
-        .iter()
-        .map(|(k, t)| {
-            (
-                k.clone(),
-                LookupData {
-                    columns: t.columns.clone(),
-                    rows: t.rows.clone(),
-                },
-            )
-        })
-        .collect();
+    let lookups = project.lookup_data();
     let selected: Vec<_> = project
         .flows
         .iter()
@@ -108,7 +116,7 @@ pub fn compile(g: &Global, args: &Args, quiet: bool) -> anyhow::Result<Option<(L
         project_root: &project.root,
         force: args.force,
         debug: args.debug,
-        profile: Profile::Release,
+        profile: args.profile(),
         cargo_target_dir: std::env::var_os("WEAVSTER_CARGO_TARGET_DIR").map(PathBuf::from),
     };
     let mut announced = false;
@@ -149,8 +157,9 @@ pub fn compile(g: &Global, args: &Args, quiet: bool) -> anyhow::Result<Option<(L
         for b in &built {
             let state = if b.cached { "up to date" } else { "compiled" };
             println!(
-                "✔ {:<20} {state:<10} {}",
+                "✔ {:<20} {state:<10} {:<7} {}",
                 b.flow,
+                b.profile.name(),
                 relative(&project.root, &b.wasm)
             );
         }

@@ -34,6 +34,10 @@ pub struct Args {
     /// Forget the stored input positions: read every input from its start.
     #[arg(long)]
     from_start: bool,
+    /// Run the fully optimized build of the flows (`compile --release`):
+    /// for production. By default the development build runs.
+    #[arg(long)]
+    release: bool,
 }
 
 /// The flows to run: the selected ones and every flow they feed.
@@ -268,26 +272,19 @@ fn print_summary(report: &RunReport, quiet: bool) {
 
 pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     let loaded = g.load()?;
-    if !loaded.is_valid() {
-        // Let compile print the diagnostics.
-        compile::compile(
-            g,
-            &CompileArgs {
-                flow: Vec::new(),
-                force: false,
-                debug: false,
-            },
-            true,
-        )?;
-        return Ok(ExitCode::from(1));
-    }
-    let flows = selected(&loaded.project, &args.flow)?;
-    let Some((loaded, compiled)) = compile::compile(
-        g,
+    let flows = if loaded.is_valid() {
+        selected(&loaded.project, &args.flow)?
+    } else {
+        Vec::new()
+    };
+    // Compiles what changed (and prints the diagnostics of an invalid project).
+    let Some((loaded, compiled)) = compile::compile_loaded(
+        loaded,
         &CompileArgs {
-            flow: flows.clone(),
+            flow: flows,
             force: false,
             debug: false,
+            release: args.release,
         },
         true,
     )?
@@ -341,9 +338,10 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         let queue = Queue::open(project, connections).await?;
         if !g.quiet {
             eprintln!(
-                "running {} flow{} on {}{}",
+                "running {} flow{} ({} build) on {}{}",
                 plans.len(),
                 crate::validate::plural(plans.len()),
+                if args.release { "release" } else { "dev" },
                 queue.shown,
                 if args.once {
                     " (--once)"

@@ -16,6 +16,9 @@ pub struct Args {
     /// Only the tests of this flow (repeatable).
     #[arg(long, short = 's')]
     select: Vec<String>,
+    /// Test the fully optimized build (`compile --release`).
+    #[arg(long)]
+    release: bool,
 }
 
 /// `now()` in fixtures that do not pin it.
@@ -170,6 +173,7 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         flow: args.select.clone(),
         force: false,
         debug: false,
+        release: args.release,
     };
     let Some((loaded, compiled)) = compile::compile(g, &compile_args, true)? else {
         return Ok(ExitCode::from(1));

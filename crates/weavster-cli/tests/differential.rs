@@ -48,17 +48,9 @@ fn load(dir: &Path) -> weavster_project::Loaded {
 }
 
 fn lookups(p: &weavster_project::Project) -> BTreeMap<String, LookupData> {
-    p.lookups
-        .iter()
-        .map(|(k, t)| {
-            (
-                k.clone(),
-                LookupData {
-                    columns: t.columns.clone(),
-                    rows: t.rows.clone(),
-                },
-            )
-        })
+    p.lookup_data()
+        .into_iter()
+        .map(|(k, t)| (k, t.clone()))
         .collect()
 }
 
@@ -345,7 +337,9 @@ fn generated_rust_is_stable() {
         let tables = lookups(&loaded.project);
         for f in &loaded.project.flows {
             let ir = weavster_ir::lower(&f.name, &f.spec, &tables).expect("lowers");
-            let source = weavster_codegen::generate(&ir, &f.file).expect("generates");
+            let source = weavster_codegen::generate(&ir, &f.file)
+                .expect("generates")
+                .source;
             let project = dir
                 .file_name()
                 .map(|n| n.to_string_lossy().to_string())

@@ -49,7 +49,7 @@ fn corpus() -> Vec<(String, Case)> {
 
 /// The crate: one module per flow, and a main that runs batches given on
 /// standard input as `[{"flow": i, "vars": {…}, "batch": "…"}]`.
-fn write_crate(dir: &Path, sources: &[String]) {
+fn write_crate(dir: &Path, sources: &[weavster_codegen::Generated]) {
     let guest = common::repo().join("crates/weavster-guest");
     std::fs::create_dir_all(dir.join("src")).expect("mkdir");
     std::fs::write(
@@ -64,8 +64,11 @@ fn write_crate(dir: &Path, sources: &[String]) {
     .expect("manifest");
     let _ = std::fs::copy(common::repo().join("Cargo.lock"), dir.join("Cargo.lock"));
     let mut main = String::from("use weavster_guest::serde_json::{self, Map, Value};\n\n");
-    for (i, src) in sources.iter().enumerate() {
-        std::fs::write(dir.join(format!("src/f{i}.rs")), src).expect("module");
+    for (i, g) in sources.iter().enumerate() {
+        std::fs::write(dir.join(format!("src/f{i}.rs")), &g.source).expect("module");
+        for (name, bytes) in &g.assets {
+            std::fs::write(dir.join("src").join(name), bytes).expect("asset");
+        }
         main.push_str(&format!("mod f{i};\n"));
     }
     main.push_str(

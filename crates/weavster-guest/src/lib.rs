@@ -15,6 +15,7 @@ pub mod func;
 pub mod ops;
 pub mod path;
 pub mod step;
+pub mod table;
 
 use std::cell::Cell;
 
@@ -134,4 +135,4 @@ pub enum Touch {
 }
 
 // Re-exported for generated code, which depends on this crate only.
-pub use {phf, regex, serde_json};
+pub use {regex, serde_json};

@@ -199,7 +199,8 @@ mod tests {
         );
         let spec: weavster_spec::types::FlowFile =
             weavster_spec::yaml::from_str(&src).expect("flow parses");
-        let flow = crate::lower("f", &spec, &BTreeMap::new()).expect("flow lowers");
+        let flow = crate::lower("f", &spec, &BTreeMap::<String, crate::LookupData>::new())
+            .expect("flow lowers");
         let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let expected = expected.map(|(r, w)| crate::ir::Fields {
             read_only: strings(r),

@@ -221,8 +221,21 @@ impl Fields {
 impl Flow {
     /// A stable hash of the normalized IR (hex SHA-256 of its canonical JSON).
     pub fn fingerprint(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        let digest = sha2::Sha256::digest(&json);
+        /// Hashes what is written to it (the JSON is never held whole:
+        /// a large lookup table is tens of megabytes of it).
+        struct Hashing(sha2::Sha256);
+        impl std::io::Write for Hashing {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.update(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut h = Hashing(sha2::Sha256::new());
+        let _ = serde_json::to_writer(std::io::BufWriter::with_capacity(1 << 16, &mut h), self);
+        let digest = h.0.finalize();
         digest.iter().map(|b| format!("{b:02x}")).collect()
     }
 }

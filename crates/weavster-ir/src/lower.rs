@@ -7,12 +7,7 @@ use weavster_spec::types::{self as spec, FlowFile, Transform};
 
 use crate::ir::*;
 
-/// A lookup table as loaded from CSV: header and rows.
-#[derive(Debug, Clone)]
-pub struct LookupData {
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<String>>,
-}
+pub use weavster_spec::types::LookupData;
 
 /// The flow could not be lowered. After `validate` passed this does not
 /// happen; it is reported as an internal error with the flow's file.
@@ -23,16 +18,22 @@ pub struct LowerError(pub String);
 type Res<T> = Result<T, LowerError>;
 
 struct Lowerer<'a> {
-    lookups: &'a BTreeMap<String, LookupData>,
+    lookups: &'a dyn Fn(&str) -> Option<&'a LookupData>,
     regexes: Vec<String>,
     templates: Vec<String>,
     tables: Vec<Table>,
 }
 
-/// Lowers a checked flow. `lookups` holds every table of the project.
-pub fn lower(name: &str, flow: &FlowFile, lookups: &BTreeMap<String, LookupData>) -> Res<Flow> {
+/// Lowers a checked flow. `lookups` holds every table of the project (by
+/// value or borrowed: a large table is not copied).
+pub fn lower<T: std::borrow::Borrow<LookupData>>(
+    name: &str,
+    flow: &FlowFile,
+    lookups: &BTreeMap<String, T>,
+) -> Res<Flow> {
+    let find = |t: &str| lookups.get(t).map(|d| d.borrow());
     let mut l = Lowerer {
-        lookups,
+        lookups: &find,
         regexes: Vec::new(),
         templates: Vec::new(),
         tables: Vec::new(),
@@ -210,9 +211,7 @@ impl Lowerer<'_> {
     }
 
     fn table(&mut self, table: &str, column: Option<&str>) -> Res<usize> {
-        let data = self
-            .lookups
-            .get(table)
+        let data = (self.lookups)(table)
             .ok_or_else(|| LowerError(format!("unknown lookup table `{table}`")))?;
         let col =
             match column {

@@ -657,10 +657,15 @@ impl FlowCheck<'_> {
                     }
                     Some(table) => {
                         if let Some(col) = &l.column
-                            && !table.columns.iter().any(|c| c == col)
+                            && !table.data.columns.iter().any(|c| c == col)
                         {
-                            let cols: Vec<&str> =
-                                table.columns.iter().skip(1).map(String::as_str).collect();
+                            let cols: Vec<&str> = table
+                                .data
+                                .columns
+                                .iter()
+                                .skip(1)
+                                .map(String::as_str)
+                                .collect();
                             self.push(
                                 Diagnostic::error(
                                     "lookup::unknown-column",

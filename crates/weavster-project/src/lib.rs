@@ -126,8 +126,7 @@ pub struct FlowDef {
 #[derive(Debug, Clone)]
 pub struct LookupTable {
     pub file: String,
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<String>>,
+    pub data: weavster_spec::types::LookupData,
 }
 
 #[derive(Debug, Clone)]
@@ -141,5 +140,13 @@ pub struct TestDef {
 impl Project {
     pub fn flow(&self, name: &str) -> Option<&FlowDef> {
         self.flows.iter().find(|f| f.name == name)
+    }
+
+    /// Every lookup table by name, borrowed (what lowering a flow takes).
+    pub fn lookup_data(&self) -> BTreeMap<String, &weavster_spec::types::LookupData> {
+        self.lookups
+            .iter()
+            .map(|(k, t)| (k.clone(), &t.data))
+            .collect()
     }
 }

@@ -898,7 +898,9 @@ impl Loader {
     }
 
     fn lookup(&mut self, rel: &str, text: &str) -> Option<LookupTable> {
-        self.sources.insert(rel.to_string(), text.to_string());
+        // Kept for snippets only when something is wrong (a table can be
+        // large: a million rows is tens of megabytes).
+        let errors_before = self.diags.len();
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
             .from_reader(text.as_bytes());
@@ -923,40 +925,55 @@ impl Loader {
             );
             return None;
         }
-        let mut rows = Vec::new();
-        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        let mut lines: Vec<u64> = Vec::new();
         let mut ok = true;
-        for record in reader.records() {
-            match record {
-                Ok(r) => {
-                    let line = r.position().map(|p| p.line()).unwrap_or(0);
-                    let row: Vec<String> = r.iter().map(str::to_string).collect();
-                    let key = row.first().cloned().unwrap_or_default();
-                    if let Some(first) = seen.get(&key) {
-                        self.push(
-                            err(
-                                format!("duplicate key `{key}` (first on line {first})"),
-                                Some(line),
-                            )
-                            .hint("each key may appear once; the first column is the key"),
-                        );
-                        ok = false;
-                    } else {
-                        seen.insert(key, line);
-                    }
-                    rows.push(row);
+        let mut record = csv::StringRecord::new();
+        loop {
+            match reader.read_record(&mut record) {
+                Ok(false) => break,
+                Ok(true) => {
+                    lines.push(record.position().map(|p| p.line()).unwrap_or(0));
+                    rows.push(record.iter().map(str::to_string).collect());
                 }
                 Err(e) => {
                     let line = e.position().map(|p| p.line());
                     self.push(err(format!("invalid CSV: {e}"), line));
                     ok = false;
+                    break;
                 }
             }
         }
+        // Duplicate keys, found without copying them.
+        let mut seen: std::collections::HashMap<&str, u64> =
+            std::collections::HashMap::with_capacity(rows.len());
+        let mut duplicates = Vec::new();
+        for (row, line) in rows.iter().zip(&lines) {
+            let key = row.first().map(String::as_str).unwrap_or_default();
+            match seen.get(key) {
+                Some(first) => duplicates.push((key.to_string(), *first, *line)),
+                None => {
+                    seen.insert(key, *line);
+                }
+            }
+        }
+        drop(seen);
+        for (key, first, line) in duplicates {
+            self.push(
+                err(
+                    format!("duplicate key `{key}` (first on line {first})"),
+                    Some(line),
+                )
+                .hint("each key may appear once; the first column is the key"),
+            );
+            ok = false;
+        }
+        if self.diags.len() > errors_before {
+            self.sources.insert(rel.to_string(), text.to_string());
+        }
         ok.then(|| LookupTable {
             file: rel.to_string(),
-            columns,
-            rows,
+            data: weavster_spec::types::LookupData { columns, rows },
         })
     }
 }

@@ -98,8 +98,8 @@ impl Manifest {
                 .map(|(name, t)| ManifestLookup {
                     name: name.clone(),
                     file: t.file.clone(),
-                    columns: t.columns.clone(),
-                    rows: t.rows.len(),
+                    columns: t.data.columns.clone(),
+                    rows: t.data.rows.len(),
                 })
                 .collect(),
         }

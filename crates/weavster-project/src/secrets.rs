@@ -239,7 +239,7 @@ fn patterns() -> &'static [regex::Regex] {
             // A query or connection-string parameter with a secret name.
             r#"(?i)([?&;]\s*[a-z0-9_.\-]*(?:pass|pwd|token|secret|key|signature|sig|auth|credential)[a-z0-9_.\-]*=)([^&#\s;]*)"#,
             // libpq key=value: password=… sslpassword=…
-            r#"(?i)((?:^|\s)(?:ssl)?password\s*=\s*)('[^']*'|[^\s']+)"#,
+            r#"(?i)((?:^|\s)(?:ssl)?password\s*=\s*)('[^']*'|[^\s'"][^\s']*)"#,
             // JAAS: password="…"
             r#"(?i)(password\s*=\s*")([^"]*)"#,
         ]

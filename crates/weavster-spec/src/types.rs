@@ -589,6 +589,14 @@ impl Runtime {
     }
 }
 
+/// A lookup table as loaded from `lookups/<name>.csv`: header and rows (the
+/// first column is the key).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LookupData {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<String>>,
+}
+
 /// The JSON Schemas of every file kind, by schema file name.
 pub fn schemas() -> BTreeMap<&'static str, schemars::Schema> {
     let mut out = BTreeMap::new();
