@@ -44,7 +44,7 @@ gen() { # RECORDS FILE
   awk -v n="$1" 'BEGIN { for (i = 0; i < n; i++) printf "{\"id\":%d,\"cust\":\" c%d \",\"amount\":%d.5,\"qty\":%d,\"status\":\"%s\",\"note\":\"lorem ipsum dolor sit amet, consectetur adipiscing\"}\n", i, i % 1000, i % 100, i % 7 + 1, (i % 10 == 0 ? "test" : "new") }' > "$2"
 }
 
-"$weavster" -q -C "$dir" compile >&2
+"$weavster" -q -C "$dir" compile --release >&2
 "$weavster" -q -C "$dir" dlq ls >/dev/null   # creates the queue database (initdb) before timing
 
 # One timed run: wall time, peak RSS, time to the first output record.
@@ -53,7 +53,7 @@ run_once() { # RECORDS → prints "secs rss_kb ttfr_secs"
   rm -rf "$dir/out"
   local start t0 ttfr=""
   start=$(date +%s.%N)
-  /usr/bin/time -f '%e %M' -o "$dir/time.txt" "$weavster" -q -C "$dir" run --once --from-start 2>"$dir/run.log" &
+  /usr/bin/time -f '%e %M' -o "$dir/time.txt" "$weavster" -q -C "$dir" run --once --release --from-start 2>"$dir/run.log" &
   local pid=$!
   while kill -0 "$pid" 2>/dev/null; do
     if [ -z "$ttfr" ] && [ -s "$dir/out/out.jsonl" ]; then
@@ -83,7 +83,7 @@ json_input() { # RECORDS → prints "secs rss_kb bytes"
   rm -f "$dir/data/in.jsonl"
   sed -i 's#data/in.jsonl#data/in.json#' "$dir/connectors/files.yaml"
   rm -rf "$dir/out"
-  /usr/bin/time -f '%e %M' -o "$dir/time.txt" "$weavster" -q -C "$dir" run --once --from-start 2>"$dir/run.log" \
+  /usr/bin/time -f '%e %M' -o "$dir/time.txt" "$weavster" -q -C "$dir" run --once --release --from-start 2>"$dir/run.log" \
     || { cat "$dir/run.log" >&2; exit 1; }
   echo "$(cat "$dir/time.txt") $(stat -c %s "$dir/data/in.json")"
 }

@@ -65,6 +65,7 @@ minijinja = { version = "3", features = ["serde"] }
 sha2 = "0.10"
 base64 = "0.22"
 chrono = { version = "0.4", default-features = false, features = ["alloc"] }
+talc = "5"
 "#;
 
 /// Build profile of the flow modules.

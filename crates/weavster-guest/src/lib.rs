@@ -11,6 +11,13 @@
 //! compiler's lowering on top of it. Depends on nothing host-only.
 
 pub mod abi;
+
+/// In wasm, Talc instead of the default dlmalloc: flows allocate much
+/// (records are JSON values) and Talc is faster (see docs/dev/benchmarks.md).
+#[cfg(all(target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOC: talc::wasm::WasmDynamicTalc = talc::wasm::new_wasm_dynamic_allocator();
+
 pub mod func;
 pub mod ops;
 pub mod path;

@@ -93,30 +93,45 @@ pub struct Host {
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
 impl Host {
+    /// A host whose guests run under a deadline (the default).
     pub fn new() -> Result<Self, HostError> {
+        Self::with_deadline(true)
+    }
+
+    /// `deadline: false` compiles guests without the epoch checks that
+    /// enforce [`Host::batch_deadline`]: faster, but a guest that never
+    /// returns holds its worker forever. Only for measuring what the checks
+    /// cost (`weavster-bench`); `weavster run` always has the deadline.
+    pub fn with_deadline(deadline: bool) -> Result<Self, HostError> {
         let mut config = Config::new();
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
-        config.epoch_interruption(true);
+        config.epoch_interruption(deadline);
         let engine = Engine::new(&config).map_err(|e| HostError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         add_wasi_imports(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
-        // Ends by itself once the engine is gone.
-        let weak = engine.weak();
-        std::thread::Builder::new()
-            .name("weavster-epoch".into())
-            .spawn(move || {
-                while let Some(engine) = weak.upgrade() {
-                    engine.increment_epoch();
-                    drop(engine);
-                    std::thread::sleep(EPOCH_TICK);
-                }
-            })
-            .map_err(|e| HostError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        if deadline {
+            // Ends by itself once the engine is gone.
+            let weak = engine.weak();
+            std::thread::Builder::new()
+                .name("weavster-epoch".into())
+                .spawn(move || {
+                    while let Some(engine) = weak.upgrade() {
+                        engine.increment_epoch();
+                        drop(engine);
+                        std::thread::sleep(EPOCH_TICK);
+                    }
+                })
+                .map_err(|e| HostError::Engine(format!("cannot start the epoch thread: {e}")))?;
+        }
         Ok(Host {
             engine,
             linker,
             memory_limit: 512 << 20,
-            batch_deadline: Duration::from_secs(10),
+            batch_deadline: if deadline {
+                Duration::from_secs(10)
+            } else {
+                Duration::MAX
+            },
         })
     }
 
@@ -267,8 +282,10 @@ impl FlowModule {
             },
         );
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(ticks(self.deadline));
+        if self.deadline != Duration::MAX {
+            store.epoch_deadline_trap();
+            store.set_epoch_deadline(ticks(self.deadline));
+        }
         store
     }
 
@@ -393,7 +410,9 @@ impl Instance {
         if self.poisoned {
             return Err(HostError::Poisoned);
         }
-        self.store.set_epoch_deadline(ticks(self.deadline));
+        if self.deadline != Duration::MAX {
+            self.store.set_epoch_deadline(ticks(self.deadline));
+        }
         let len = self.write_input(batch)?;
         let n = self
             .process
