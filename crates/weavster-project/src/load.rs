@@ -898,9 +898,17 @@ impl Loader {
     }
 
     fn lookup(&mut self, rel: &str, text: &str) -> Option<LookupTable> {
+        let errors_before = self.diags.len();
+        let table = self.lookup_rows(rel, text);
         // Kept for snippets only when something is wrong (a table can be
         // large: a million rows is tens of megabytes).
-        let errors_before = self.diags.len();
+        if self.diags.len() > errors_before {
+            self.sources.insert(rel.to_string(), text.to_string());
+        }
+        table
+    }
+
+    fn lookup_rows(&mut self, rel: &str, text: &str) -> Option<LookupTable> {
         let mut reader = csv::ReaderBuilder::new()
             .has_headers(true)
             .from_reader(text.as_bytes());
@@ -967,9 +975,6 @@ impl Loader {
                 .hint("each key may appear once; the first column is the key"),
             );
             ok = false;
-        }
-        if self.diags.len() > errors_before {
-            self.sources.insert(rel.to_string(), text.to_string());
         }
         ok.then(|| LookupTable {
             file: rel.to_string(),

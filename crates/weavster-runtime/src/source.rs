@@ -925,6 +925,24 @@ fn json_record(elem: &[u8]) -> Result<String, (Stage, String)> {
 /// A CSV file's column names (`Err`: not UTF-8) and the byte after the header.
 type CsvHeader = Result<Vec<String>, String>;
 
+/// The column names of a header row (a byte-order mark before the first
+/// is not part of it).
+fn header_names<'a>(fields: impl Iterator<Item = &'a [u8]>) -> CsvHeader {
+    fields
+        .enumerate()
+        .map(|(i, f)| {
+            let f = if i == 0 {
+                f.strip_prefix(BOM).unwrap_or(f)
+            } else {
+                f
+            };
+            std::str::from_utf8(f)
+                .map(str::to_string)
+                .map_err(|_| format!("the CSV header's column {} is not valid UTF-8", i + 1))
+        })
+        .collect()
+}
+
 /// The header of a CSV file and the byte offset after it.
 fn csv_header(path: &Path, delimiter: u8) -> Result<Option<(CsvHeader, i64)>, String> {
     let f = File::open(path).map_err(|e| e.to_string())?;
@@ -937,21 +955,7 @@ fn csv_header(path: &Path, delimiter: u8) -> Result<Option<(CsvHeader, i64)>, St
     match rdr.read_byte_record(&mut header) {
         Ok(true) => {
             let end = rdr.position().byte() as i64;
-            let names: Result<Vec<String>, String> = header
-                .iter()
-                .enumerate()
-                .map(|(i, f)| {
-                    let f = if i == 0 {
-                        f.strip_prefix(BOM).unwrap_or(f)
-                    } else {
-                        f
-                    };
-                    std::str::from_utf8(f).map(str::to_string).map_err(|_| {
-                        format!("the CSV header's column {} is not valid UTF-8", i + 1)
-                    })
-                })
-                .collect();
-            Ok(Some((names, end)))
+            Ok(Some((header_names(header.iter()), end)))
         }
         Ok(false) => Ok(None),
         Err(e) => Err(format!("bad CSV header: {e}")),
@@ -1182,24 +1186,7 @@ impl StdinSource {
                 };
                 match &self.header {
                     None => {
-                        self.header = Some(
-                            row.iter()
-                                .enumerate()
-                                .map(|(i, f)| {
-                                    let f = if i == 0 {
-                                        f.strip_prefix(BOM).unwrap_or(f)
-                                    } else {
-                                        f
-                                    };
-                                    std::str::from_utf8(f).map(str::to_string).map_err(|_| {
-                                        format!(
-                                            "the CSV header's column {} is not valid UTF-8",
-                                            i + 1
-                                        )
-                                    })
-                                })
-                                .collect(),
-                        );
+                        self.header = Some(header_names(row.iter().copied()));
                     }
                     Some(h) => match csv_record(h, &row) {
                         Ok(r) => batch.records.push(r),
