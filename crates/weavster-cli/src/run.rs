@@ -9,10 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde_json::{Map, Value};
 use weavster_project::Project;
-use weavster_runtime::{
-    FlowPlan, Format, InputPlan, Metrics, OutputPlan, QueueSettings, RunOptions, RunReport,
-    WriteMode, source::format_of,
-};
+use weavster_runtime::{Endpoint, FlowPlan, Metrics, QueueSettings, RunOptions, RunReport};
 use weavster_spec::types::Connector;
 
 use crate::Global;
@@ -68,88 +65,42 @@ fn selected(project: &Project, wanted: &[String]) -> anyhow::Result<Vec<String>>
         .collect())
 }
 
-fn delimiter(d: &Option<String>) -> u8 {
-    d.as_deref().and_then(|s| s.bytes().next()).unwrap_or(b',')
-}
-
-fn unsupported(flow: &str, reference: &str, c: &Connector) -> anyhow::Error {
-    anyhow::anyhow!(
-        "flow `{flow}` uses connector `{reference}` of type `{}`, which `weavster run` cannot run yet \
-         (built in: file, stdin, stdout, bridge); run the other flows with --flow",
-        c.type_name()
-    )
-}
-
-/// A flow's plan from the project.
+/// A flow's plan from the project: its typed connectors, as the runtime
+/// takes them.
 fn plan(project: &Project, name: &str, wasm: &Path) -> anyhow::Result<FlowPlan> {
     let flow = project
         .flow(name)
         .with_context(|| format!("no flow `{name}`"))?;
-    let root = &project.root;
-    let connector = |reference: &str| {
-        project
+    let endpoint = |reference: &str| -> anyhow::Result<Endpoint> {
+        if let Some(target) = reference.strip_prefix("bridge.") {
+            return Ok(Endpoint::Bridge {
+                flow: target.to_string(),
+            });
+        }
+        let spec = project
             .connectors
             .get(reference)
-            .map(|d| &d.connector)
-            .with_context(|| format!("flow `{name}`: no connector `{reference}`"))
-    };
-    let input_ref = flow.spec.input.as_str();
-    let input = if input_ref.starts_with("bridge.") {
-        InputPlan::Bridge
-    } else {
-        match connector(input_ref)? {
-            Connector::File(f) => InputPlan::File {
-                pattern: root.join(&f.path).display().to_string(),
-                display: f.path.clone(),
-                format: f.format,
-                follow: f.follow.unwrap_or(true),
-                delimiter: delimiter(&f.delimiter),
-            },
-            Connector::Stdin(s) => InputPlan::Stdin {
-                format: s.format.unwrap_or(Format::Jsonl),
-            },
-            other => return Err(unsupported(name, input_ref, other)),
+            .map(|d| d.connector.clone())
+            .with_context(|| format!("flow `{name}`: no connector `{reference}`"))?;
+        if matches!(spec, Connector::Postgres(_) | Connector::Http(_)) {
+            bail!(
+                "flow `{name}` uses connector `{reference}` of type `{}`, which `weavster run` cannot run yet \
+                 (built in: file, stdin, stdout, kafka, bridge); run the other flows with --flow",
+                spec.type_name()
+            );
         }
+        Ok(Endpoint::Connector {
+            reference: reference.to_string(),
+            spec,
+        })
     };
-    let mut outputs = Vec::new();
-    for o in &flow.spec.outputs {
-        let to = o.to.as_str();
-        outputs.push(if let Some(target) = to.strip_prefix("bridge.") {
-            OutputPlan::Bridge {
-                flow: target.to_string(),
-            }
-        } else {
-            match connector(to)? {
-                Connector::File(f) => {
-                    let path = root.join(&f.path);
-                    let format = format_of(&path, f.format).with_context(|| {
-                        format!(
-                            "output `{to}` of flow `{name}`: cannot tell the format of `{}`; \
-                             name it .jsonl, .json or .csv, or set `format`",
-                            f.path
-                        )
-                    })?;
-                    OutputPlan::File {
-                        path,
-                        display: f.path.clone(),
-                        format,
-                        mode: f.mode.unwrap_or(WriteMode::Append),
-                        delimiter: delimiter(&f.delimiter),
-                    }
-                }
-                Connector::Stdout(s) => {
-                    let format = s.format.unwrap_or(Format::Jsonl);
-                    if format == Format::Json {
-                        bail!(
-                            "output `{to}` of flow `{name}`: standard output takes `jsonl` or `csv`, not `json`"
-                        );
-                    }
-                    OutputPlan::Stdout { format }
-                }
-                other => return Err(unsupported(name, to, other)),
-            }
-        });
-    }
+    let input = endpoint(flow.spec.input.as_str())?;
+    let outputs = flow
+        .spec
+        .outputs
+        .iter()
+        .map(|o| endpoint(o.to.as_str()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let vars: Map<String, Value> = project
         .vars
         .iter()
@@ -160,7 +111,6 @@ fn plan(project: &Project, name: &str, wasm: &Path) -> anyhow::Result<FlowPlan> 
         wasm: wasm.to_path_buf(),
         vars,
         input,
-        output_names: flow.spec.outputs.iter().map(|o| o.to.clone()).collect(),
         outputs,
     })
 }
@@ -310,7 +260,12 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     let metrics = Metrics::new(
         plans
             .iter()
-            .map(|p| (p.name.clone(), p.output_names.clone()))
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    p.outputs.iter().map(Endpoint::reference).collect(),
+                )
+            })
             .collect(),
     );
     let mut host = weavster_host::Host::new()?;
@@ -320,6 +275,7 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         once: args.once,
         settings,
         root: project.root.clone(),
+        project: project.name.clone(),
         metrics: metrics.clone(),
         metrics_addr: args.metrics_addr.clone(),
         from_start: args.from_start,

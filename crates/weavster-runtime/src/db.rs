@@ -1,6 +1,5 @@
 //! The queue database: connection, migrations, offsets, runs.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -112,31 +111,13 @@ impl Db {
     }
 
     /// The stored positions of a flow's input streams.
-    pub async fn offsets(&self, flow: &str) -> Result<HashMap<String, i64>, DbError> {
-        let rows: Vec<(String, i64)> =
+    pub async fn offsets(&self, flow: &str) -> Result<crate::source::Positions, DbError> {
+        let rows: Vec<(String, sqlx::types::Json<serde_json::Value>)> =
             sqlx::query_as("SELECT stream, position FROM weavster.offsets WHERE flow = $1")
                 .bind(flow)
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(rows.into_iter().collect())
-    }
-
-    pub async fn save_offset(
-        &self,
-        flow: &str,
-        stream: &str,
-        position: i64,
-    ) -> Result<(), DbError> {
-        sqlx::query(
-            "INSERT INTO weavster.offsets (flow, stream, position) VALUES ($1, $2, $3)
-             ON CONFLICT (flow, stream) DO UPDATE SET position = EXCLUDED.position, updated_at = now()",
-        )
-        .bind(flow)
-        .bind(stream)
-        .bind(position)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        Ok(rows.into_iter().map(|(k, v)| (k, v.0)).collect())
     }
 
     /// Forgets a flow's input positions (`run --from-start`).

@@ -14,6 +14,7 @@
 //! from the loaded project. It prints nothing; it reports through
 //! [`Metrics`] and [`RunReport`].
 
+pub mod connectors;
 mod db;
 pub mod dead_letter;
 mod metrics;
@@ -26,6 +27,7 @@ mod worker;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use connectors::{Check, CheckContext, ConnectorError, Endpoint};
 pub use db::{Db, DbError, mask_url};
 pub use dead_letter::{DeadLetter, DeadLetterFilter, Replayed, Stage};
 pub use metrics::{FlowCounts, Metrics};
@@ -48,44 +50,11 @@ pub enum RuntimeError {
     Metrics { addr: String, message: String },
     #[error("queue: {0}")]
     Queue(String),
-}
-
-/// Where a flow's records come from.
-#[derive(Debug, Clone)]
-pub enum InputPlan {
-    /// Files matching a glob (absolute), in name order.
-    File {
-        pattern: String,
-        /// Shown in offsets and messages: the glob as the user wrote it.
-        display: String,
-        format: Option<Format>,
-        /// Keep reading appended lines (ignored with `--once`).
-        follow: bool,
-        delimiter: u8,
-    },
-    Stdin {
-        format: Format,
-    },
-    /// Records arrive from other flows' bridge outputs.
-    Bridge,
-}
-
-/// Where a flow output's records go.
-#[derive(Debug, Clone)]
-pub enum OutputPlan {
-    File {
-        path: PathBuf,
-        display: String,
-        format: Format,
-        mode: WriteMode,
-        delimiter: u8,
-    },
-    Stdout {
-        format: Format,
-    },
-    /// Into another flow's queue.
-    Bridge {
+    #[error("flow `{flow}`: connector `{reference}`: {source}")]
+    Connector {
         flow: String,
+        reference: String,
+        source: ConnectorError,
     },
 }
 
@@ -96,10 +65,9 @@ pub struct FlowPlan {
     /// The compiled module.
     pub wasm: PathBuf,
     pub vars: serde_json::Map<String, serde_json::Value>,
-    pub input: InputPlan,
-    /// The output connector references (for reports), in flow order.
-    pub output_names: Vec<String>,
-    pub outputs: Vec<OutputPlan>,
+    pub input: Endpoint,
+    /// In flow order.
+    pub outputs: Vec<Endpoint>,
 }
 
 /// Queue and batching settings (the project's resolved `runtime`).

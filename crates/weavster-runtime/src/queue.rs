@@ -111,6 +111,20 @@ pub async fn delay(db: &Db, task_id: &str, by: Duration) -> Result<(), RuntimeEr
     Ok(())
 }
 
+/// Gives job `task_id` one more attempt and delays it by `by` (a failure
+/// that is not the job's fault).
+pub async fn spare_attempt(db: &Db, task_id: &str, by: Duration) -> Result<(), RuntimeError> {
+    sqlx::query(
+        "UPDATE apalis.jobs SET max_attempts = max_attempts + 1, run_at = now() + make_interval(secs => $2) WHERE id = $1",
+    )
+    .bind(task_id)
+    .bind(by.as_secs_f64())
+    .execute(db.pool())
+    .await
+    .map_err(|e| RuntimeError::Queue(e.to_string()))?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

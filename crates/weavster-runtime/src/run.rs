@@ -1,6 +1,6 @@
 //! One `weavster run`: sources, workers, draining, shutdown.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -10,14 +10,16 @@ use apalis::prelude::{WorkerBuilder, WorkerBuilderExt};
 use serde::Serialize;
 use tokio::sync::watch;
 use weavster_host::Host;
+use weavster_spec::types::Connector;
 
+use crate::connectors::{self, Context, Endpoint, Family, Reading};
 use crate::dead_letter::{self, Dead};
 use crate::metrics::{FlowCounts, Metrics};
 use crate::queue::{self, Job};
-use crate::sink::{BridgeSink, FileSink, Sink, StdoutSink};
-use crate::source::{FileSource, Source, SourceBatch, StdinSource};
-use crate::worker::{self, FlowWorker};
-use crate::{Db, DbError, FlowPlan, InputPlan, OutputPlan, QueueSettings, RuntimeError};
+use crate::sink::Sink;
+use crate::source::{Positions, Source, SourceBatch};
+use crate::worker::{self, FlowWorker, Halt};
+use crate::{Db, DbError, FlowPlan, QueueSettings, RuntimeError};
 
 /// How a run behaves.
 pub struct RunOptions {
@@ -26,6 +28,8 @@ pub struct RunOptions {
     pub settings: QueueSettings,
     /// The project dir (file streams are named relative to it).
     pub root: PathBuf,
+    /// The project's name.
+    pub project: String,
     /// Counters (made by the caller, which may show them while running).
     pub metrics: Arc<Metrics>,
     /// Serve `/health`, `/ready`, `/metrics` here.
@@ -101,7 +105,7 @@ pub async fn run(
     let names: Vec<String> = plans.iter().map(|p| p.name.clone()).collect();
     for p in &plans {
         for o in &p.outputs {
-            if let OutputPlan::Bridge { flow } = o
+            if let Endpoint::Bridge { flow } = o
                 && !names.contains(flow)
             {
                 return Err(RuntimeError::Plan {
@@ -118,10 +122,11 @@ pub async fn run(
             db.reset_offsets(n).await?;
         }
     } else {
-        warn_rereading(db, &plans).await?;
+        warn_rereading(db, &plans, &opts.root).await?;
     }
     let s = &opts.settings;
-    let workers = match build_workers(db, host, &plans, s, &opts, run_id) {
+    let halt = Arc::new(Halt::default());
+    let workers = match build_workers(db, host, &plans, s, &opts, run_id, &halt).await {
         Ok(w) => w,
         Err(e) => {
             let summary = serde_json::json!({ "error": e.to_string() });
@@ -174,29 +179,10 @@ pub async fn run(
     let errors: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     let mut pumps = Vec::new();
     for p in &plans {
-        let make: MakeSource = match p.input.clone() {
-            InputPlan::Bridge => continue,
-            InputPlan::File {
-                pattern,
-                display,
-                format,
-                follow,
-                delimiter,
-            } => {
-                let root = opts.root.clone();
-                let follow = follow && !opts.once;
-                let limits = s.limits();
-                Box::new(move |positions| {
-                    Box::new(FileSource::new(
-                        pattern, display, root, format, delimiter, follow, limits, positions,
-                    ))
-                })
-            }
-            InputPlan::Stdin { format } => {
-                let (limits, linger) = (s.limits(), s.linger);
-                Box::new(move |_| Box::new(StdinSource::new(format, limits, linger)))
-            }
+        let Endpoint::Connector { spec, .. } = &p.input else {
+            continue;
         };
+        let reading = connectors::family(spec).reading();
         let pump = Pump {
             flow: p.name.clone(),
             db: db.clone(),
@@ -204,16 +190,25 @@ pub async fn run(
             metrics: opts.metrics.clone(),
             run_id,
             once: opts.once,
-            shared: !matches!(p.input, InputPlan::Stdin { .. }),
+            reading,
         };
+        let cx = context(db, s, &opts, &p.name);
+        let spec = spec.clone();
         let stop = sources_stopped.clone();
         let errors = errors.clone();
+        let halt = halt.clone();
+        let once = opts.once;
         pumps.push(Some(tokio::spawn(async move {
             let flow = pump.flow.clone();
-            if let Err(e) = pump.run(make, stop).await {
+            if let Err(e) = pump.run(connectors::family(&spec), &cx, stop).await {
                 tracing::error!(flow = %flow, "input failed: {e}");
-                if let Ok(mut m) = errors.lock() {
-                    m.insert(flow, e);
+                if once {
+                    if let Ok(mut m) = errors.lock() {
+                        m.insert(flow, e);
+                    }
+                } else {
+                    // A continuous run does not go on without an input.
+                    halt.stop(&flow, format!("input failed: {e}"));
                 }
             }
         })));
@@ -270,10 +265,13 @@ pub async fn run(
         tokio::select! {
             () = drained => {}
             () = &mut shutdown => interrupted = true,
+            () = halt.notify.notified() => {}
         }
     } else {
-        shutdown.await;
-        interrupted = true;
+        tokio::select! {
+            () = &mut shutdown => interrupted = true,
+            () = halt.notify.notified() => {}
+        }
     }
 
     // Graceful: stop reading, finish in-flight batches, stop workers.
@@ -301,7 +299,12 @@ pub async fn run(
     opts.metrics.set_ready(false);
 
     let counts = opts.metrics.snapshot();
-    let errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
+    let mut errors = errors.lock().map(|e| e.clone()).unwrap_or_default();
+    if let Ok(h) = halt.errors.lock() {
+        for (flow, e) in h.iter() {
+            errors.entry(flow.clone()).or_insert_with(|| e.clone());
+        }
+    }
     let flows = counts
         .into_iter()
         .map(|(name, counts)| {
@@ -326,20 +329,31 @@ pub async fn run(
 /// while its appended outputs already hold data: its inputs are read again
 /// from the start (a new or reset queue database), so those outputs get
 /// every record again.
-async fn warn_rereading(db: &Db, plans: &[FlowPlan]) -> Result<(), RuntimeError> {
+async fn warn_rereading(
+    db: &Db,
+    plans: &[FlowPlan],
+    root: &std::path::Path,
+) -> Result<(), RuntimeError> {
     for p in plans {
-        if !matches!(p.input, InputPlan::File { .. }) || !db.offsets(&p.name).await?.is_empty() {
+        let file_input = matches!(
+            &p.input,
+            Endpoint::Connector {
+                spec: Connector::File(_),
+                ..
+            }
+        );
+        if !file_input || !db.offsets(&p.name).await?.is_empty() {
             continue;
         }
         for o in &p.outputs {
-            if let OutputPlan::File {
-                path,
-                display: shown,
-                mode: crate::WriteMode::Append,
+            if let Endpoint::Connector {
+                spec: Connector::File(f),
                 ..
             } = o
-                && std::fs::metadata(path).is_ok_and(|m| m.len() > 0)
+                && f.mode.unwrap_or_default() == crate::WriteMode::Append
+                && std::fs::metadata(root.join(&f.path)).is_ok_and(|m| m.len() > 0)
             {
+                let shown = &f.path;
                 tracing::warn!(
                     flow = %p.name,
                     "no input position is stored for this flow (first run, or the queue database is new, e.g. .weavster/postgres was deleted), \
@@ -352,39 +366,45 @@ async fn warn_rereading(db: &Db, plans: &[FlowPlan]) -> Result<(), RuntimeError>
     Ok(())
 }
 
-fn build_workers(
+/// What a flow's connectors are built with.
+fn context(db: &Db, s: &QueueSettings, opts: &RunOptions, flow: &str) -> Context {
+    Context {
+        project: opts.project.clone(),
+        flow: flow.to_string(),
+        root: opts.root.clone(),
+        once: opts.once,
+        limits: s.limits(),
+        linger: s.linger,
+        db: db.clone(),
+        max_attempts: s.max_attempts,
+        lease: s.heartbeat * 3,
+    }
+}
+
+async fn build_workers(
     db: &Db,
     host: &Host,
     plans: &[FlowPlan],
     s: &QueueSettings,
     opts: &RunOptions,
     run_id: i64,
+    halt: &Arc<Halt>,
 ) -> Result<Vec<Arc<FlowWorker>>, RuntimeError> {
     let mut out = Vec::new();
     for p in plans {
         let module = host.load(&p.wasm)?;
-        let plan_err = |message: String| RuntimeError::Plan {
-            flow: p.name.clone(),
-            message,
-        };
+        let cx = context(db, s, opts, &p.name);
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         for o in &p.outputs {
-            sinks.push(match o {
-                OutputPlan::File {
-                    path,
-                    display,
-                    format,
-                    mode,
-                    delimiter,
-                } => Box::new(
-                    FileSink::open(path.clone(), display.clone(), *format, *mode, *delimiter)
-                        .map_err(|e| plan_err(e.to_string()))?,
-                ),
-                OutputPlan::Stdout { format } => Box::new(StdoutSink::new(*format)),
-                OutputPlan::Bridge { flow } => {
-                    Box::new(BridgeSink::new(flow.clone(), db.clone(), s.max_attempts))
-                }
-            });
+            let sink =
+                connectors::sink(o, &cx)
+                    .await
+                    .map_err(|source| RuntimeError::Connector {
+                        flow: p.name.clone(),
+                        reference: o.reference(),
+                        source,
+                    })?;
+            sinks.push(sink);
         }
         // One warm instance made now: a flow whose init fails stops the run
         // before anything is read.
@@ -395,11 +415,12 @@ fn build_workers(
             vars: p.vars.clone(),
             instances: Mutex::new(vec![first]),
             sinks,
-            outputs: p.output_names.clone(),
+            outputs: p.outputs.iter().map(Endpoint::reference).collect(),
             db: db.clone(),
             max_attempts: s.max_attempts,
             metrics: opts.metrics.clone(),
             run_id,
+            halt: halt.clone(),
         }));
     }
     Ok(out)
@@ -474,13 +495,9 @@ struct Pump {
     metrics: Arc<Metrics>,
     run_id: i64,
     once: bool,
-    /// The input is shared by every process (files): one reads it at a time.
-    /// Standard input is each process's own.
-    shared: bool,
+    /// How the processes share the input.
+    reading: Reading,
 }
-
-/// Makes a flow's source from its stored positions.
-type MakeSource = Box<dyn FnOnce(HashMap<String, i64>) -> Box<dyn Source> + Send>;
 
 /// The advisory-lock key of a flow's source.
 fn source_lock_key(flow: &str) -> i64 {
@@ -492,10 +509,15 @@ impl Pump {
     /// shared source at a time (a PostgreSQL advisory lock held on a connection of
     /// its own): the others wait, running workers only, and take over if
     /// the reader goes away.
-    async fn run(self, make: MakeSource, mut stop: watch::Receiver<bool>) -> Result<(), String> {
+    async fn run(
+        self,
+        family: &dyn Family,
+        cx: &Context,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), String> {
         let key = source_lock_key(&self.flow);
         let mut lock = None;
-        if self.shared {
+        if self.reading == Reading::Exclusive {
             match self.lock(key, &mut stop).await {
                 Some(conn) => lock = Some(conn),
                 None => return Ok(()),
@@ -510,7 +532,10 @@ impl Pump {
                 }
             }
         };
-        let result = self.pump(make(positions), stop).await;
+        let result = match family.source(cx, positions).await {
+            Ok(source) => self.pump(source, stop).await,
+            Err(e) => Err(e.to_string()),
+        };
         if let Some(mut conn) = lock {
             let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
                 .bind(key)
@@ -569,7 +594,7 @@ impl Pump {
             let batch = match next {
                 Ok(Some(b)) => b,
                 Ok(None) => return Ok(()),
-                Err(e) if self.once => return Err(e.to_string()),
+                Err(e) if self.once || e.is_fatal() => return Err(e.to_string()),
                 Err(e) => {
                     tracing::warn!(flow = %self.flow, "input: {e}; retrying in 5 s");
                     tokio::select! {
@@ -584,21 +609,21 @@ impl Pump {
                 Enqueued::Moved => {
                     tracing::warn!(flow = %self.flow, "the input's stored position moved (another process read it); going on from there");
                     let positions = self.positions(&mut stop).await;
-                    source.reset(positions);
+                    source.reset(positions).await;
                 }
             }
         }
     }
 
     /// The stored positions (retried until the database answers).
-    async fn positions(&self, stop: &mut watch::Receiver<bool>) -> HashMap<String, i64> {
+    async fn positions(&self, stop: &mut watch::Receiver<bool>) -> Positions {
         loop {
             match self.db.offsets(&self.flow).await {
                 Ok(p) => return p,
                 Err(e) => tracing::warn!(flow = %self.flow, "positions: {e}"),
             }
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => return HashMap::new(),
+                _ = stop.wait_for(|s| *s) => return Positions::new(),
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
@@ -620,7 +645,7 @@ impl Pump {
                 Err(e) => tracing::warn!(flow = %self.flow, "queue: {e}"),
             }
             if *stop.borrow() {
-                if self.shared {
+                if self.reading != Reading::PerProcess {
                     return Enqueued::Stopped;
                 }
                 // Standard input cannot be read again: enqueue what is in hand.
@@ -650,8 +675,9 @@ impl Pump {
                 Ok(false) => return Enqueued::Moved,
                 Err(e) => {
                     let stopping = *stop.borrow();
-                    if stopping && (self.shared || tokio::time::Instant::now() >= give_up) {
-                        if !self.shared {
+                    let replayable = self.reading != Reading::PerProcess;
+                    if stopping && (replayable || tokio::time::Instant::now() >= give_up) {
+                        if !replayable {
                             tracing::error!(flow = %self.flow, "standard input: {} records could not be enqueued before stopping: {e}", batch.records.len() + batch.rejects.len());
                         }
                         return Enqueued::Stopped;
@@ -687,6 +713,9 @@ impl Pump {
         // records that are nowhere.
         Db::durable(&mut tx).await?;
         if let Some(p) = &batch.position {
+            // A stream with no stored position takes the insert; one with
+            // a position moves only from where this batch started (never
+            // backwards, never twice: a zombie reader or a replay fails).
             let moved = sqlx::query(
                 "INSERT INTO weavster.offsets (flow, stream, position) VALUES ($1, $2, $4)
                  ON CONFLICT (flow, stream) DO UPDATE SET position = EXCLUDED.position, updated_at = now()
@@ -694,8 +723,8 @@ impl Pump {
             )
             .bind(&self.flow)
             .bind(&p.stream)
-            .bind(p.start)
-            .bind(p.end)
+            .bind(p.start.as_ref().map(sqlx::types::Json))
+            .bind(sqlx::types::Json(&p.end))
             .execute(&mut *tx)
             .await
             .map_err(DbError::from)?;

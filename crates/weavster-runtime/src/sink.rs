@@ -5,16 +5,23 @@
 //! reported back one by one and become dead letters (stage `output`). A job
 //! is acknowledged only after every sink of its flow succeeded.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::path::PathBuf;
-use std::sync::Mutex;
-
 use futures::future::BoxFuture;
 use serde_json::Value;
 
-use crate::queue::{self, Job};
-use crate::{Db, Format, WriteMode};
+use crate::Format;
+
+/// What the worker does about a failed write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failed {
+    /// Transient (a timeout, a broker or the network): the batch is retried
+    /// with backoff, then dead-lettered as `delivery` after `max_attempts`.
+    Retry,
+    /// Configuration (authorization, an unknown topic or table): retrying
+    /// cannot help, dead-lettering would bury a mistake. The flow stops with
+    /// the error; the job stays queued (its attempts are not used up) for
+    /// the next run.
+    Stop,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -24,18 +31,37 @@ pub enum SinkError {
     Stdout(String),
     #[error("bridge to flow `{flow}`: {message}")]
     Bridge { flow: String, message: String },
+    /// A networked sink (`what` names it, e.g. `kafka topic t`).
+    #[error("{what}: {message}")]
+    Remote {
+        what: String,
+        message: String,
+        failed: Failed,
+    },
 }
 
-/// The records (by index in the written slice) a sink refused, and why.
+impl SinkError {
+    /// Decided by the sink from the error's kind, never from its message.
+    pub fn failed(&self) -> Failed {
+        match self {
+            SinkError::Remote { failed, .. } => *failed,
+            _ => Failed::Retry,
+        }
+    }
+}
+
+/// The records (by index in the written slice) a sink refused, and why:
+/// they become dead letters (stage `output`); the rest of the batch counts
+/// as written.
 pub type Refused = Vec<(usize, String)>;
 
 pub trait Sink: Send + Sync {
-    /// Writes `records` (JSON texts); `Err` fails the whole batch (retried).
+    /// Writes `records` (JSON texts); `Err` fails the whole batch.
     fn write<'a>(&'a self, records: &'a [&'a str]) -> BoxFuture<'a, Result<Refused, SinkError>>;
 }
 
 /// Text of a CSV cell.
-fn cell(v: &Value) -> String {
+pub(crate) fn cell(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
         Value::String(s) => s.clone(),
@@ -45,7 +71,7 @@ fn cell(v: &Value) -> String {
 
 /// Encodes records for a stream or file. `columns`: the CSV header in use
 /// (set from the first record, and written, when empty).
-fn encode(
+pub(crate) fn encode(
     format: Format,
     records: &[&str],
     delimiter: u8,
@@ -100,300 +126,4 @@ fn encode(
         }
     }
     refused
-}
-
-struct FileState {
-    file: File,
-    columns: Vec<String>,
-}
-
-/// A file: jsonl and csv are appended to; a json file is kept a valid JSON
-/// array after every batch (its closing bracket is rewritten). Written with
-/// `write(2)` before the batch is acknowledged (a killed process loses
-/// nothing written; the OS decides when it reaches the disk).
-pub struct FileSink {
-    path: PathBuf,
-    display: String,
-    format: Format,
-    delimiter: u8,
-    state: Mutex<FileState>,
-}
-
-impl FileSink {
-    /// Opens (creating parent dirs); `Overwrite` truncates now.
-    pub fn open(
-        path: PathBuf,
-        display: String,
-        format: Format,
-        mode: WriteMode,
-        delimiter: u8,
-    ) -> Result<FileSink, SinkError> {
-        let err = |e: std::io::Error| SinkError::File {
-            path: display.clone(),
-            message: e.to_string(),
-        };
-        if let Some(parent) = path.parent() {
-            // A file where a directory must be: say which.
-            let blocking = parent
-                .ancestors()
-                .find(|a| a.exists())
-                .filter(|a| !a.is_dir());
-            if let Some(file) = blocking {
-                return Err(SinkError::File {
-                    path: display.clone(),
-                    message: format!(
-                        "cannot create its directory: {} is a file, not a directory",
-                        file.display()
-                    ),
-                });
-            }
-            std::fs::create_dir_all(parent).map_err(err)?;
-        }
-        // jsonl and csv are opened for appending (O_APPEND): each batch is
-        // one write, so several processes can share the file. A json array
-        // is rewritten at its end: one writer only.
-        let mut options = OpenOptions::new();
-        options.create(true).read(true);
-        if format == Format::Json {
-            options.write(true);
-        } else {
-            options.append(true);
-        }
-        let file = options.open(&path).map_err(err)?;
-        if mode == WriteMode::Overwrite {
-            file.set_len(0).map_err(err)?;
-        }
-        let mut columns = Vec::new();
-        if format == Format::Csv {
-            // Appending to a CSV file keeps its header.
-            let mut text = String::new();
-            let mut f = &file;
-            f.read_to_string(&mut text).map_err(err)?;
-            if let Some(first) = text.lines().next() {
-                let mut rdr = csv::ReaderBuilder::new()
-                    .delimiter(delimiter)
-                    .has_headers(false)
-                    .from_reader(first.as_bytes());
-                if let Some(Ok(h)) = rdr.records().next() {
-                    columns = h.iter().map(str::to_string).collect();
-                }
-            }
-        }
-        Ok(FileSink {
-            path,
-            display,
-            format,
-            delimiter,
-            state: Mutex::new(FileState { file, columns }),
-        })
-    }
-
-    fn write_locked(
-        guard: &mut FileState,
-        format: Format,
-        bytes: &[u8],
-    ) -> Result<(), std::io::Error> {
-        let file = &mut guard.file;
-        let len = file.seek(SeekFrom::End(0))?;
-        if format != Format::Json {
-            return file.write_all(bytes);
-        }
-        // JSON array: `[\n` rec `,\n` rec `\n]\n`.
-        let body: Vec<&[u8]> = bytes
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .collect();
-        let mut text = Vec::with_capacity(bytes.len() + 8);
-        if len < 2 {
-            file.set_len(0)?;
-            file.seek(SeekFrom::Start(0))?;
-            text.extend_from_slice(b"[\n");
-        } else {
-            // Overwrite the closing `\n]\n` (or `]\n` of an empty array).
-            let mut tail = [0u8; 3];
-            let at = len.saturating_sub(3);
-            file.seek(SeekFrom::Start(at))?;
-            file.read_exact(&mut tail[..(len - at) as usize])?;
-            let tail = &tail[..(len - at) as usize];
-            if tail.ends_with(b"[]\n") || tail == b"[]" {
-                let cut = if tail.ends_with(b"\n") { 2 } else { 1 };
-                file.seek(SeekFrom::Start(len - cut))?;
-                text.extend_from_slice(b"\n");
-            } else if tail.ends_with(b"\n]\n") {
-                file.seek(SeekFrom::Start(len - 3))?;
-                text.extend_from_slice(b",\n");
-            } else {
-                return Err(std::io::Error::other(
-                    "the file does not end a JSON array written by weavster (expected `]` at its end)",
-                ));
-            }
-        }
-        for (i, rec) in body.iter().enumerate() {
-            if i > 0 {
-                text.extend_from_slice(b",\n");
-            }
-            text.extend_from_slice(rec);
-        }
-        text.extend_from_slice(b"\n]\n");
-        file.write_all(&text)
-    }
-}
-
-impl Sink for FileSink {
-    fn write<'a>(&'a self, records: &'a [&'a str]) -> BoxFuture<'a, Result<Refused, SinkError>> {
-        Box::pin(async move {
-            let err = |message: String| SinkError::File {
-                path: format!("{} ({})", self.display, self.path.display()),
-                message,
-            };
-            // Encoding and writing under one lock: a CSV header set by one
-            // batch is written before any other batch's rows.
-            tokio::task::block_in_place(|| {
-                let mut guard = self
-                    .state
-                    .lock()
-                    .map_err(|_| err("a writer panicked".into()))?;
-                let mut bytes = Vec::new();
-                let refused = encode(
-                    self.format,
-                    records,
-                    self.delimiter,
-                    &mut guard.columns,
-                    &mut bytes,
-                );
-                if !bytes.is_empty() {
-                    Self::write_locked(&mut guard, self.format, &bytes)
-                        .map_err(|e| err(e.to_string()))?;
-                }
-                Ok(refused)
-            })
-        })
-    }
-}
-
-/// Standard output (jsonl or csv).
-pub struct StdoutSink {
-    format: Format,
-    columns: Mutex<Vec<String>>,
-}
-
-impl StdoutSink {
-    pub fn new(format: Format) -> StdoutSink {
-        StdoutSink {
-            format,
-            columns: Mutex::new(Vec::new()),
-        }
-    }
-}
-
-impl Sink for StdoutSink {
-    fn write<'a>(&'a self, records: &'a [&'a str]) -> BoxFuture<'a, Result<Refused, SinkError>> {
-        Box::pin(async move {
-            let mut bytes = Vec::new();
-            let mut guard = self
-                .columns
-                .lock()
-                .map_err(|_| SinkError::Stdout("a writer panicked".into()))?;
-            let refused = encode(self.format, records, b',', &mut guard, &mut bytes);
-            let mut out = std::io::stdout().lock();
-            out.write_all(&bytes)
-                .and_then(|()| out.flush())
-                .map_err(|e| SinkError::Stdout(e.to_string()))?;
-            Ok(refused)
-        })
-    }
-}
-
-/// Another flow's queue: the batch becomes one job of that flow.
-pub struct BridgeSink {
-    flow: String,
-    db: Db,
-    max_attempts: u32,
-}
-
-impl BridgeSink {
-    pub(crate) fn new(flow: String, db: Db, max_attempts: u32) -> Self {
-        BridgeSink {
-            flow,
-            db,
-            max_attempts,
-        }
-    }
-}
-
-impl Sink for BridgeSink {
-    fn write<'a>(&'a self, records: &'a [&'a str]) -> BoxFuture<'a, Result<Refused, SinkError>> {
-        Box::pin(async move {
-            queue::push(
-                self.db.pool(),
-                &self.flow,
-                &Job::from_records(records),
-                self.max_attempts,
-            )
-            .await
-            .map_err(|e| SinkError::Bridge {
-                flow: self.flow.clone(),
-                message: e.to_string(),
-            })?;
-            Ok(Vec::new())
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    async fn check(format: Format, batches: &[&[&str]], want: &str) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let p = dir.path().join("out");
-        let sink =
-            FileSink::open(p.clone(), "out".into(), format, WriteMode::Append, b',').expect("open");
-        for b in batches {
-            sink.write(b).await.expect("write");
-        }
-        assert_eq!(std::fs::read_to_string(&p).expect("read"), want);
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn file_formats() {
-        check(
-            Format::Jsonl,
-            &[&["{\"a\":1}"], &["{\"a\":2}"]],
-            "{\"a\":1}\n{\"a\":2}\n",
-        )
-        .await;
-        check(
-            Format::Json,
-            &[&["{\"a\":1}", "{\"a\":2}"], &["{\"a\":3}"]],
-            "[\n{\"a\":1},\n{\"a\":2},\n{\"a\":3}\n]\n",
-        )
-        .await;
-        check(
-            Format::Csv,
-            &[&["{\"a\":1,\"b\":\"x,y\"}"], &["{\"b\":null,\"a\":[1]}"]],
-            "a,b\n1,\"x,y\"\n[1],\n",
-        )
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn csv_refuses_unknown_columns() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sink = FileSink::open(
-            dir.path().join("o.csv"),
-            "o.csv".into(),
-            Format::Csv,
-            WriteMode::Append,
-            b',',
-        )
-        .expect("open");
-        let refused = sink
-            .write(&["{\"a\":1}", "{\"a\":2,\"z\":3}"])
-            .await
-            .expect("write");
-        assert_eq!(refused.len(), 1);
-        assert_eq!(refused[0].0, 1);
-        assert!(refused[0].1.contains("`z`"), "{}", refused[0].1);
-    }
 }

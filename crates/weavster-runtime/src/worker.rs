@@ -20,7 +20,7 @@ use weavster_host::{FlowModule, HostError, Instance};
 use crate::dead_letter::{self, Dead, Stage};
 use crate::metrics::{Metrics, OutputLabel};
 use crate::queue::{self, Job};
-use crate::sink::Sink;
+use crate::sink::{Failed, Sink};
 use crate::{Db, DbError};
 
 /// A flow's shared worker state.
@@ -36,6 +36,25 @@ pub(crate) struct FlowWorker {
     pub max_attempts: u32,
     pub metrics: Arc<Metrics>,
     pub run_id: i64,
+    /// Where a flow that must stop says why (the run then stops).
+    pub halt: Arc<Halt>,
+}
+
+/// Flows that must stop (a sink's configuration cannot work), and a wake-up
+/// for the run.
+#[derive(Default)]
+pub(crate) struct Halt {
+    pub errors: Mutex<std::collections::BTreeMap<String, String>>,
+    pub notify: tokio::sync::Notify,
+}
+
+impl Halt {
+    pub fn stop(&self, flow: &str, message: String) {
+        if let Ok(mut e) = self.errors.lock() {
+            e.entry(flow.to_string()).or_insert(message);
+        }
+        self.notify.notify_one();
+    }
 }
 
 /// What one batch produced.
@@ -79,6 +98,9 @@ enum Failure {
     /// The guest answered something invalid: its records are dead-lettered
     /// as `internal`, never retried (a retry would answer the same).
     Internal(String),
+    /// An output's configuration cannot work: the run stops; the job stays
+    /// queued without using up an attempt.
+    Stop(String),
 }
 
 fn encode_batch(now: &str, seed: u64, records: &[&str]) -> Vec<u8> {
@@ -263,10 +285,10 @@ impl FlowWorker {
                 .sinks
                 .get(o)
                 .ok_or_else(|| Failure::Internal(format!("no sink for output {o}")))?;
-            let refused = sink
-                .write(&refs)
-                .await
-                .map_err(|e| Failure::Retry(e.to_string()))?;
+            let refused = sink.write(&refs).await.map_err(|e| match e.failed() {
+                Failed::Retry => Failure::Retry(e.to_string()),
+                Failed::Stop => Failure::Stop(format!("output {}: {e}", self.outputs[o])),
+            })?;
             let refused: Vec<Dead> = refused
                 .into_iter()
                 .filter_map(|(k, message)| {
@@ -368,6 +390,13 @@ pub(crate) async fn handle(
             return Ok(());
         }
         Err(Failure::Retry(message)) => message,
+        Err(Failure::Stop(message)) => {
+            tracing::error!(flow = %w.name, job = %id, "{message}; stopping");
+            w.halt.stop(&w.name, message.clone());
+            // This attempt does not count: the job waits for a fixed flow.
+            queue::spare_attempt(&w.db, &id, queue::backoff(n)).await?;
+            return Err(message.into());
+        }
     };
     let fl = Metrics::flow(&w.name);
     w.metrics.failed_batches.get_or_create(&fl).inc();

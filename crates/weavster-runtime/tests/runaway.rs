@@ -8,9 +8,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use weavster_runtime::{
-    Db, DeadLetterFilter, FlowPlan, Format, InputPlan, Metrics, OutputPlan, QueueSettings,
-    RunOptions, RunReport, WriteMode,
+    Db, DeadLetterFilter, Endpoint, FlowPlan, Metrics, QueueSettings, RunOptions, RunReport,
 };
+use weavster_spec::types::{Connector, FileConnector};
 
 /// An ABI v1 guest in WAT: routes every record unchanged to output 0, loops
 /// forever on a record starting `{"l`, traps on one starting `{"t`, works
@@ -81,26 +81,26 @@ const GUEST: &str = r#"
     (i32.sub (local.get $o) (i32.const 524288))))
 "#;
 
+fn file(reference: &str, path: &str) -> Endpoint {
+    Endpoint::Connector {
+        reference: reference.into(),
+        spec: Connector::File(FileConnector {
+            path: path.into(),
+            format: None,
+            follow: Some(false),
+            mode: None,
+            delimiter: None,
+        }),
+    }
+}
+
 fn plan(root: &Path) -> FlowPlan {
     FlowPlan {
         name: "wild".into(),
         wasm: root.join("guest.wasm"),
         vars: Default::default(),
-        input: InputPlan::File {
-            pattern: root.join("in.jsonl").display().to_string(),
-            display: "in.jsonl".into(),
-            format: None,
-            follow: false,
-            delimiter: b',',
-        },
-        output_names: vec!["files.out".into()],
-        outputs: vec![OutputPlan::File {
-            path: root.join("out.jsonl"),
-            display: "out.jsonl".into(),
-            format: Format::Jsonl,
-            mode: WriteMode::Append,
-            delimiter: b',',
-        }],
+        input: file("files.in", "in.jsonl"),
+        outputs: vec![file("files.out", "out.jsonl")],
     }
 }
 
@@ -129,6 +129,7 @@ async fn check_with(db: &Db, root: &Path, settings: QueueSettings) -> RunReport 
         once: true,
         settings,
         root: root.to_path_buf(),
+        project: "wild".into(),
         metrics: Metrics::new(vec![("wild".into(), vec!["files.out".into()])]),
         metrics_addr: None,
         from_start: false,

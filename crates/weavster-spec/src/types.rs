@@ -232,7 +232,8 @@ pub enum StartFrom {
     Latest,
 }
 
-/// A Kafka-protocol topic. Input: a consumer group; output: a producer.
+/// A Kafka-protocol topic. Input: a consumer group; output: an idempotent
+/// producer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConnector {
@@ -242,15 +243,99 @@ pub struct KafkaConnector {
     /// Input only: consumer group (default: `weavster-<project>-<flow>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
-    /// Input only: where a new group starts (default `earliest`).
+    /// Input only: where a partition never read before starts (default `earliest`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_from: Option<StartFrom>,
-    /// Output only: record path whose value becomes the message key.
+    /// How a message value becomes a record (input) and a record a value
+    /// (output): `json` (default: the value is the record, a JSON object),
+    /// `string` (`{"value": "<UTF-8 text>"}`) or `bytes` (`{"value": "<base64>"}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<KafkaFormat>,
+    /// Input only: put the message's coordinates into this record field
+    /// (`{topic, partition, offset, timestamp, key, headers}`), e.g. `_kafka`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+    /// Output only: record path whose value becomes the message key (a
+    /// string as is, any other value as its JSON text; missing or null: no key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<Path>,
-    /// Extra librdkafka settings (`security.protocol`, `sasl.password`, …).
+    /// Output only: message headers, each a static text or `{path: a.b}`
+    /// (the record value there, stringified like `key`).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub headers: IndexMap<String, KafkaHeader>,
+    /// Output only: `none` (default), `gzip`, `snappy`, `lz4` or `zstd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<KafkaCompression>,
+    /// Output only: how long the producer waits to fill a request (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linger_ms: Option<u64>,
+    /// Output only: which partition a keyed message goes to:
+    /// `murmur2_random` (default; where Java producers put the same key) or
+    /// `consistent_random` (librdkafka's default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitioner: Option<KafkaPartitioner>,
+    /// Extra librdkafka settings (`security.protocol`, `sasl.password`, …);
+    /// they override Weavster's defaults, except the few that its delivery
+    /// guarantee needs (a clear error says which).
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub options: IndexMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaFormat {
+    Json,
+    String,
+    Bytes,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaCompression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl KafkaCompression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaCompression::None => "none",
+            KafkaCompression::Gzip => "gzip",
+            KafkaCompression::Snappy => "snappy",
+            KafkaCompression::Lz4 => "lz4",
+            KafkaCompression::Zstd => "zstd",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaPartitioner {
+    Murmur2Random,
+    ConsistentRandom,
+}
+
+impl KafkaPartitioner {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KafkaPartitioner::Murmur2Random => "murmur2_random",
+            KafkaPartitioner::ConsistentRandom => "consistent_random",
+        }
+    }
+}
+
+/// A message header's value: a static text, or a record path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum KafkaHeader {
+    Static(String),
+    Path {
+        /// Record path whose value becomes the header.
+        path: Path,
+    },
 }
 
 /// A PostgreSQL table. Input: rows of `query` newer than the last `cursor`

@@ -1,0 +1,743 @@
+//! The Kafka source.
+//!
+//! A thread of its own polls the consumer (librdkafka's callbacks, and so
+//! rebalances, run there, and polling never stops: a paused consumer keeps
+//! its group membership) and hands events to the async side in order:
+//! assignments (with the positions read from `weavster.offsets` at that
+//! moment: the consumer starts there, not at Kafka's committed offsets),
+//! revocations, messages, seeks done, ends of partitions. The async side
+//! builds batches of one partition each, starting at the stored position.
+//! The pump enqueues a batch only if the stored position is still where the
+//! batch starts (compare-and-set): a partition moved to another process, a
+//! zombie consumer or a replay can never enqueue a record twice.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures::future::BoxFuture;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use weavster_spec::types::{KafkaConnector, KafkaFormat, StartFrom};
+
+use super::{base_config, code_of, fatal, format_of, partitions, stream, what};
+use crate::Db;
+use crate::connectors::file::source::json_record;
+use crate::connectors::{ConnectorError, Context};
+use crate::dead_letter::Stage;
+use crate::source::{Limits, Position, Positions, Reject, Source, SourceBatch, SourceError};
+
+/// Events from the polling thread, in the order they happened.
+enum Event {
+    /// Partitions now ours, with the stored position each starts from.
+    Assigned(Vec<(i32, Option<i64>)>),
+    Revoked(Vec<i32>),
+    /// A seek asked for by the async side is done: messages of the
+    /// partition that follow are from the new position.
+    Seeked(i32),
+    Message(Msg),
+    /// Nothing more in the partition for now.
+    End(i32),
+    Failed {
+        message: String,
+        fatal: bool,
+    },
+}
+
+/// A message, copied out of librdkafka.
+struct Msg {
+    partition: i32,
+    offset: i64,
+    payload: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
+    headers: Vec<(String, Option<Vec<u8>>)>,
+    timestamp: Option<i64>,
+}
+
+/// Requests to the polling thread.
+enum Cmd {
+    /// Read `partition` from `offset` (`None`: from `start_from`).
+    Seek(i32, Option<i64>),
+    /// Tell Kafka where we are (for lag tools only).
+    Commit(i32, i64),
+}
+
+/// The consumer's context: rebalances seek to our stored positions.
+struct Ctx {
+    db: Db,
+    flow: String,
+    topic: String,
+    start: Offset,
+    rt: tokio::runtime::Handle,
+    /// Events raised inside callbacks, moved to the channel by the thread.
+    pending: Mutex<Vec<Event>>,
+}
+
+impl ClientContext for Ctx {
+    fn error(&self, error: KafkaError, reason: &str) {
+        let fatal = code_of(&error).is_some_and(fatal);
+        if fatal && let Ok(mut p) = self.pending.lock() {
+            p.push(Event::Failed {
+                message: format!("{error}: {reason}"),
+                fatal: true,
+            });
+        } else {
+            tracing::warn!("kafka: {error}: {reason}");
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(
+        &self,
+        base: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let cooperative = matches!(base.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        let parts: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // Our positions, read now (another process may have moved
+                // them). If the database does not answer, start from
+                // `start_from`: the compare-and-set refuses such a batch
+                // and the source then seeks to the stored position.
+                let stored = self
+                    .rt
+                    .block_on(tokio::time::timeout(
+                        Duration::from_secs(10),
+                        self.db.offsets(&self.flow),
+                    ))
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                let mut assigned = Vec::new();
+                for p in &parts {
+                    let at = stored.get(&stream(&self.topic, *p)).and_then(Value::as_i64);
+                    let offset = at.map(Offset::Offset).unwrap_or(self.start);
+                    if let Err(e) = tpl.set_partition_offset(&self.topic, *p, offset) {
+                        tracing::warn!("kafka: partition {p}: {e}");
+                    }
+                    assigned.push((*p, at));
+                }
+                let r = if cooperative {
+                    base.incremental_assign(tpl)
+                } else {
+                    base.assign(tpl)
+                };
+                if let Err(e) = r {
+                    tracing::warn!("kafka: assign: {e}");
+                }
+                if let Ok(mut p) = self.pending.lock() {
+                    p.push(Event::Assigned(assigned));
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Told before the partitions go: their unenqueued records
+                // are dropped (the next owner reads them from our positions).
+                if let Ok(mut p) = self.pending.lock() {
+                    p.push(Event::Revoked(parts));
+                }
+                let r = if cooperative {
+                    base.incremental_unassign(tpl)
+                } else {
+                    base.unassign()
+                };
+                if let Err(e) = r {
+                    tracing::warn!("kafka: unassign: {e}");
+                }
+            }
+            other => {
+                tracing::warn!("kafka: rebalance error {other:?}");
+                if !cooperative {
+                    let _ = base.unassign();
+                }
+            }
+        }
+    }
+}
+
+/// One assigned partition, on the async side.
+struct Part {
+    /// The stored position the next batch starts from (`None`: none stored).
+    stored: Option<i64>,
+    /// The offset after the last message taken.
+    next: Option<i64>,
+    /// Messages are ignored until the seek asked for is done.
+    seeking: bool,
+    records: Vec<String>,
+    rejects: Vec<Reject>,
+    bytes: usize,
+    /// When the first buffered record came (a batch is cut `linger` later).
+    since: Option<tokio::time::Instant>,
+    /// `--once`: nothing more to read before the start's end.
+    ended: bool,
+}
+
+impl Part {
+    fn new(stored: Option<i64>) -> Part {
+        Part {
+            stored,
+            next: None,
+            seeking: false,
+            records: Vec::new(),
+            rejects: Vec::new(),
+            bytes: 0,
+            since: None,
+            ended: false,
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.records.len() + self.rejects.len()
+    }
+
+    fn clear(&mut self) {
+        self.records.clear();
+        self.rejects.clear();
+        self.bytes = 0;
+        self.since = None;
+        self.next = None;
+    }
+}
+
+pub(crate) struct KafkaSource {
+    what: String,
+    topic: String,
+    flow: String,
+    db: Db,
+    format: KafkaFormat,
+    metadata: Option<String>,
+    limits: Limits,
+    linger: Duration,
+    rx: mpsc::Receiver<Event>,
+    cmd: std::sync::mpsc::Sender<Cmd>,
+    parts: BTreeMap<i32, Part>,
+    /// `--once`: each partition's end when the run started.
+    ends: Option<BTreeMap<i32, i64>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Most events waiting between the thread and the async side before the
+/// thread pauses the partitions.
+const CHANNEL: usize = 4096;
+/// How often a `--once` source looks at positions other processes stored.
+const LOOK: Duration = Duration::from_millis(500);
+
+impl KafkaSource {
+    pub(crate) async fn start(
+        k: &KafkaConnector,
+        cx: &Context,
+    ) -> Result<KafkaSource, ConnectorError> {
+        let group = k
+            .group_id
+            .clone()
+            .unwrap_or_else(|| format!("weavster-{}-{}", cx.project, cx.flow));
+        let mut defaults = vec![
+            ("session.timeout.ms", "10000".to_string()),
+            ("heartbeat.interval.ms", "1000".to_string()),
+            (
+                "partition.assignment.strategy",
+                "cooperative-sticky".to_string(),
+            ),
+        ];
+        if cx.once {
+            defaults.push(("enable.partition.eof", "true".to_string()));
+        }
+        let config = base_config(
+            k,
+            &defaults,
+            &[
+                ("group.id", group.clone()),
+                ("enable.auto.commit", "false".into()),
+                ("enable.auto.offset.store", "false".into()),
+            ],
+        )?;
+        let start = match k.start_from.unwrap_or(StartFrom::Earliest) {
+            StartFrom::Earliest => Offset::Beginning,
+            StartFrom::Latest => Offset::End,
+        };
+        let ctx = Ctx {
+            db: cx.db.clone(),
+            flow: cx.flow.clone(),
+            topic: k.topic.clone(),
+            start,
+            rt: tokio::runtime::Handle::current(),
+            pending: Mutex::new(Vec::new()),
+        };
+        let topic = k.topic.clone();
+        let once = cx.once;
+        // Connect, check the topic, and (`--once`) note where it ends now.
+        let (consumer, ends) = tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer<Ctx> = config
+                .create_with_context(ctx)
+                .map_err(|e| ConnectorError::Config(e.to_string()))?;
+            let ids = partitions(&consumer, &topic)?;
+            let mut ends = None;
+            if once {
+                let mut m = BTreeMap::new();
+                for p in ids {
+                    let (low, high) = consumer
+                        .fetch_watermarks(&topic, p, super::METADATA_TIMEOUT)
+                        .map_err(|e| ConnectorError::Connect(format!("partition {p}: {e}")))?;
+                    m.insert(p, high.max(low));
+                }
+                ends = Some(m);
+            }
+            consumer
+                .subscribe(&[&topic])
+                .map_err(|e| ConnectorError::Config(e.to_string()))?;
+            Ok::<_, ConnectorError>((consumer, ends))
+        })
+        .await
+        .map_err(|e| ConnectorError::Connect(e.to_string()))??;
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let (cmd, cmds) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            let topic = k.topic.clone();
+            std::thread::Builder::new()
+                .name(format!("kafka-{}", cx.flow))
+                .spawn(move || poll(consumer, &topic, start, tx, cmds, &stop))
+                .map_err(|e| ConnectorError::Connect(e.to_string()))?
+        };
+        tracing::info!(flow = %cx.flow, group = %group, "kafka: consuming `{}`", k.topic);
+        Ok(KafkaSource {
+            what: what(k),
+            topic: k.topic.clone(),
+            flow: cx.flow.clone(),
+            db: cx.db.clone(),
+            format: format_of(k),
+            metadata: k.metadata.clone(),
+            limits: cx.limits,
+            linger: cx.linger,
+            rx,
+            cmd,
+            parts: BTreeMap::new(),
+            ends,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn error(&self, message: String, fatal: bool) -> SourceError {
+        SourceError::Remote {
+            what: self.what.clone(),
+            message,
+            fatal,
+        }
+    }
+
+    /// Takes one event.
+    fn take(&mut self, ev: Event) -> Result<(), SourceError> {
+        match ev {
+            Event::Assigned(list) => {
+                for (p, stored) in list {
+                    let mut part = Part::new(stored);
+                    if let (Some(ends), Some(at)) = (&self.ends, stored) {
+                        part.ended = ends.get(&p).is_some_and(|end| at >= *end);
+                    }
+                    self.parts.insert(p, part);
+                }
+            }
+            Event::Revoked(list) => {
+                for p in list {
+                    self.parts.remove(&p);
+                }
+            }
+            Event::Seeked(p) => {
+                if let Some(part) = self.parts.get_mut(&p) {
+                    part.seeking = false;
+                }
+            }
+            Event::End(p) => {
+                if let Some(part) = self.parts.get_mut(&p)
+                    && !part.seeking
+                {
+                    part.ended = true;
+                }
+            }
+            Event::Failed { message, fatal } => return Err(self.error(message, fatal)),
+            Event::Message(m) => self.message(m),
+        }
+        Ok(())
+    }
+
+    fn message(&mut self, m: Msg) {
+        let end = self
+            .ends
+            .as_ref()
+            .and_then(|e| e.get(&m.partition).copied());
+        let (topic, format, metadata) = (&self.topic, self.format, self.metadata.as_deref());
+        let Some(part) = self.parts.get_mut(&m.partition) else {
+            return; // not ours (any more)
+        };
+        if part.seeking || part.ended {
+            return;
+        }
+        // Already taken (a message fetched before a seek), or past the
+        // start's end (`--once`: read by the next run).
+        if part.next.is_some_and(|n| m.offset < n) || end.is_some_and(|e| m.offset >= e) {
+            return;
+        }
+        part.next = Some(m.offset + 1);
+        match record(topic, format, metadata, &m) {
+            Ok(r) => {
+                part.bytes += r.len();
+                part.records.push(r);
+            }
+            Err((stage, message)) => part.rejects.push(Reject {
+                record: m.payload.clone().unwrap_or_default(),
+                stage,
+                message,
+                at: Some(format!("{topic}:{}@{}", m.partition, m.offset)),
+            }),
+        }
+        if part.since.is_none() {
+            part.since = Some(tokio::time::Instant::now());
+        }
+        if end.is_some_and(|e| m.offset + 1 >= e) {
+            part.ended = true;
+        }
+    }
+
+    /// A partition's batch, if one is due: full, lingered long enough, or
+    /// the last one of a `--once` partition.
+    fn due(&mut self, now: tokio::time::Instant) -> Option<SourceBatch> {
+        let (limits, linger) = (self.limits, self.linger);
+        let (&p, part) = self.parts.iter_mut().find(|(_, part)| {
+            part.held() > 0
+                && (part.held() >= limits.batch_size
+                    || part.bytes >= limits.max_batch_bytes
+                    || part.ended
+                    || part.since.is_some_and(|s| now >= s + linger))
+        })?;
+        let end = part.next?;
+        let batch = SourceBatch {
+            records: std::mem::take(&mut part.records),
+            rejects: std::mem::take(&mut part.rejects),
+            position: Some(Position {
+                stream: stream(&self.topic, p),
+                start: part.stored.map(Value::from),
+                end: Value::from(end),
+            }),
+        };
+        part.bytes = 0;
+        part.since = None;
+        Some(batch)
+    }
+
+    /// The earliest time a lingering batch is due.
+    fn next_due(&self) -> Option<tokio::time::Instant> {
+        self.parts
+            .values()
+            .filter_map(|p| p.since)
+            .min()
+            .map(|s| s + self.linger)
+    }
+
+    /// `--once`: every partition of the topic is read to the start's end
+    /// (by this process, or by another whose positions are stored).
+    async fn finished(&mut self) -> Result<bool, SourceError> {
+        let Some(ends) = &self.ends else {
+            return Ok(false);
+        };
+        if self.parts.values().any(|p| p.held() > 0) {
+            return Ok(false);
+        }
+        let stored = self
+            .db
+            .offsets(&self.flow)
+            .await
+            .map_err(|e| self.error(e.to_string(), false))?;
+        Ok(ends.iter().all(|(p, end)| {
+            let done_here = self.parts.get(p).is_some_and(|part| part.ended);
+            let at = stored.get(&stream(&self.topic, *p)).and_then(Value::as_i64);
+            done_here || *end == 0 || at.is_some_and(|a| a >= *end)
+        }))
+    }
+}
+
+/// A message as a record (text), or why it cannot be one.
+fn record(
+    topic: &str,
+    format: KafkaFormat,
+    metadata: Option<&str>,
+    m: &Msg,
+) -> Result<String, (Stage, String)> {
+    let text = match (format, &m.payload) {
+        (KafkaFormat::Json, None) => {
+            return Err((
+                Stage::Decode,
+                "the message has no value (a tombstone); `format: json` takes JSON objects".into(),
+            ));
+        }
+        (KafkaFormat::Json, Some(v)) => json_record(v)?,
+        (KafkaFormat::String, v) => {
+            let value = match v {
+                None => Value::Null,
+                Some(v) => Value::String(
+                    String::from_utf8(v.clone())
+                        .map_err(|e| (Stage::Decode, format!("the value is not UTF-8: {e}")))?,
+                ),
+            };
+            serde_json::json!({ "value": value }).to_string()
+        }
+        (KafkaFormat::Bytes, v) => {
+            let value = v
+                .as_ref()
+                .map(|v| Value::String(base64::engine::general_purpose::STANDARD.encode(v)))
+                .unwrap_or(Value::Null);
+            serde_json::json!({ "value": value }).to_string()
+        }
+    };
+    let Some(field) = metadata else {
+        return Ok(text);
+    };
+    let mut obj: Map<String, Value> = match serde_json::from_str(&text) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => {
+            return Err((
+                Stage::Decode,
+                "the value is not a JSON object: there is no field for `metadata`".into(),
+            ));
+        }
+        Err(e) => return Err((Stage::Decode, format!("invalid JSON: {e}"))),
+    };
+    let bytes = |b: &Option<Vec<u8>>| match b {
+        None => Value::Null,
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(s) => Value::String(s.to_string()),
+            Err(_) => serde_json::json!({
+                "base64": base64::engine::general_purpose::STANDARD.encode(b)
+            }),
+        },
+    };
+    let headers: Map<String, Value> = m
+        .headers
+        .iter()
+        .map(|(k, v)| (k.clone(), bytes(v)))
+        .collect();
+    obj.insert(
+        field.to_string(),
+        serde_json::json!({
+            "topic": topic,
+            "partition": m.partition,
+            "offset": m.offset,
+            "timestamp": m.timestamp,
+            "key": bytes(&m.key),
+            "headers": headers,
+        }),
+    );
+    Ok(Value::Object(obj).to_string())
+}
+
+impl Source for KafkaSource {
+    fn next_batch(&mut self) -> BoxFuture<'_, Result<Option<SourceBatch>, SourceError>> {
+        Box::pin(async move {
+            let mut look = tokio::time::Instant::now() + LOOK;
+            loop {
+                let now = tokio::time::Instant::now();
+                if let Some(b) = self.due(now) {
+                    return Ok(Some(b));
+                }
+                if self.ends.is_some() && now >= look {
+                    if self.finished().await? {
+                        return Ok(None);
+                    }
+                    look = now + LOOK;
+                }
+                let wake = self
+                    .next_due()
+                    .unwrap_or(now + LOOK)
+                    .min(if self.ends.is_some() {
+                        look
+                    } else {
+                        now + LOOK
+                    });
+                tokio::select! {
+                    ev = self.rx.recv() => match ev {
+                        Some(ev) => {
+                            self.take(ev)?;
+                            // Take what is waiting without sleeping.
+                            for _ in 0..CHANNEL {
+                                match self.rx.try_recv() {
+                                    Ok(ev) => self.take(ev)?,
+                                    Err(_) => break,
+                                }
+                            }
+                        }
+                        None => return Err(self.error("the consumer stopped".into(), false)),
+                    },
+                    () = tokio::time::sleep_until(wake) => {}
+                }
+            }
+        })
+    }
+
+    fn ack(&mut self, batch: &SourceBatch) -> BoxFuture<'_, Result<(), SourceError>> {
+        if let Some(pos) = &batch.position
+            && let Some(end) = pos.end.as_i64()
+            && let Some(p) = pos
+                .stream
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<i32>().ok())
+            && let Some(part) = self.parts.get_mut(&p)
+        {
+            part.stored = Some(end);
+            let _ = self.cmd.send(Cmd::Commit(p, end));
+        }
+        Box::pin(async { Ok(()) })
+    }
+
+    fn reset(&mut self, positions: Positions) -> BoxFuture<'_, ()> {
+        for (p, part) in self.parts.iter_mut() {
+            let at = positions
+                .get(&stream(&self.topic, *p))
+                .and_then(Value::as_i64);
+            part.clear();
+            part.stored = at;
+            part.seeking = true;
+            part.ended = match (&self.ends, at) {
+                (Some(ends), Some(at)) => ends.get(p).is_some_and(|e| at >= *e),
+                _ => false,
+            };
+            let _ = self.cmd.send(Cmd::Seek(*p, at));
+        }
+        Box::pin(async {})
+    }
+}
+
+impl Drop for KafkaSource {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // The thread leaves the group (a prompt rebalance for the others).
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The polling thread.
+fn poll(
+    consumer: BaseConsumer<Ctx>,
+    topic: &str,
+    start: Offset,
+    tx: mpsc::Sender<Event>,
+    cmds: std::sync::mpsc::Receiver<Cmd>,
+    stop: &AtomicBool,
+) {
+    let mut held: VecDeque<Event> = VecDeque::new();
+    let mut paused = false;
+    let mut commits: HashMap<i32, i64> = HashMap::new();
+    while !stop.load(Ordering::SeqCst) {
+        while let Ok(cmd) = cmds.try_recv() {
+            match cmd {
+                Cmd::Seek(p, at) => {
+                    let offset = at.map(Offset::Offset).unwrap_or(start);
+                    if let Err(e) = consumer.seek(topic, p, offset, Duration::from_secs(10)) {
+                        tracing::warn!("kafka: seek partition {p}: {e}");
+                    }
+                    held.retain(|e| !matches!(e, Event::Message(m) if m.partition == p));
+                    held.push_back(Event::Seeked(p));
+                }
+                Cmd::Commit(p, at) => {
+                    commits.insert(p, at);
+                }
+            }
+        }
+        if !commits.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (p, at) in commits.drain() {
+                let _ = tpl.add_partition_offset(topic, p, Offset::Offset(at));
+            }
+            if let Err(e) = consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!("kafka: commit: {e}");
+            }
+        }
+        while let Some(ev) = held.pop_front() {
+            match tx.try_send(ev) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(ev)) => {
+                    held.push_front(ev);
+                    break;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            }
+        }
+        // Backpressure: the async side is behind. Pause fetching and keep
+        // polling (the group keeps us); resume once it caught up.
+        if !held.is_empty() && !paused {
+            if let Ok(a) = consumer.assignment() {
+                let _ = consumer.pause(&a);
+            }
+            paused = true;
+        } else if held.is_empty() && paused && tx.capacity() > CHANNEL / 2 {
+            if let Ok(a) = consumer.assignment() {
+                let _ = consumer.resume(&a);
+            }
+            paused = false;
+        }
+        let got = consumer.poll(Duration::from_millis(100));
+        // Callback events first: they happened before what poll returned.
+        let assigned = match consumer.context().pending.lock() {
+            Ok(mut p) => {
+                let any = p.iter().any(|e| matches!(e, Event::Assigned(_)));
+                held.extend(p.drain(..));
+                any
+            }
+            Err(_) => false,
+        };
+        if assigned
+            && paused
+            && let Ok(a) = consumer.assignment()
+        {
+            let _ = consumer.pause(&a);
+        }
+        match got {
+            None => {}
+            Some(Ok(m)) => held.push_back(Event::Message(Msg {
+                partition: m.partition(),
+                offset: m.offset(),
+                payload: m.payload().map(<[u8]>::to_vec),
+                key: m.key().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_string(), h.value.map(<[u8]>::to_vec)))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                timestamp: m.timestamp().to_millis(),
+            })),
+            Some(Err(KafkaError::PartitionEOF(p))) => held.push_back(Event::End(p)),
+            Some(Err(e)) => {
+                let fatal = code_of(&e).is_some_and(fatal);
+                if fatal {
+                    held.push_back(Event::Failed {
+                        message: e.to_string(),
+                        fatal,
+                    });
+                } else {
+                    tracing::warn!("kafka: {e}");
+                }
+            }
+        }
+    }
+    // Leave the group now rather than after the session timeout.
+    consumer.unsubscribe();
+}

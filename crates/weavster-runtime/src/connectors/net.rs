@@ -1,0 +1,115 @@
+//! Connectors not run yet (`postgres`, `http`): `run` refuses them with the
+//! flow and connector named; `debug` checks that their peer answers on TCP.
+//! Also the TCP check of the queue database.
+
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use weavster_spec::types::{HttpConnector, PostgresConnector};
+
+use super::{Check, CheckContext, Family};
+
+impl Family for PostgresConnector {
+    fn check<'a>(&'a self, _cx: &'a CheckContext) -> BoxFuture<'a, Option<Check>> {
+        Box::pin(async move {
+            let url = self.url.clone();
+            let fix = "start the database or fix `url`";
+            Some(
+                tokio::task::spawn_blocking(move || reachable(&url, 5432, fix))
+                    .await
+                    .unwrap_or_else(|e| Check::fail(e.to_string(), fix)),
+            )
+        })
+    }
+}
+
+impl Family for HttpConnector {
+    fn check<'a>(&'a self, _cx: &'a CheckContext) -> BoxFuture<'a, Option<Check>> {
+        Box::pin(async move {
+            match &self.url {
+                Some(url) => {
+                    let port = if url.starts_with("https://") { 443 } else { 80 };
+                    let url = url.clone();
+                    let fix = "start the service or fix `url`";
+                    Some(
+                        tokio::task::spawn_blocking(move || reachable(&url, port, fix))
+                            .await
+                            .unwrap_or_else(|e| Check::fail(e.to_string(), fix)),
+                    )
+                }
+                None => Some(Check::ok(format!(
+                    "server on {}",
+                    self.listen.clone().unwrap_or_default()
+                ))),
+            }
+        })
+    }
+}
+
+/// Whether `url`'s host and port accept a TCP connection (2 s).
+pub fn reachable(url: &str, default_port: u16, fix: &str) -> Check {
+    let Some((host, port)) = host_port(url, default_port) else {
+        return Check::fail("cannot tell host and port from the configured address", fix);
+    };
+    let addrs = match (host.as_str(), port).to_socket_addrs() {
+        Ok(a) => a.collect::<Vec<_>>(),
+        Err(e) => return Check::fail(format!("cannot resolve {host}: {e}"), fix),
+    };
+    for addr in &addrs {
+        if TcpStream::connect_timeout(addr, Duration::from_secs(2)).is_ok() {
+            return Check::ok(format!("{host}:{port} reachable"));
+        }
+    }
+    Check::fail(format!("{host}:{port} not reachable"), fix)
+}
+
+/// `host:port` of a URL-ish string (`scheme://user:pw@host:port/...`).
+fn host_port(url: &str, default_port: u16) -> Option<(String, u16)> {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let hostport = authority
+        .rsplit_once('@')
+        .map(|(_, h)| h)
+        .unwrap_or(authority);
+    if hostport.is_empty() {
+        return None;
+    }
+    if let Some(v6) = hostport.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        let port = after
+            .strip_prefix(':')
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(default_port);
+        return Some((host.to_string(), port));
+    }
+    match hostport.rsplit_once(':') {
+        Some((h, p)) => Some((h.to_string(), p.parse().ok()?)),
+        None => Some((hostport.to_string(), default_port)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_port;
+
+    #[test]
+    fn host_port_of_urls() {
+        assert_eq!(
+            host_port("postgres://u:p@db.local:6543/x", 5432),
+            Some(("db.local".into(), 6543))
+        );
+        assert_eq!(
+            host_port("postgres://db/x", 5432),
+            Some(("db".into(), 5432))
+        );
+        assert_eq!(
+            host_port("kafka://[::1]:9093", 9092),
+            Some(("::1".into(), 9093))
+        );
+        assert_eq!(
+            host_port("http://example", 80),
+            Some(("example".into(), 80))
+        );
+    }
+}
