@@ -115,10 +115,10 @@ impl ConsumerContext for Ctx {
                 // and the source then seeks to the stored position.
                 let stored = self
                     .rt
-                    .block_on(tokio::time::timeout(
-                        Duration::from_secs(10),
-                        self.db.offsets(&self.flow),
-                    ))
+                    .block_on(async {
+                        tokio::time::timeout(Duration::from_secs(10), self.db.offsets(&self.flow))
+                            .await
+                    })
                     .ok()
                     .and_then(Result::ok)
                     .unwrap_or_default();
@@ -181,7 +181,7 @@ struct Part {
     bytes: usize,
     /// When the first buffered record came (a batch is cut `linger` later).
     since: Option<tokio::time::Instant>,
-    /// `--once`: nothing more to read before the start's end.
+    /// `--once`: the consumer reported the partition's end.
     ended: bool,
 }
 
@@ -226,6 +226,8 @@ pub(crate) struct KafkaSource {
     parts: BTreeMap<i32, Part>,
     /// `--once`: each partition's end when the run started.
     ends: Option<BTreeMap<i32, i64>>,
+    /// The group gave this process its (possibly empty) share.
+    joined: bool,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -328,6 +330,7 @@ impl KafkaSource {
             cmd,
             parts: BTreeMap::new(),
             ends,
+            joined: false,
             stop,
             thread: Some(thread),
         })
@@ -345,15 +348,15 @@ impl KafkaSource {
     fn take(&mut self, ev: Event) -> Result<(), SourceError> {
         match ev {
             Event::Assigned(list) => {
+                let ids: Vec<i32> = list.iter().map(|(p, _)| *p).collect();
+                tracing::info!(flow = %self.flow, "kafka `{}`: assigned partitions {ids:?}", self.topic);
+                self.joined = true;
                 for (p, stored) in list {
-                    let mut part = Part::new(stored);
-                    if let (Some(ends), Some(at)) = (&self.ends, stored) {
-                        part.ended = ends.get(&p).is_some_and(|end| at >= *end);
-                    }
-                    self.parts.insert(p, part);
+                    self.parts.insert(p, Part::new(stored));
                 }
             }
             Event::Revoked(list) => {
+                tracing::info!(flow = %self.flow, "kafka `{}`: revoked partitions {list:?}", self.topic);
                 for p in list {
                     self.parts.remove(&p);
                 }
@@ -388,9 +391,8 @@ impl KafkaSource {
         if part.seeking || part.ended {
             return;
         }
-        // Already taken (a message fetched before a seek), or past the
-        // start's end (`--once`: read by the next run).
-        if part.next.is_some_and(|n| m.offset < n) || end.is_some_and(|e| m.offset >= e) {
+        // Already taken (a message fetched before a seek).
+        if part.next.is_some_and(|n| m.offset < n) {
             return;
         }
         part.next = Some(m.offset + 1);
@@ -408,9 +410,6 @@ impl KafkaSource {
         }
         if part.since.is_none() {
             part.since = Some(tokio::time::Instant::now());
-        }
-        if end.is_some_and(|e| m.offset + 1 >= e) {
-            part.ended = true;
         }
     }
 
@@ -449,13 +448,16 @@ impl KafkaSource {
             .map(|s| s + self.linger)
     }
 
-    /// `--once`: every partition of the topic is read to the start's end
-    /// (by this process, or by another whose positions are stored).
+    /// `--once`: every partition of the topic is read to its end: ours
+    /// until the consumer reported their end, the others' (another process
+    /// of the group has them) up to where the topic ended at the start, by
+    /// the positions stored. (The end offsets are used only for partitions
+    /// of other processes: some brokers report them wrong, e.g. tansu 0.6.)
     async fn finished(&mut self) -> Result<bool, SourceError> {
         let Some(ends) = &self.ends else {
             return Ok(false);
         };
-        if self.parts.values().any(|p| p.held() > 0) {
+        if !self.joined || self.parts.values().any(|p| p.held() > 0) {
             return Ok(false);
         }
         let stored = self
@@ -463,10 +465,12 @@ impl KafkaSource {
             .offsets(&self.flow)
             .await
             .map_err(|e| self.error(e.to_string(), false))?;
-        Ok(ends.iter().all(|(p, end)| {
-            let done_here = self.parts.get(p).is_some_and(|part| part.ended);
-            let at = stored.get(&stream(&self.topic, *p)).and_then(Value::as_i64);
-            done_here || *end == 0 || at.is_some_and(|a| a >= *end)
+        Ok(ends.iter().all(|(p, end)| match self.parts.get(p) {
+            Some(part) => part.ended,
+            None => {
+                let at = stored.get(&stream(&self.topic, *p)).and_then(Value::as_i64);
+                *end == 0 || at.is_some_and(|a| a >= *end)
+            }
         }))
     }
 }
@@ -611,10 +615,7 @@ impl Source for KafkaSource {
             part.clear();
             part.stored = at;
             part.seeking = true;
-            part.ended = match (&self.ends, at) {
-                (Some(ends), Some(at)) => ends.get(p).is_some_and(|e| at >= *e),
-                _ => false,
-            };
+            part.ended = false;
             let _ = self.cmd.send(Cmd::Seek(*p, at));
         }
         Box::pin(async {})
