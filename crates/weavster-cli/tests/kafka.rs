@@ -99,14 +99,15 @@ fn create_topic(brokers: &str, name: &str, partitions: i32) {
         let md = c
             .fetch_metadata(Some(name), Duration::from_secs(5))
             .expect("metadata");
-        if md
-            .topics()
-            .iter()
-            .any(|t| t.name() == name && t.error().is_none() && t.partitions().len() == partitions as usize)
-        {
+        if md.topics().iter().any(|t| {
+            t.name() == name && t.error().is_none() && t.partitions().len() == partitions as usize
+        }) {
             return;
         }
-        assert!(started.elapsed() < Duration::from_secs(20), "topic {name} not ready");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "topic {name} not ready"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -179,7 +180,10 @@ fn consume_all(brokers: &str, topic: &str) -> Vec<Got> {
     c.assign(&tpl).expect("assign");
     let started = Instant::now();
     while !open.is_empty() {
-        assert!(started.elapsed() < Duration::from_secs(120), "consuming {topic} hangs");
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "consuming {topic} hangs"
+        );
         match c.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => out.push(Got {
                 partition: m.partition(),
@@ -192,7 +196,8 @@ fn consume_all(brokers: &str, topic: &str) -> Vec<Got> {
                             .map(|h| {
                                 (
                                     h.key.to_string(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default()).to_string(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .to_string(),
                                 )
                             })
                             .collect()
@@ -210,7 +215,8 @@ fn consume_all(brokers: &str, topic: &str) -> Vec<Got> {
 }
 
 /// Kafka connector options that make group joins fast on this broker.
-const FAST_GROUP: &str = "  options:\n    session.timeout.ms: \"3000\"\n    heartbeat.interval.ms: \"300\"\n";
+const FAST_GROUP: &str =
+    "  options:\n    session.timeout.ms: \"3000\"\n    heartbeat.interval.ms: \"300\"\n";
 
 /// The project's embedded queue database, held open by the test (the
 /// server is shared by its users and stops with the last one), so that the
@@ -255,7 +261,11 @@ impl Queue {
             ])
             .output()
             .expect("psql");
-        assert!(out.status.success(), "psql: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "psql: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // One job per row; a job's records are lines (psql shows the
         // embedded line feeds as they are).
         String::from_utf8_lossy(&out.stdout)
@@ -310,7 +320,8 @@ fn unique(prefix: &str) -> String {
 }
 
 const PROJECT: &str = "name: kafka_test\nprofile: default\n";
-const PROFILES: &str = "default:\n  target: dev\n  outputs:\n    dev:\n      runtime:\n        queue: embedded\n";
+const PROFILES: &str =
+    "default:\n  target: dev\n  outputs:\n    dev:\n      runtime:\n        queue: embedded\n";
 
 fn weavster_ok(dir: &Path, args: &[&str], env: &[(String, String)], want: i32) -> common::Out {
     let out = weavster(dir, args, env);
@@ -339,7 +350,10 @@ fn kafka_to_kafka_to_file_delivers_every_record() {
     let poison = [10_000i64, 50_000, 99_999];
     let mut msgs = Vec::new();
     for i in 0..N {
-        msgs.push((Some(i.to_string()), format!("{{\"id\":{i},\"v\":\"x{i}\"}}").into_bytes()));
+        msgs.push((
+            Some(i.to_string()),
+            format!("{{\"id\":{i},\"v\":\"x{i}\"}}").into_bytes(),
+        ));
         if poison.contains(&i) {
             msgs.push((None, format!("not json {i}").into_bytes()));
         }
@@ -360,7 +374,10 @@ fn kafka_to_kafka_to_file_delivers_every_record() {
             "flows/first.yaml",
             "input: k.src\ntransforms:\n  - set:\n      twice: \"id * 2\"\noutputs:\n  - to: k.mid\n",
         ),
-        ("flows/second.yaml", "input: k.mid_in\noutputs:\n  - to: k.out\n"),
+        (
+            "flows/second.yaml",
+            "input: k.mid_in\noutputs:\n  - to: k.out\n",
+        ),
     ]);
     let dir = tmp.path();
     let queue = Queue::hold(dir);
@@ -373,7 +390,10 @@ fn kafka_to_kafka_to_file_delivers_every_record() {
     for d in &dead {
         assert_eq!(d["stage"], "decode", "{d}");
         let at = d["source"].as_str().unwrap_or_default();
-        assert!(at.starts_with(&format!("{t_in}:")) && at.contains('@'), "{d}");
+        assert!(
+            at.starts_with(&format!("{t_in}:")) && at.contains('@'),
+            "{d}"
+        );
         assert!(common::dead_record(d).starts_with(b"not json"), "{d}");
     }
     exactly_once(
@@ -385,16 +405,25 @@ fn kafka_to_kafka_to_file_delivers_every_record() {
     let mid = consume_all(&b.addr, &t_mid);
     exactly_once(
         "middle topic",
-        ids(mid.iter().map(|m| std::str::from_utf8(&m.value).expect("utf8"))),
+        ids(mid
+            .iter()
+            .map(|m| std::str::from_utf8(&m.value).expect("utf8"))),
         N,
     );
     for m in mid.iter().take(2000) {
         let key = m.key.clone().expect("key");
-        assert_eq!(m.partition, murmur2_partition(key.as_bytes(), 3), "key {key}");
+        assert_eq!(
+            m.partition,
+            murmur2_partition(key.as_bytes(), 3),
+            "key {key}"
+        );
         let v: Value = serde_json::from_slice(&m.value).expect("json");
         assert_eq!(v["id"].to_string(), key);
         assert_eq!(v["twice"], v["id"].as_i64().expect("id") * 2);
-        assert_eq!(m.headers.get("origin").map(String::as_str), Some("weavster"));
+        assert_eq!(
+            m.headers.get("origin").map(String::as_str),
+            Some("weavster")
+        );
         assert_eq!(
             m.headers.get("source-partition").cloned(),
             Some(v["_kafka"]["partition"].to_string())
@@ -410,12 +439,20 @@ fn kafka_to_kafka_to_file_delivers_every_record() {
     );
     for r in got.iter().take(1000) {
         assert_eq!(r["_kafka"]["topic"], Value::String(t_in.clone()));
-        assert!(r["_kafka"]["offset"].is_i64() && r["_kafka"]["partition"].is_i64(), "{r}");
+        assert!(
+            r["_kafka"]["offset"].is_i64() && r["_kafka"]["partition"].is_i64(),
+            "{r}"
+        );
         assert_eq!(r["_kafka"]["key"], Value::String(r["id"].to_string()));
     }
     // Nothing new: a third run reads nothing.
     let out = weavster_ok(dir, &["run", "--once", "--flow", "second"], &env, 0);
-    assert_eq!(records(&dir.join("out/records.jsonl")).len() as i64, N, "{}", out.stderr);
+    assert_eq!(
+        records(&dir.join("out/records.jsonl")).len() as i64,
+        N,
+        "{}",
+        out.stderr
+    );
 }
 
 /// Java's `murmur2` partitioner (`toPositive(murmur2(key)) % n`).
@@ -427,7 +464,8 @@ fn murmur2_partition(key: &[u8], n: i32) -> i32 {
     let mut h: u32 = seed ^ (len as u32);
     let chunks = len / 4;
     for i in 0..chunks {
-        let mut k = u32::from_le_bytes([key[4 * i], key[4 * i + 1], key[4 * i + 2], key[4 * i + 3]]);
+        let mut k =
+            u32::from_le_bytes([key[4 * i], key[4 * i + 1], key[4 * i + 2], key[4 * i + 3]]);
         k = k.wrapping_mul(m);
         k ^= k >> r;
         k = k.wrapping_mul(m);
@@ -521,7 +559,10 @@ fn kill_nine_loses_nothing_and_enqueues_nothing_twice() {
         );
         seen = have;
     }
-    assert!(seen < N as usize, "the kills came too late to test anything");
+    assert!(
+        seen < N as usize,
+        "the kills came too late to test anything"
+    );
     weavster_ok(dir, &["run", "--once"], &env, 0);
     let delivered: BTreeSet<i64> = records(&out)
         .iter()
@@ -569,13 +610,20 @@ fn two_processes_share_partitions_and_take_over() {
     a.kill().expect("kill -9 a");
     let _ = a.wait();
     let have = wait_lines(&out, N as usize, Duration::from_secs(120));
-    assert!(have >= N as usize, "the survivor did not finish: {have} lines");
+    assert!(
+        have >= N as usize,
+        "the survivor did not finish: {have} lines"
+    );
     // Wait until b is idle, then stop it.
     let _ = Command::new("kill")
         .args(["-TERM", &b.id().to_string()])
         .status();
     let status = wait_bounded(&mut b, Duration::from_secs(90), "run b");
-    assert!(status.success(), "{}", std::fs::read_to_string(&log_b).unwrap_or_default());
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log_b).unwrap_or_default()
+    );
     let delivered: BTreeSet<i64> = records(&out)
         .iter()
         .map(|r| r["id"].as_i64().expect("id"))
@@ -617,7 +665,10 @@ fn sink_errors_are_classified() {
         ("connectors/k.yaml", &connectors),
         ("in.jsonl", &input),
         ("flows/send.yaml", "input: k.in\noutputs:\n  - to: k.out\n"),
-        ("flows/lost.yaml", "input: k.in\noutputs:\n  - to: k.nowhere\n"),
+        (
+            "flows/lost.yaml",
+            "input: k.in\noutputs:\n  - to: k.nowhere\n",
+        ),
     ]);
     let dir = tmp.path();
     weavster_ok(dir, &["run", "--once", "--flow", "send"], &env, 1);
@@ -630,7 +681,9 @@ fn sink_errors_are_classified() {
         dead[0]
     );
     let got = consume_all(&b.addr, &topic);
-    let mut got_ids = ids(got.iter().map(|m| std::str::from_utf8(&m.value).expect("utf8")));
+    let mut got_ids = ids(got
+        .iter()
+        .map(|m| std::str::from_utf8(&m.value).expect("utf8")));
     got_ids.sort_unstable();
     assert_eq!(got_ids, (0..50).filter(|i| *i != 7).collect::<Vec<i64>>());
     // Unknown topic: a clear error, nothing read, nothing dead-lettered.
@@ -677,7 +730,9 @@ fn producer_backpressure_and_broker_faults_lose_nothing() {
     let got = consume_all(&b.addr, &topic);
     exactly_once(
         "flooded topic",
-        ids(got.iter().map(|m| std::str::from_utf8(&m.value).expect("utf8"))),
+        ids(got
+            .iter()
+            .map(|m| std::str::from_utf8(&m.value).expect("utf8"))),
         N,
     );
     // 2. Faults, on the mock cluster (it lives in this process; the
@@ -697,6 +752,11 @@ fn producer_backpressure_and_broker_faults_lose_nothing() {
     ]);
     let dir = tmp.path();
     weavster_ok(dir, &["compile"], &env, 0);
+    // Slow brokers: the run lasts long enough for the faults below.
+    for id in 1..=3 {
+        mock.broker_round_trip_time(id, Duration::from_millis(150))
+            .expect("rtt");
+    }
     mock.request_errors(
         RDKafkaApiKey::Produce,
         &[
@@ -713,19 +773,37 @@ fn producer_backpressure_and_broker_faults_lose_nothing() {
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("spawn");
-    std::thread::sleep(Duration::from_millis(1500));
-    mock.broker_down(1).expect("down");
-    std::thread::sleep(Duration::from_millis(2000));
-    mock.broker_up(1).expect("up");
-    let status = wait_bounded(&mut child, Duration::from_secs(180), "run against the mock cluster");
+    // Leaders move mid-run; then every broker is down for longer than a
+    // message may wait (10 s): deliveries time out and the batch is retried.
+    std::thread::sleep(Duration::from_millis(1000));
+    for p in 0..4 {
+        mock.partition_leader("faults", p, Some((p + 1) % 3 + 1))
+            .expect("move leader");
+    }
+    std::thread::sleep(Duration::from_millis(1000));
+    for id in 1..=3 {
+        mock.broker_down(id).expect("down");
+    }
+    std::thread::sleep(Duration::from_secs(12));
+    for id in 1..=3 {
+        mock.broker_up(id).expect("up");
+        mock.broker_round_trip_time(id, Duration::ZERO)
+            .expect("rtt");
+    }
+    let status = wait_bounded(
+        &mut child,
+        Duration::from_secs(180),
+        "run against the mock cluster",
+    );
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(status.success(), "{text}");
+    assert!(text.contains("retrying"), "no batch was retried:\n{text}");
     assert!(dead_letters(dir, &env).is_empty());
     let got = consume_all(&mock.bootstrap_servers(), "faults");
-    let delivered: BTreeSet<i64> =
-        ids(got.iter().map(|m| std::str::from_utf8(&m.value).expect("utf8")))
-            .into_iter()
-            .collect();
+    let delivered: BTreeSet<i64> = ids(got
+        .iter()
+        .map(|m| std::str::from_utf8(&m.value).expect("utf8")))
+    .into_iter()
+    .collect();
     assert_eq!(delivered.len() as i64, N, "records lost:\n{text}");
 }
-
