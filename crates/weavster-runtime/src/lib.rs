@@ -2,8 +2,9 @@
 //!
 //! For each flow: a **source** task reads its input in batches and pushes
 //! each batch as one job onto the flow's queue (apalis on PostgreSQL,
-//! job type `weavster:<flow>`), then stores the source position
-//! (`weavster.offsets`) and acknowledges the batch to the source. **Workers**
+//! job type `weavster:<flow>`) in the transaction that stores the source
+//! position (`weavster.offsets`), then acknowledges the batch to the
+//! source. **Workers**
 //! (apalis workers, each with a warm wasm instance from `weavster-host`)
 //! fetch jobs, run the batch through the flow and write the routed records
 //! to the flow's **sinks**; record errors go to `weavster.dead_letters`. A
@@ -11,7 +12,8 @@
 //! at-least-once (see docs/guarantees.md).
 //!
 //! This crate parses no YAML: it is handed [`FlowPlan`]s built by the CLI
-//! from the loaded project. It prints nothing; it reports through
+//! from the loaded project, holding the spec's typed connectors (built by
+//! [`connectors`]). It prints nothing; it reports through
 //! [`Metrics`] and [`RunReport`].
 
 pub mod connectors;
