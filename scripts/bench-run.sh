@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of `weavster run --once` (issue 4): file → queue
 # (embedded PostgreSQL) → wasm → file on generated records, beside jq doing
-# the same transform, in one run. Prints figures and ratios; asserts nothing
+# the same transform, and the Kafka paths (file → Kafka, Kafka → Kafka,
+# Kafka → file, against the tansu broker installed by setup.sh), in one run. Prints figures and ratios; asserts nothing
 # (except that both produced the same number of records).
 #   scripts/bench-run.sh [RECORDS]      (default 1000000)
 set -euo pipefail
@@ -91,6 +92,60 @@ read -r a_secs a_rss a_bytes < <(json_input "$n")
 a_out=$(wc -l < "$dir/out/out.jsonl")
 [ "$a_out" = "$j_out" ] || { echo "JSON array input: $a_out records out, jq $j_out" >&2; exit 1; }
 
+# Kafka paths, on a tansu broker (memory storage) on a free port.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+.tools/bin/tansu broker --listener-url "tcp://127.0.0.1:$port" --advertised-listener-url "tcp://127.0.0.1:$port" \
+  --storage-engine memory://tansu/ >"$dir/tansu.log" 2>&1 &
+tansu_pid=$!
+trap 'kill $tansu_pid 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+for t in bench-in bench-out; do
+  .tools/bin/tansu topic create --broker "tcp://127.0.0.1:$port" --partitions 4 "$t" >/dev/null
+done
+cat > "$dir/connectors/kafka.yaml" <<YAML
+topic_in: { type: kafka, brokers: "127.0.0.1:$port", topic: bench-in }
+topic_in_read:
+  type: kafka
+  brokers: "127.0.0.1:$port"
+  topic: bench-in
+  options: { session.timeout.ms: "6000", heartbeat.interval.ms: "500" }
+topic_out: { type: kafka, brokers: "127.0.0.1:$port", topic: bench-out }
+YAML
+cat > "$dir/flows/load.yaml" <<'YAML'
+input: files.input
+outputs:
+  - to: kafka.topic_in
+YAML
+for f in k2k k2f; do
+  out=kafka.topic_out; [ "$f" = k2f ] && out=files.output
+  cat > "$dir/flows/$f.yaml" <<YAML
+input: kafka.topic_in_read
+transforms:
+  - rename: { cust: customer_id }
+  - set:
+      customer_id: upper(trim(customer_id))
+      total: round(amount * qty, 2)
+  - filter: status != 'test'
+outputs:
+  - to: $out
+YAML
+done
+sed -i 's#data/in.json$#data/in.jsonl#' "$dir/connectors/files.yaml"
+gen "$n" "$dir/data/in.jsonl"
+rm -f "$dir/data/in.json"
+"$weavster" -q -C "$dir" compile --release >&2
+kafka_run() { # FLOW → prints seconds
+  /usr/bin/time -f '%e' -o "$dir/time.txt" "$weavster" -q -C "$dir" run --once --release --flow "$1" 2>"$dir/run.log" \
+    || { cat "$dir/run.log" >&2; exit 1; }
+  cat "$dir/time.txt"
+}
+l_secs=$(kafka_run load)
+kk_secs=$(kafka_run k2k)
+rm -rf "$dir/out"
+kf_secs=$(kafka_run k2f)
+kf_out=$(wc -l < "$dir/out/out.jsonl")
+[ "$kf_out" = "$j_out" ] || { echo "Kafka → file: $kf_out records out, jq $j_out" >&2; exit 1; }
+
 awk -v n="$n" -v small="$small" -v bytes="$bytes" -v ws="$w_secs" -v wr="$w_rss" -v wt="$w_ttfr" \
     -v ss="$s_secs" -v sr="$s_rss" -v js="$j_secs" -v jr="$j_rss" -v out="$w_out" \
     -v as="$a_secs" -v ar="$a_rss" -v ab="$a_bytes" 'BEGIN {
@@ -101,4 +156,12 @@ awk -v n="$n" -v small="$small" -v bytes="$bytes" -v ws="$w_secs" -v wr="$w_rss"
   printf "  peak RSS at %d records: %.0f MiB; at %d: %.0f MiB (ratio %.2f)\n", small, sr / 1024, n, wr / 1024, wr / sr
   printf "  same records as one JSON array (%.0f MB): %7.2f s  %9.0f records/s  peak RSS %4.0f MiB\n", ab / 1e6, as, n / as, ar / 1024
   printf "goals: >= 100000 records/s end to end, RSS bounded, first record <= 2 s\n"
+}'
+awk -v n="$n" -v fs="$w_secs" -v ls="$l_secs" -v kk="$kk_secs" -v kf="$kf_secs" 'BEGIN {
+  printf "Kafka (tansu, 4 partitions, memory storage; wall time includes connecting and joining the group):\n"
+  printf "  file  → flow → file:  %7.2f s  %9.0f records/s\n", fs, n / fs
+  printf "  file  → Kafka:        %7.2f s  %9.0f records/s\n", ls, n / ls
+  printf "  Kafka → flow → Kafka: %7.2f s  %9.0f records/s  (%.2fx file → file)\n", kk, n / kk, fs / kk
+  printf "  Kafka → flow → file:  %7.2f s  %9.0f records/s  (%.2fx file → file)\n", kf, n / kf, fs / kf
+  printf "goal: Kafka paths >= 100000 records/s with the durable queue in between\n"
 }'

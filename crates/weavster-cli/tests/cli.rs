@@ -241,7 +241,7 @@ fn debug_reports_checks_with_fixes() {
 
 #[test]
 fn examples_compile_and_pass_their_fixtures() {
-    for name in ["orders", "kitchen_sink", "events"] {
+    for name in ["orders", "kitchen_sink", "events", "clickstream"] {
         let (tmp, env) = example(name);
         let c = weavster(tmp.path(), &["compile", "--debug"], &env);
         assert_eq!(

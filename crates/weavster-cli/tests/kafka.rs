@@ -62,6 +62,8 @@ fn broker() -> &'static Broker {
             "\"$0\" broker --listener-url {url} --advertised-listener-url {url} --storage-engine memory://tansu/ >/dev/null 2>&1 & b=$!; \
              while kill -0 {me} 2>/dev/null && kill -0 $b 2>/dev/null; do sleep 0.5; done; kill $b 2>/dev/null"
         );
+        // Never waited for: it outlives the tests and ends with this process.
+        #[allow(clippy::zombie_processes)]
         Command::new("bash")
             .arg("-c")
             .arg(script)
@@ -455,6 +457,41 @@ fn kafka_to_kafka_to_file_delivers_every_record() {
     );
 }
 
+/// The `clickstream` example, run for real: clicks in, bots out, sessions
+/// keyed by user with their source partition in a header.
+#[test]
+fn the_clickstream_example_runs_against_a_broker() {
+    let b = broker();
+    create_topic(&b.addr, "clicks", 3);
+    create_topic(&b.addr, "sessions", 2);
+    produce(
+        &b.addr,
+        "clicks",
+        [
+            r#"{"user":" Ann ","page":"/home","agent":"Firefox"}"#,
+            r#"{"user":"crawler","page":"/","agent":"Googlebot/2.1"}"#,
+            r#"{"user":"BOB","page":"/cart"}"#,
+        ]
+        .map(|r| (None, r.as_bytes().to_vec())),
+    );
+    let (tmp, mut env) = common::example("clickstream");
+    env.push(("KAFKA_BROKERS".into(), b.addr.clone()));
+    weavster_ok(tmp.path(), &["run", "--once"], &env, 0);
+    let got = consume_all(&b.addr, "sessions");
+    let mut users: Vec<String> = got.iter().map(|m| m.key.clone().expect("key")).collect();
+    users.sort();
+    assert_eq!(users, ["ann", "bob"]);
+    for m in &got {
+        let v: Value = serde_json::from_slice(&m.value).expect("json");
+        assert_eq!(v["site"], "shop");
+        assert_eq!(
+            m.headers.get("source-partition").cloned(),
+            Some(v["source"]["partition"].to_string())
+        );
+        assert!(v.get("_kafka").is_none() && v["seen_at"].is_i64(), "{v}");
+    }
+}
+
 /// Java's `murmur2` partitioner (`toPositive(murmur2(key)) % n`).
 fn murmur2_partition(key: &[u8], n: i32) -> i32 {
     let seed: u32 = 0x9747b28c;
@@ -775,7 +812,28 @@ fn producer_backpressure_and_broker_faults_lose_nothing() {
         .expect("spawn");
     // Leaders move mid-run; then every broker is down for longer than a
     // message may wait (10 s): deliveries time out and the batch is retried.
-    std::thread::sleep(Duration::from_millis(1000));
+    // (Mid-run: once the first records have arrived.)
+    let watch: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", mock.bootstrap_servers())
+        .create()
+        .expect("client");
+    let started = Instant::now();
+    while (0..4)
+        .map(|p| {
+            watch
+                .fetch_watermarks("faults", p, Duration::from_secs(5))
+                .map_or(0, |(_, high)| high)
+        })
+        .sum::<i64>()
+        == 0
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "nothing was produced:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     for p in 0..4 {
         mock.partition_leader("faults", p, Some((p + 1) % 3 + 1))
             .expect("move leader");

@@ -52,11 +52,11 @@ pub enum RuntimeError {
     Metrics { addr: String, message: String },
     #[error("queue: {0}")]
     Queue(String),
-    #[error("flow `{flow}`: connector `{reference}`: {source}")]
+    #[error("flow `{flow}`: connector `{reference}`: {error}")]
     Connector {
         flow: String,
         reference: String,
-        source: ConnectorError,
+        error: ConnectorError,
     },
 }
 

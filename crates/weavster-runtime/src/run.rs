@@ -396,14 +396,13 @@ async fn build_workers(
         let cx = context(db, s, opts, &p.name);
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
         for o in &p.outputs {
-            let sink =
-                connectors::sink(o, &cx)
-                    .await
-                    .map_err(|source| RuntimeError::Connector {
-                        flow: p.name.clone(),
-                        reference: o.reference(),
-                        source,
-                    })?;
+            let sink = connectors::sink(o, &cx)
+                .await
+                .map_err(|error| RuntimeError::Connector {
+                    flow: p.name.clone(),
+                    reference: o.reference(),
+                    error,
+                })?;
             sinks.push(sink);
         }
         // One warm instance made now: a flow whose init fails stops the run

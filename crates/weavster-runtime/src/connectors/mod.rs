@@ -26,6 +26,8 @@ use crate::sink::Sink;
 use crate::source::{Limits, Positions, Source};
 
 /// Where a flow's records come from or go to.
+// A few per run, built once: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Endpoint {
     /// A connector of the project (`reference` as written: `file.key`).

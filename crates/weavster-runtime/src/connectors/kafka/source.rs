@@ -380,10 +380,6 @@ impl KafkaSource {
     }
 
     fn message(&mut self, m: Msg) {
-        let end = self
-            .ends
-            .as_ref()
-            .and_then(|e| e.get(&m.partition).copied());
         let (topic, format, metadata) = (&self.topic, self.format, self.metadata.as_deref());
         let Some(part) = self.parts.get_mut(&m.partition) else {
             return; // not ours (any more)
