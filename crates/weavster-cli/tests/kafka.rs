@@ -864,4 +864,42 @@ fn producer_backpressure_and_broker_faults_lose_nothing() {
     .into_iter()
     .collect();
     assert_eq!(delivered.len() as i64, N, "records lost:\n{text}");
+    // 3. Authorization refused at delivery: the run stops with the error,
+    // nothing is dead-lettered, and the batch waits in the queue for the
+    // run after the fix.
+    let more: String = (N..N + 100).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("in.jsonl"))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, more.as_bytes()))
+        .expect("append");
+    mock.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64],
+    );
+    let out = weavster(dir, &["run", "--once"], &env);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Authorization") || out.stderr.contains("authorization"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        dead_letters(dir, &env).is_empty(),
+        "nothing is dead-lettered"
+    );
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
+    weavster_ok(dir, &["run", "--once"], &env, 0);
+    let got = consume_all(&mock.bootstrap_servers(), "faults");
+    let delivered: BTreeSet<i64> = ids(got
+        .iter()
+        .map(|m| std::str::from_utf8(&m.value).expect("utf8")))
+    .into_iter()
+    .collect();
+    assert_eq!(
+        delivered.len() as i64,
+        N + 100,
+        "records lost after the fix"
+    );
+    assert!(dead_letters(dir, &env).is_empty());
 }
