@@ -1,5 +1,5 @@
-//! The Kafka sink: one idempotent producer (`acks=all`) per output and
-//! process. A batch is written when every delivery report is OK; each
+//! The Kafka sink: one idempotent producer (`acks=all`) per process and
+//! configuration. A batch is written when every delivery report is OK; each
 //! failed report is classified by its error code: a record the broker
 //! refuses (too large, invalid) is dead-lettered alone, a configuration
 //! error (authorization, unknown topic) stops the flow, anything else
@@ -87,9 +87,7 @@ impl KafkaSink {
         })
         .await
         .map_err(|e| ConnectorError::Connect(e.to_string()))??;
-        let producer: FutureProducer = config
-            .create()
-            .map_err(|e| ConnectorError::Config(e.to_string()))?;
+        let producer = shared_producer(&config)?;
         Ok(KafkaSink {
             what: what(k),
             topic: k.topic.clone(),
@@ -167,6 +165,28 @@ impl KafkaSink {
         }
         Ok((value, key, headers))
     }
+}
+
+/// One long-lived producer per process and configuration: outputs of
+/// several flows to the same cluster with the same settings share it (and
+/// its connections, batching and idempotence state).
+fn shared_producer(config: &rdkafka::ClientConfig) -> Result<FutureProducer, ConnectorError> {
+    static PRODUCERS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, FutureProducer>>,
+    > = std::sync::OnceLock::new();
+    let key = format!("{:?}", config.config_map());
+    let map = PRODUCERS.get_or_init(Default::default);
+    let mut map = map
+        .lock()
+        .map_err(|_| ConnectorError::Connect("a producer panicked".into()))?;
+    if let Some(p) = map.get(&key) {
+        return Ok(p.clone());
+    }
+    let p: FutureProducer = config
+        .create()
+        .map_err(|e| ConnectorError::Config(e.to_string()))?;
+    map.insert(key, p.clone());
+    Ok(p)
 }
 
 /// How a failed report is handled.
