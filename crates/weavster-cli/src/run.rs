@@ -71,7 +71,7 @@ fn plan(project: &Project, name: &str, wasm: &Path) -> anyhow::Result<FlowPlan> 
     let flow = project
         .flow(name)
         .with_context(|| format!("no flow `{name}`"))?;
-    let endpoint = |reference: &str| -> anyhow::Result<Endpoint> {
+    let endpoint = |reference: &str, input: bool| -> anyhow::Result<Endpoint> {
         if let Some(target) = reference.strip_prefix("bridge.") {
             return Ok(Endpoint::Bridge {
                 flow: target.to_string(),
@@ -82,11 +82,17 @@ fn plan(project: &Project, name: &str, wasm: &Path) -> anyhow::Result<FlowPlan> 
             .get(reference)
             .map(|d| d.connector.clone())
             .with_context(|| format!("flow `{name}`: no connector `{reference}`"))?;
-        if matches!(spec, Connector::Postgres(_) | Connector::Http(_)) {
+        let runs = match spec {
+            Connector::Http(_) => false,
+            Connector::Postgres(_) => !input,
+            _ => true,
+        };
+        if !runs {
             bail!(
-                "flow `{name}` uses connector `{reference}` of type `{}`, which `weavster run` cannot run yet \
-                 (built in: file, stdin, stdout, kafka, bridge); run the other flows with --flow",
-                spec.type_name()
+                "flow `{name}` uses connector `{reference}` of type `{}` as an {}, which `weavster run` cannot run yet \
+                 (built in: file, stdin, stdout, kafka and bridge; postgres as an output); run the other flows with --flow",
+                spec.type_name(),
+                if input { "input" } else { "output" }
             );
         }
         Ok(Endpoint::Connector {
@@ -94,12 +100,12 @@ fn plan(project: &Project, name: &str, wasm: &Path) -> anyhow::Result<FlowPlan> 
             spec,
         })
     };
-    let input = endpoint(flow.spec.input.as_str())?;
+    let input = endpoint(flow.spec.input.as_str(), true)?;
     let outputs = flow
         .spec
         .outputs
         .iter()
-        .map(|o| endpoint(o.to.as_str()))
+        .map(|o| endpoint(o.to.as_str(), false))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let vars: Map<String, Value> = project
         .vars

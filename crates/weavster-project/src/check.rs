@@ -276,6 +276,12 @@ pub(crate) fn connector(
                     "type",
                 ));
             }
+            if p.jsonb_column.is_some() && !p.columns.is_empty() {
+                diags.push(err(
+                    "set `jsonb_column` (the whole record into one column) or `columns` (fields into columns), not both".into(),
+                    "jsonb_column",
+                ));
+            }
         }
         Connector::Http(h) => {
             if h.listen.is_none() && h.url.is_none() {

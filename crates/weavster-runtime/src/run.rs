@@ -378,6 +378,7 @@ fn context(db: &Db, s: &QueueSettings, opts: &RunOptions, flow: &str) -> Context
         db: db.clone(),
         max_attempts: s.max_attempts,
         lease: s.heartbeat * 3,
+        output: String::new(),
     }
 }
 
@@ -393,9 +394,10 @@ async fn build_workers(
     let mut out = Vec::new();
     for p in plans {
         let module = host.load(&p.wasm)?;
-        let cx = context(db, s, opts, &p.name);
+        let mut cx = context(db, s, opts, &p.name);
         let mut sinks: Vec<Box<dyn Sink>> = Vec::new();
-        for o in &p.outputs {
+        for (i, o) in p.outputs.iter().enumerate() {
+            cx.output = format!("{}#{i}", o.reference());
             let sink = connectors::sink(o, &cx)
                 .await
                 .map_err(|error| RuntimeError::Connector {

@@ -56,8 +56,13 @@ impl SinkError {
 pub type Refused = Vec<(usize, String)>;
 
 pub trait Sink: Send + Sync {
-    /// Writes `records` (JSON texts); `Err` fails the whole batch.
-    fn write<'a>(&'a self, records: &'a [&'a str]) -> BoxFuture<'a, Result<Refused, SinkError>>;
+    /// Writes `records` (JSON texts) of job `job` (the same id on every
+    /// attempt); `Err` fails the whole batch.
+    fn write<'a>(
+        &'a self,
+        job: &'a str,
+        records: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Refused, SinkError>>;
 }
 
 /// Text of a CSV cell.

@@ -285,7 +285,7 @@ impl FlowWorker {
                 .sinks
                 .get(o)
                 .ok_or_else(|| Failure::Internal(format!("no sink for output {o}")))?;
-            let refused = sink.write(&refs).await.map_err(|e| match e.failed() {
+            let refused = sink.write(id, &refs).await.map_err(|e| match e.failed() {
                 Failed::Retry => Failure::Retry(e.to_string()),
                 Failed::Stop => Failure::Stop(format!("output {}: {e}", self.outputs[o])),
             })?;

@@ -339,7 +339,7 @@ pub enum KafkaHeader {
 }
 
 /// A PostgreSQL table. Input: rows of `query` newer than the last `cursor`
-/// value seen; output: inserts (or upserts) into `table`.
+/// value seen; output: typed batch inserts (or upserts) into `table`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConnector {
@@ -360,8 +360,32 @@ pub struct PostgresConnector {
     /// Output: upsert on these key columns instead of plain inserts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upsert_keys: Vec<String>,
+    /// Output: column → record path to write it from; only these columns
+    /// are written (default: each column from the record field of its name).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub columns: IndexMap<String, Path>,
+    /// Output: a record field that is not a column: `error` (default: the
+    /// record is dead-lettered, nothing is silently cut) or `ignore`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_fields: Option<UnknownFields>,
+    /// Output: write each whole record into this one `jsonb` (or `json`) column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jsonb_column: Option<String>,
+    /// Output: record each written batch in `weavster_written` (created in
+    /// the target database) in the transaction of its rows, so that a
+    /// retried batch is never written twice (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exactly_once: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+}
+
+/// What a PostgreSQL output does with a record field that is not a column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownFields {
+    Error,
+    Ignore,
 }
 
 /// HTTP. Input: a server accepting POSTed JSON on `listen` + `path`;

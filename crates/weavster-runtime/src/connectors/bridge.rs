@@ -24,7 +24,11 @@ impl BridgeSink {
 }
 
 impl Sink for BridgeSink {
-    fn write<'a>(&'a self, records: &'a [&'a str]) -> BoxFuture<'a, Result<Refused, SinkError>> {
+    fn write<'a>(
+        &'a self,
+        _job: &'a str,
+        records: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Refused, SinkError>> {
         Box::pin(async move {
             queue::push(
                 self.db.pool(),

@@ -11,6 +11,7 @@ pub mod bridge;
 pub mod file;
 pub mod kafka;
 mod net;
+pub mod postgres;
 pub mod stdio;
 
 pub use net::reachable;
@@ -76,6 +77,9 @@ pub struct Context {
     /// How long a job may run before another process may take it over
     /// (a produce must time out before that).
     pub lease: Duration,
+    /// For a sink: which output of the flow it is (`<reference>#<index>`),
+    /// unique within the flow.
+    pub output: String,
 }
 
 /// What `weavster debug` checks without a queue.

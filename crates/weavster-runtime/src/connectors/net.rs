@@ -1,28 +1,14 @@
-//! Connectors not run yet (`postgres`, `http`): `run` refuses them with the
-//! flow and connector named; `debug` checks that their peer answers on TCP.
+//! Connectors not run yet (`http`): `run` refuses them with the flow and
+//! connector named; `debug` checks that their peer answers on TCP.
 //! Also the TCP check of the queue database.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use weavster_spec::types::{HttpConnector, PostgresConnector};
+use weavster_spec::types::HttpConnector;
 
 use super::{Check, CheckContext, Family};
-
-impl Family for PostgresConnector {
-    fn check<'a>(&'a self, _cx: &'a CheckContext) -> BoxFuture<'a, Option<Check>> {
-        Box::pin(async move {
-            let url = self.url.clone();
-            let fix = "start the database or fix `url`";
-            Some(
-                tokio::task::spawn_blocking(move || reachable(&url, 5432, fix))
-                    .await
-                    .unwrap_or_else(|e| Check::fail(e.to_string(), fix)),
-            )
-        })
-    }
-}
 
 impl Family for HttpConnector {
     fn check<'a>(&'a self, _cx: &'a CheckContext) -> BoxFuture<'a, Option<Check>> {

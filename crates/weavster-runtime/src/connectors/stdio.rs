@@ -312,7 +312,11 @@ impl StdoutSink {
 }
 
 impl Sink for StdoutSink {
-    fn write<'a>(&'a self, records: &'a [&'a str]) -> BoxFuture<'a, Result<Refused, SinkError>> {
+    fn write<'a>(
+        &'a self,
+        _job: &'a str,
+        records: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Refused, SinkError>> {
         Box::pin(async move {
             let mut bytes = Vec::new();
             let mut guard = self

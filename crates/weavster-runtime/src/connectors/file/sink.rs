@@ -148,7 +148,11 @@ impl FileSink {
 }
 
 impl Sink for FileSink {
-    fn write<'a>(&'a self, records: &'a [&'a str]) -> BoxFuture<'a, Result<Refused, SinkError>> {
+    fn write<'a>(
+        &'a self,
+        _job: &'a str,
+        records: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Refused, SinkError>> {
         Box::pin(async move {
             let err = |message: String| SinkError::File {
                 path: format!("{} ({})", self.display, self.path.display()),
@@ -189,7 +193,7 @@ mod tests {
         let sink =
             FileSink::open(p.clone(), "out".into(), format, WriteMode::Append, b',').expect("open");
         for b in batches {
-            sink.write(b).await.expect("write");
+            sink.write("j", b).await.expect("write");
         }
         assert_eq!(std::fs::read_to_string(&p).expect("read"), want);
     }
@@ -228,7 +232,7 @@ mod tests {
         )
         .expect("open");
         let refused = sink
-            .write(&["{\"a\":1}", "{\"a\":2,\"z\":3}"])
+            .write("j", &["{\"a\":1}", "{\"a\":2,\"z\":3}"])
             .await
             .expect("write");
         assert_eq!(refused.len(), 1);

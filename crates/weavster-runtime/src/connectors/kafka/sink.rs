@@ -240,7 +240,11 @@ impl Reports {
 }
 
 impl Sink for KafkaSink {
-    fn write<'a>(&'a self, records: &'a [&'a str]) -> BoxFuture<'a, Result<Refused, SinkError>> {
+    fn write<'a>(
+        &'a self,
+        _job: &'a str,
+        records: &'a [&'a str],
+    ) -> BoxFuture<'a, Result<Refused, SinkError>> {
         Box::pin(async move {
             let mut r = Reports::default();
             let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();

@@ -1,0 +1,143 @@
+//! PostgreSQL (sqlx). Output: typed batch inserts or upserts into a table
+//! whose columns are read from the catalog at start, bad rows isolated and
+//! dead-lettered alone, each batch recorded in the target database with
+//! its rows so that a retried batch is never written twice. (The source is
+//! not built yet: `run` refuses a `postgres` input.)
+
+mod sink;
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use weavster_spec::types::PostgresConnector;
+
+use super::{Check, CheckContext, ConnectorError, Context, Family};
+use crate::sink::Sink;
+
+impl Family for PostgresConnector {
+    fn sink<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, Result<Box<dyn Sink>, ConnectorError>> {
+        Box::pin(async move {
+            let s = sink::PgSink::new(self, cx).await?;
+            Ok(Box::new(s) as Box<dyn Sink>)
+        })
+    }
+
+    fn check<'a>(&'a self, _cx: &'a CheckContext) -> BoxFuture<'a, Option<Check>> {
+        Box::pin(async move {
+            let fix = "start the database, or fix `url`, `password` or `table`";
+            let pool = match connect(self, 1).await {
+                Ok(p) => p,
+                Err(e) => return Some(Check::fail(e.to_string(), fix)),
+            };
+            let answer = match &self.table {
+                Some(t) => sink::table_of(&pool, t)
+                    .await
+                    .map(|(name, cols)| format!("table {name}: {} column(s)", cols.len())),
+                None => sqlx::query_scalar::<_, String>("SELECT version()")
+                    .fetch_one(&pool)
+                    .await
+                    .map_err(|e| ConnectorError::Connect(e.to_string())),
+            };
+            pool.close().await;
+            Some(match answer {
+                Ok(detail) => Check::ok(detail),
+                Err(e) => Check::fail(e.to_string(), fix),
+            })
+        })
+    }
+}
+
+/// What the connector is called in messages.
+fn what(p: &PostgresConnector) -> String {
+    match &p.table {
+        Some(t) => format!("postgres table `{t}`"),
+        None => "postgres".into(),
+    }
+}
+
+/// A pool on the connector's database (the URL's password, or `password`).
+async fn connect(p: &PostgresConnector, size: u32) -> Result<PgPool, ConnectorError> {
+    let mut opts = PgConnectOptions::from_str(&p.url)
+        .map_err(|e| ConnectorError::Config(format!("`url`: {e}")))?;
+    if let Some(pw) = &p.password {
+        opts = opts.password(pw);
+    }
+    PgPoolOptions::new()
+        .max_connections(size)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+        .map_err(|e| match class(&e) {
+            Class::Stop => ConnectorError::Config(format!("the database refused: {e}")),
+            _ => ConnectorError::Connect(format!("cannot connect: {e}")),
+        })
+}
+
+/// What an error means for a batch, by SQLSTATE (never by message text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Connection, serialization, deadlock, resources, shutdown: retry.
+    Retry,
+    /// A value or a constraint (classes 22, 23): the record alone.
+    Data,
+    /// Schema, permission, login (42, 28, 3D, 3F): stop the flow.
+    Stop,
+}
+
+fn class(e: &sqlx::Error) -> Class {
+    let Some(code) = e.as_database_error().and_then(|d| d.code()) else {
+        return Class::Retry;
+    };
+    sqlstate(&code)
+}
+
+fn sqlstate(code: &str) -> Class {
+    match &code[..code.len().min(2)] {
+        "22" | "23" => Class::Data,
+        "42" | "28" | "3D" | "3F" | "0A" => Class::Stop,
+        _ => Class::Retry,
+    }
+}
+
+/// An identifier, quoted.
+fn quote(id: &str) -> String {
+    format!("\"{}\"", id.replace('"', "\"\""))
+}
+
+/// A text literal, quoted.
+fn literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlstates_are_classified_by_class() {
+        for (code, want) in [
+            ("08006", Class::Retry),
+            ("40001", Class::Retry),
+            ("40P01", Class::Retry),
+            ("53300", Class::Retry),
+            ("57P01", Class::Retry),
+            ("22P02", Class::Data),
+            ("23505", Class::Data),
+            ("23502", Class::Data),
+            ("42P01", Class::Stop),
+            ("42501", Class::Stop),
+            ("28P01", Class::Stop),
+        ] {
+            assert_eq!(sqlstate(code), want, "{code}");
+        }
+    }
+
+    #[test]
+    fn identifiers_and_literals_are_quoted() {
+        assert_eq!(quote("a\"b"), "\"a\"\"b\"");
+        assert_eq!(literal("it's"), "'it''s'");
+    }
+}
