@@ -84,13 +84,13 @@ fn plan(project: &Project, name: &str, wasm: &Path) -> anyhow::Result<FlowPlan> 
             .with_context(|| format!("flow `{name}`: no connector `{reference}`"))?;
         let runs = match spec {
             Connector::Http(_) => false,
-            Connector::Postgres(_) => !input,
+            Connector::Postgres(_) => true,
             _ => true,
         };
         if !runs {
             bail!(
                 "flow `{name}` uses connector `{reference}` of type `{}` as an {}, which `weavster run` cannot run yet \
-                 (built in: file, stdin, stdout, kafka and bridge; postgres as an output); run the other flows with --flow",
+                 (built in: file, stdin, stdout, kafka, postgres and bridge); run the other flows with --flow",
                 spec.type_name(),
                 if input { "input" } else { "output" }
             );

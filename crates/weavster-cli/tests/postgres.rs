@@ -236,3 +236,133 @@ fn kill_nine_writes_every_row_exactly_once() {
         format!("{N}|{N}|0|{}", N - 1)
     );
 }
+
+fn query_project(url: &str, source: &str) -> (tempfile::TempDir, Vec<(String, String)>) {
+    let connectors = format!(
+        "src:\n  type: postgres\n  url: \"{url}\"\n{source}out:\n  type: file\n  path: out.jsonl\n"
+    );
+    project(&[
+        ("weavster.yaml", PROJECT),
+        ("profiles.yaml", PROFILES),
+        ("connectors/c.yaml", &connectors),
+        ("flows/copy.yaml", "input: c.src\noutputs:\n  - to: c.out\n"),
+    ])
+}
+
+/// Query mode: 100k rows by keyset on `[updated_at, id]` (many rows share a
+/// timestamp, across batch boundaries), their types as JSON; rows added
+/// later are read by the next run and nothing is read twice.
+#[test]
+fn query_mode_reads_every_row_once_by_keyset() {
+    let t = Target::start();
+    t.sql(
+        "CREATE TABLE items (id int PRIMARY KEY, updated_at timestamptz NOT NULL, price numeric(12,3),
+            tags text[], blob bytea, meta json, note text)",
+    );
+    // 100k rows, 10 per millisecond of a past day.
+    t.sql(
+        "INSERT INTO items SELECT i, timestamptz '2026-01-01 00:00:00+00' + (i / 10) * interval '1 millisecond',
+            i + 0.125, ARRAY['t', i::text], '\\x68656c6c6f', '{\"k\":\n 1}', 'line\nbreak'
+         FROM generate_series(0, 99999) i",
+    );
+    let (tmp, env) = query_project(
+        &t.url(),
+        "  query: SELECT id, updated_at, price, tags, blob, meta, note FROM items\n  cursor: [updated_at, id]\n",
+    );
+    let dir = tmp.path();
+    check_exit(dir, &["run", "--once"], &env, 0);
+    let got = common::records(&dir.join("out.jsonl"));
+    assert_eq!(got.len(), 100_000);
+    let ids: std::collections::BTreeSet<i64> =
+        got.iter().map(|r| r["id"].as_i64().expect("id")).collect();
+    assert_eq!(ids.len(), 100_000);
+    let r = &got[42];
+    assert_eq!(r["id"], 42);
+    assert_eq!(r["updated_at"], "2026-01-01T00:00:00.004000Z");
+    assert_eq!(r["price"].to_string(), "42.125");
+    assert_eq!(r["tags"], serde_json::json!(["t", "42"]));
+    assert_eq!(r["blob"], "aGVsbG8=");
+    assert_eq!(r["meta"]["k"], 1);
+    assert_eq!(r["note"], "line\nbreak");
+    // Rows sharing the last timestamp, and later ones: read once, by the next run.
+    t.sql(
+        "INSERT INTO items (id, updated_at) VALUES
+            (100000, timestamptz '2026-01-01 00:00:09.999+00'),
+            (100001, timestamptz '2026-01-02 00:00:00+00')",
+    );
+    check_exit(dir, &["run", "--once"], &env, 0);
+    let got = common::records(&dir.join("out.jsonl"));
+    assert_eq!(got.len(), 100_002);
+    let ids: std::collections::BTreeSet<i64> =
+        got.iter().map(|r| r["id"].as_i64().expect("id")).collect();
+    assert_eq!(ids.len(), 100_002);
+}
+
+/// Two transactions committing out of order: the one that started first
+/// (earlier timestamp) commits 2 s after the other. With the delay window
+/// both are read by a continuous run.
+#[test]
+fn query_mode_reads_rows_committed_out_of_order() {
+    let t = Target::start();
+    t.sql(
+        "CREATE TABLE ev (id int PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp())",
+    );
+    let (tmp, env) = query_project(
+        &t.url(),
+        "  query: SELECT id, at FROM ev\n  cursor: [at, id]\n  delay_ms: 4000\n  poll_interval_ms: 200\n",
+    );
+    let dir = tmp.path();
+    check_exit(dir, &["compile"], &env, 0);
+    let mut run = command(dir, &["run"], &env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // The run is polling once row 0 is out.
+    t.sql("INSERT INTO ev (id) VALUES (0)");
+    let out = dir.join("out.jsonl");
+    let started = Instant::now();
+    while common::records(&out).is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the run reads nothing"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The slow transaction: its row's timestamp is taken now, it commits
+    // after 2 s; the fast one commits at once with a later timestamp.
+    let psql = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL installed")
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("bin/psql"))
+        .find(|p| p.exists())
+        .expect("psql");
+    let mut slow = Command::new(psql)
+        .arg(t.url())
+        .args([
+            "-c",
+            "BEGIN; INSERT INTO ev (id) VALUES (1); SELECT pg_sleep(2); COMMIT;",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("slow transaction");
+    std::thread::sleep(Duration::from_millis(300));
+    t.sql("INSERT INTO ev (id) VALUES (2)");
+    let _ = slow.wait();
+    let started = Instant::now();
+    while common::records(&out).len() < 3 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &run.id().to_string()])
+        .status();
+    let status = common::wait_bounded(&mut run, Duration::from_secs(60), "run");
+    assert!(status.success());
+    let mut ids: Vec<i64> = common::records(&out)
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, [0, 1, 2]);
+}

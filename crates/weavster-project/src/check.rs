@@ -276,6 +276,12 @@ pub(crate) fn connector(
                     "type",
                 ));
             }
+            if p.query.is_some() && p.cursor.as_ref().is_none_or(|c| c.columns().is_empty()) {
+                diags.push(
+                    err("a `query` needs a `cursor`: the column(s) rows are read in order of and resumed after".into(), "query")
+                        .expected("`cursor: id` or `cursor: [updated_at, id]`"),
+                );
+            }
             if p.jsonb_column.is_some() && !p.columns.is_empty() {
                 diags.push(err(
                     "set `jsonb_column` (the whole record into one column) or `columns` (fields into columns), not both".into(),

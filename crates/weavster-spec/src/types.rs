@@ -351,12 +351,18 @@ pub struct PostgresConnector {
     /// Input: a SELECT returning one record per row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
-    /// Input: monotonically increasing column used to resume.
+    /// Input: the column(s) rows are read in order of and resumed after,
+    /// with a unique tie-break last (`[updated_at, id]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cursor: Option<String>,
-    /// Input: how often to poll, in milliseconds (default 1000).
+    pub cursor: Option<Cursor>,
+    /// Input: how often to poll when caught up, in milliseconds (default 1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_interval_ms: Option<u64>,
+    /// Input: with a timestamp first cursor column, read only rows older
+    /// than this many milliseconds, so that a transaction committing late
+    /// with an earlier timestamp is not skipped (default 5000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
     /// Output: upsert on these key columns instead of plain inserts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upsert_keys: Vec<String>,
@@ -378,6 +384,23 @@ pub struct PostgresConnector {
     pub exactly_once: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+}
+
+/// One cursor column, or several (the last a unique tie-break).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum Cursor {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Cursor {
+    pub fn columns(&self) -> Vec<String> {
+        match self {
+            Cursor::One(c) => vec![c.clone()],
+            Cursor::Many(v) => v.clone(),
+        }
+    }
 }
 
 /// What a PostgreSQL output does with a record field that is not a column.

@@ -1,10 +1,12 @@
-//! PostgreSQL (sqlx). Output: typed batch inserts or upserts into a table
-//! whose columns are read from the catalog at start, bad rows isolated and
-//! dead-lettered alone, each batch recorded in the target database with
-//! its rows so that a retried batch is never written twice. (The source is
-//! not built yet: `run` refuses a `postgres` input.)
+//! PostgreSQL (sqlx). Input: an incremental query read by keyset on its
+//! cursor column(s) (CDC is not built yet). Output: typed batch inserts or
+//! upserts into a table whose columns are read from the catalog at start,
+//! bad rows isolated and dead-lettered alone, each batch recorded in the
+//! target database with its rows so that a retried batch is never written
+//! twice.
 
 mod sink;
+mod source;
 
 use std::str::FromStr as _;
 use std::time::Duration;
@@ -16,8 +18,20 @@ use weavster_spec::types::PostgresConnector;
 
 use super::{Check, CheckContext, ConnectorError, Context, Family};
 use crate::sink::Sink;
+use crate::source::{Positions, Source};
 
 impl Family for PostgresConnector {
+    fn source<'a>(
+        &'a self,
+        cx: &'a Context,
+        positions: Positions,
+    ) -> BoxFuture<'a, Result<Box<dyn Source>, ConnectorError>> {
+        Box::pin(async move {
+            let s = source::PgSource::start(self, cx, positions).await?;
+            Ok(Box::new(s) as Box<dyn Source>)
+        })
+    }
+
     fn sink<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, Result<Box<dyn Sink>, ConnectorError>> {
         Box::pin(async move {
             let s = sink::PgSink::new(self, cx).await?;
