@@ -42,6 +42,21 @@ impl Target {
         self.pg.as_ref().expect("running").url()
     }
 
+    /// Stops the server, waits `down`, starts it again (same port).
+    fn restart(&mut self, down: Duration) {
+        if let Some(pg) = self.pg.take() {
+            self.rt.block_on(pg.stop()).expect("stop");
+        }
+        std::thread::sleep(down);
+        let pg = self
+            .rt
+            .block_on(weavster_pg::Embedded::start(&weavster_pg::Options::new(
+                self._dir.path().join("pg"),
+            )))
+            .expect("restart");
+        self.pg = Some(pg);
+    }
+
     /// Runs `sql` with psql; returns its unaligned output.
     fn sql(&self, sql: &str) -> String {
         let psql = std::fs::read_dir("/usr/lib/postgresql")
@@ -365,4 +380,48 @@ fn query_mode_reads_rows_committed_out_of_order() {
         .collect();
     ids.sort_unstable();
     assert_eq!(ids, [0, 1, 2]);
+}
+
+/// The target server stops for a while mid-run, then comes back: the
+/// batches that failed are retried, every row is written once.
+#[test]
+fn a_restarted_target_loses_nothing() {
+    const N: usize = 100_000;
+    let mut t = Target::start();
+    t.sql("CREATE TABLE events (id int NOT NULL, body text)");
+    let input: String = (0..N)
+        .map(|i| format!("{{\"id\":{i},\"body\":\"lorem ipsum {i}\"}}\n"))
+        .collect();
+    let (tmp, env) = pg_project(&t.url(), "  table: events\n", &input);
+    let dir = tmp.path();
+    check_exit(dir, &["compile"], &env, 0);
+    let log = dir.join("run.log");
+    let mut child = command(dir, &["run", "--once"], &env)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn");
+    let started = Instant::now();
+    while t
+        .sql("SELECT count(*) FROM events")
+        .parse::<usize>()
+        .expect("count")
+        < 10_000
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "nothing written"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    t.restart(Duration::from_secs(3));
+    let status = common::wait_bounded(&mut child, Duration::from_secs(240), "run");
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(status.success(), "{text}");
+    assert!(text.contains("retrying"), "no batch was retried:\n{text}");
+    assert_eq!(
+        t.sql("SELECT count(*), count(DISTINCT id) FROM events"),
+        format!("{N}|{N}")
+    );
 }
