@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # End-to-end benchmark of `weavster run --once` (issue 4): file → queue
 # (embedded PostgreSQL) → wasm → file on generated records, beside jq doing
-# the same transform, and the Kafka paths (file → Kafka, Kafka → Kafka,
-# Kafka → file, against the tansu broker installed by setup.sh), in one run. Prints figures and ratios; asserts nothing
+# the same transform, the Kafka paths (file → Kafka, Kafka → Kafka,
+# Kafka → file, against the tansu broker installed by setup.sh) and the
+# PostgreSQL paths (file → PostgreSQL three ways, query → PostgreSQL), in
+# one run. Prints figures and ratios; asserts nothing
 # (except that both produced the same number of records).
 #   scripts/bench-run.sh [RECORDS]      (default 1000000)
 set -euo pipefail
@@ -134,7 +136,7 @@ sed -i 's#path: data/in.json }#path: data/in.jsonl }#' "$dir/connectors/files.ya
 gen "$n" "$dir/data/in.jsonl"
 rm -f "$dir/data/in.json"
 "$weavster" -q -C "$dir" compile --release >&2
-kafka_run() { # FLOW [FILE] → prints "seconds first_record_seconds" (FILE: watched for the first record)
+timed_run() { # FLOW [FILE] → prints "seconds first_record_seconds" (FILE: watched for the first record)
   local start ttfr="" pid
   start=$(date +%s.%N)
   /usr/bin/time -f '%e' -o "$dir/time.txt" "$weavster" -q -C "$dir" run --once --release --flow "$1" 2>"$dir/run.log" &
@@ -148,12 +150,63 @@ kafka_run() { # FLOW [FILE] → prints "seconds first_record_seconds" (FILE: wat
   wait "$pid" || { cat "$dir/run.log" >&2; exit 1; }
   echo "$(cat "$dir/time.txt") ${ttfr:-0}"
 }
-read -r l_secs _ < <(kafka_run load)
-read -r kk_secs _ < <(kafka_run k2k)
+read -r l_secs _ < <(timed_run load)
+read -r kk_secs _ < <(timed_run k2k)
 rm -rf "$dir/out"
-read -r kf_secs kf_ttfr < <(kafka_run k2f "$dir/out/out.jsonl")
+read -r kf_secs kf_ttfr < <(timed_run k2f "$dir/out/out.jsonl")
 kf_out=$(wc -l < "$dir/out/out.jsonl")
 [ "$kf_out" = "$j_out" ] || { echo "Kafka → file: $kf_out records out, jq $j_out" >&2; exit 1; }
+
+# PostgreSQL paths, on a target server of their own (pg-server: Debian's
+# binaries through weavster-pg), stopped when its stdin closes.
+cargo build --release --locked -q -p weavster-bench --bin pg-server
+psql=$(ls /usr/lib/postgresql/*/bin/psql | head -n1)
+mkfifo "$dir/pg.ctl"
+"$CARGO_TARGET_DIR/release/pg-server" "$dir/target-pg" < "$dir/pg.ctl" > "$dir/pg.url" 2>"$dir/pg.log" &
+exec 7>"$dir/pg.ctl"
+trap 'exec 7>&-; kill $tansu_pid 2>/dev/null; sleep 2; rm -rf "$dir"' EXIT
+for _ in $(seq 600); do [ -s "$dir/pg.url" ] && break; sleep 0.1; done
+pg_url=$(cat "$dir/pg.url")
+"$psql" -q "$pg_url" -v ON_ERROR_STOP=1 -v n="$n" <<'SQL'
+CREATE TABLE bench_in (id int PRIMARY KEY, cust text, amount numeric, qty int, status text, note text);
+INSERT INTO bench_in SELECT i, ' c' || (i % 1000) || ' ', (i % 100) + 0.5, i % 7 + 1,
+  CASE WHEN i % 10 = 0 THEN 'test' ELSE 'new' END, 'lorem ipsum dolor sit amet, consectetur adipiscing'
+  FROM generate_series(0, :n - 1) i;
+SQL
+for t in pg_eo pg_al pg_up pg_pp; do
+  "$psql" -q "$pg_url" -c "CREATE TABLE $t (id int, customer_id text, amount numeric, qty int, status text, note text, total numeric)" 
+done
+"$psql" -q "$pg_url" -c "ALTER TABLE pg_up ADD PRIMARY KEY (id)"
+cat > "$dir/connectors/pg.yaml" <<YAML
+src: { type: postgres, url: "$pg_url", query: "SELECT * FROM bench_in", cursor: id }
+eo: { type: postgres, url: "$pg_url", table: pg_eo }
+al: { type: postgres, url: "$pg_url", table: pg_al, exactly_once: false }
+up: { type: postgres, url: "$pg_url", table: pg_up, upsert_keys: [id] }
+pp: { type: postgres, url: "$pg_url", table: pg_pp }
+YAML
+for f in eo al up pp; do
+  input=files.input; [ "$f" = pp ] && input=pg.src
+  cat > "$dir/flows/f_$f.yaml" <<YAML
+input: $input
+transforms:
+  - rename: { cust: customer_id }
+  - set:
+      customer_id: upper(trim(customer_id))
+      total: round(amount * qty, 2)
+  - filter: status != 'test'
+outputs:
+  - to: pg.$f
+YAML
+done
+"$weavster" -q -C "$dir" compile --release >&2
+read -r pe_secs _ < <(timed_run f_eo)
+read -r pa_secs _ < <(timed_run f_al)
+read -r pu_secs _ < <(timed_run f_up)
+read -r pp_secs _ < <(timed_run f_pp)
+for t in pg_eo pg_al pg_up pg_pp; do
+  rows=$("$psql" -At "$pg_url" -c "SELECT count(*) FROM $t")
+  [ "$rows" = "$j_out" ] || { echo "$t: $rows rows, jq $j_out" >&2; exit 1; }
+done
 
 awk -v n="$n" -v small="$small" -v bytes="$bytes" -v ws="$w_secs" -v wr="$w_rss" -v wt="$w_ttfr" \
     -v ss="$s_secs" -v sr="$s_rss" -v js="$j_secs" -v jr="$j_rss" -v out="$w_out" \
@@ -173,4 +226,13 @@ awk -v n="$n" -v fs="$w_secs" -v ls="$l_secs" -v kk="$kk_secs" -v kf="$kf_secs" 
   printf "  Kafka → flow → Kafka: %7.2f s  %9.0f records/s  (%.2fx file → file)\n", kk, n / kk, fs / kk
   printf "  Kafka → flow → file:  %7.2f s  %9.0f records/s  (%.2fx file → file); first record after %.2f s (joining the group), %.0f records/s after it\n", kf, n / kf, fs / kf, kt, n / (kf - kt)
   printf "goal: Kafka paths >= 100000 records/s with the durable queue in between\n"
+}'
+awk -v n="$n" -v fs="$w_secs" -v pe="$pe_secs" -v pa="$pa_secs" -v pu="$pu_secs" -v pp="$pp_secs" 'BEGIN {
+  printf "PostgreSQL (a target server on the same 2 cores; the queue is the embedded one):\n"
+  printf "  file → flow → file:                       %7.2f s  %9.0f records/s\n", fs, n / fs
+  printf "  file → flow → PostgreSQL (exactly-once):  %7.2f s  %9.0f records/s  (%.2fx file → file)\n", pe, n / pe, fs / pe
+  printf "  file → flow → PostgreSQL (at-least-once): %7.2f s  %9.0f records/s\n", pa, n / pa
+  printf "  file → flow → PostgreSQL (upsert on id):  %7.2f s  %9.0f records/s\n", pu, n / pu
+  printf "  PostgreSQL query → flow → PostgreSQL:     %7.2f s  %9.0f records/s\n", pp, n / pp
+  printf "goal: >= 50000 rows/s into PostgreSQL\n"
 }'
