@@ -246,12 +246,7 @@ impl Queue {
     /// kept for an hour), one text per job.
     fn jobs_records(&self, flow: &str) -> Vec<String> {
         let pg = self.pg.as_ref().expect("running");
-        let psql = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL installed")
-            .filter_map(Result::ok)
-            .map(|e| e.path().join("bin/psql"))
-            .find(|p| p.exists())
-            .expect("psql");
+        let psql = common::psql();
         let out = Command::new(psql)
             .arg(pg.url())
             .args([

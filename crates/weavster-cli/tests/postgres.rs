@@ -59,12 +59,7 @@ impl Target {
 
     /// Runs `sql` with psql; returns its unaligned output.
     fn sql(&self, sql: &str) -> String {
-        let psql = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL installed")
-            .filter_map(Result::ok)
-            .map(|e| e.path().join("bin/psql"))
-            .find(|p| p.exists())
-            .expect("psql");
+        let psql = common::psql();
         let out = Command::new(psql)
             .arg(self.url())
             .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
@@ -208,6 +203,18 @@ fn upserts_and_configuration_errors() {
     assert!(out.stdout.contains("nowhere"), "{}", out.stdout);
 }
 
+/// A table `events` without keys, a compiled project writing `n` records
+/// into it.
+fn events_project(t: &Target, n: usize) -> (tempfile::TempDir, Vec<(String, String)>) {
+    t.sql("CREATE TABLE events (id int NOT NULL, body text)");
+    let input: String = (0..n)
+        .map(|i| format!("{{\"id\":{i},\"body\":\"lorem ipsum {i}\"}}\n"))
+        .collect();
+    let (tmp, env) = pg_project(&t.url(), "  table: events\n", &input);
+    check_exit(tmp.path(), &["compile"], &env, 0);
+    (tmp, env)
+}
+
 /// `kill -9` of `weavster run` while it writes 200k records into a table
 /// without keys, again and again, then a run to the end: every record is in
 /// the table exactly once (the batch marker in the target database makes a
@@ -216,13 +223,8 @@ fn upserts_and_configuration_errors() {
 fn kill_nine_writes_every_row_exactly_once() {
     const N: usize = 200_000;
     let t = Target::start();
-    t.sql("CREATE TABLE events (id int NOT NULL, body text)");
-    let input: String = (0..N)
-        .map(|i| format!("{{\"id\":{i},\"body\":\"lorem ipsum {i}\"}}\n"))
-        .collect();
-    let (tmp, env) = pg_project(&t.url(), "  table: events\n", &input);
+    let (tmp, env) = events_project(&t, N);
     let dir = tmp.path();
-    check_exit(dir, &["compile"], &env, 0);
     let mut seen = 0;
     for k in 0..4 {
         let mut child = command(dir, &["run"], &env)
@@ -347,12 +349,7 @@ fn query_mode_reads_rows_committed_out_of_order() {
     }
     // The slow transaction: its row's timestamp is taken now, it commits
     // after 2 s; the fast one commits at once with a later timestamp.
-    let psql = std::fs::read_dir("/usr/lib/postgresql")
-        .expect("PostgreSQL installed")
-        .filter_map(Result::ok)
-        .map(|e| e.path().join("bin/psql"))
-        .find(|p| p.exists())
-        .expect("psql");
+    let psql = common::psql();
     let mut slow = Command::new(psql)
         .arg(t.url())
         .args([
@@ -388,13 +385,8 @@ fn query_mode_reads_rows_committed_out_of_order() {
 fn a_restarted_target_loses_nothing() {
     const N: usize = 100_000;
     let mut t = Target::start();
-    t.sql("CREATE TABLE events (id int NOT NULL, body text)");
-    let input: String = (0..N)
-        .map(|i| format!("{{\"id\":{i},\"body\":\"lorem ipsum {i}\"}}\n"))
-        .collect();
-    let (tmp, env) = pg_project(&t.url(), "  table: events\n", &input);
+    let (tmp, env) = events_project(&t, N);
     let dir = tmp.path();
-    check_exit(dir, &["compile"], &env, 0);
     let log = dir.join("run.log");
     let mut child = command(dir, &["run", "--once"], &env)
         .stdin(Stdio::null())

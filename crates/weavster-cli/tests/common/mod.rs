@@ -168,3 +168,13 @@ pub fn wait_bounded(
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Debian's `psql` (installed with the PostgreSQL server binaries).
+pub fn psql() -> PathBuf {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL installed")
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("bin/psql"))
+        .find(|p| p.exists())
+        .expect("psql")
+}
