@@ -113,6 +113,16 @@ impl Secrets {
                 }
             }
             Value::Array(items) => items.iter().for_each(|v| self.add_secret_fields(v)),
+            // A secret inside another value (a URL's password or secret
+            // query parameter, a JAAS password) is a secret value too:
+            // libraries may print it detached (`value=…`).
+            Value::String(text) => {
+                for (a, b) in pattern_ranges(text) {
+                    if let Some(v) = text.get(a..b) {
+                        self.add(v);
+                    }
+                }
+            }
             _ => {}
         }
     }
@@ -377,5 +387,18 @@ mod tests {
             &serde_json::json!({"type": "http", "headers": {"Authorization": "Bearer zz-top"}}),
         );
         assert_eq!(s.mask("401 for Bearer zz-top"), "401 for *****");
+    }
+
+    #[test]
+    fn secrets_inside_urls_are_masked_when_printed_alone() {
+        let s = Secrets::default();
+        s.add_secret_fields(&serde_json::json!({
+            "type": "postgres",
+            "url": "postgres://u:pw-in-url@db/shop?sslpassword=pgpass-456&application_name=w"
+        }));
+        assert_eq!(
+            s.mask("ignoring unrecognized connect parameter key=sslpassword value=pgpass-456 (pw-in-url)"),
+            "ignoring unrecognized connect parameter key=sslpassword value=***** (*****)"
+        );
     }
 }
