@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{command, dead_letters, project, records, wait_bounded, weavster};
+use common::{dead_letters, project, records, wait_bounded, weavster};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -522,14 +522,9 @@ fn murmur2_partition(key: &[u8], n: i32) -> i32 {
 }
 
 fn spawn_run(dir: &Path, env: &[(String, String)], log: &Path) -> Child {
-    let err = std::fs::File::create(log).expect("log");
-    command(dir, &["run"], env)
-        .env("WEAVSTER_LOG", "warn,weavster_runtime=info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .expect("spawn run")
+    let mut env = env.to_vec();
+    env.push(("WEAVSTER_LOG".into(), "warn,weavster_runtime=info".into()));
+    common::spawn_logged(dir, &["run"], &env, log)
 }
 
 /// Waits until `path` holds at least `n` lines (or `limit` passes).
@@ -799,12 +794,7 @@ fn producer_backpressure_and_broker_faults_lose_nothing() {
         ],
     );
     let log = dir.join("run.log");
-    let mut child = command(dir, &["run", "--once"], &env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn");
+    let mut child = common::spawn_logged(dir, &["run", "--once"], &env, &log);
     // Leaders move mid-run; then every broker is down for longer than a
     // message may wait (10 s): deliveries time out and the batch is retried.
     // (Mid-run: once the first records have arrived.)

@@ -388,12 +388,7 @@ fn a_restarted_target_loses_nothing() {
     let (tmp, env) = events_project(&t, N);
     let dir = tmp.path();
     let log = dir.join("run.log");
-    let mut child = command(dir, &["run", "--once"], &env)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log"))
-        .spawn()
-        .expect("spawn");
+    let mut child = common::spawn_logged(dir, &["run", "--once"], &env, &log);
     let started = Instant::now();
     while t
         .sql("SELECT count(*) FROM events")

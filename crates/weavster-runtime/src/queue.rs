@@ -111,6 +111,16 @@ pub async fn delay(db: &Db, task_id: &str, by: Duration) -> Result<(), RuntimeEr
     Ok(())
 }
 
+/// The attempts job `task_id` may use (raised by [`spare_attempt`]).
+pub async fn max_attempts(db: &Db, task_id: &str) -> Result<u32, RuntimeError> {
+    let (n,): (i32,) = sqlx::query_as("SELECT max_attempts FROM apalis.jobs WHERE id = $1")
+        .bind(task_id)
+        .fetch_one(db.pool())
+        .await
+        .map_err(|e| RuntimeError::Queue(e.to_string()))?;
+    Ok(n.max(1) as u32)
+}
+
 /// Gives job `task_id` one more attempt and delays it by `by` (a failure
 /// that is not the job's fault).
 pub async fn spare_attempt(db: &Db, task_id: &str, by: Duration) -> Result<(), RuntimeError> {

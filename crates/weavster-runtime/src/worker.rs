@@ -400,7 +400,11 @@ pub(crate) async fn handle(
     };
     let fl = Metrics::flow(&w.name);
     w.metrics.failed_batches.get_or_create(&fl).inc();
-    if n >= w.max_attempts {
+    // The job's own budget: a stopped flow gave it attempts back.
+    let budget = queue::max_attempts(&w.db, &id)
+        .await
+        .unwrap_or(w.max_attempts);
+    if n >= budget {
         tracing::error!(flow = %w.name, job = %id, attempt = n, "{message}; dead-lettering the batch");
         w.dead_letter_rest(
             &job,

@@ -178,3 +178,18 @@ pub fn psql() -> PathBuf {
         .find(|p| p.exists())
         .expect("psql")
 }
+
+/// The binary started in the background, its stderr into `log`.
+pub fn spawn_logged(
+    dir: &Path,
+    args: &[&str],
+    env: &[(String, String)],
+    log: &Path,
+) -> std::process::Child {
+    command(dir, args, env)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).expect("log"))
+        .spawn()
+        .expect("spawn weavster")
+}
