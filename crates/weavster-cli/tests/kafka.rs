@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{dead_letters, project, records, wait_bounded, weavster};
+use common::{Queue, dead_letters, project, records, wait_bounded, weavster};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -219,67 +219,6 @@ fn consume_all(brokers: &str, topic: &str) -> Vec<Got> {
 /// Kafka connector options that make group joins fast on this broker.
 const FAST_GROUP: &str =
     "  options:\n    session.timeout.ms: \"3000\"\n    heartbeat.interval.ms: \"300\"\n";
-
-/// The project's embedded queue database, held open by the test (the
-/// server is shared by its users and stops with the last one), so that the
-/// queue can be read between and after runs.
-struct Queue {
-    rt: tokio::runtime::Runtime,
-    pg: Option<weavster_pg::Embedded>,
-}
-
-impl Queue {
-    fn hold(dir: &Path) -> Queue {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let pg = rt
-            .block_on(weavster_pg::Embedded::start(&weavster_pg::Options::new(
-                dir.join(".weavster/postgres"),
-            )))
-            .expect("embedded PostgreSQL");
-        Queue { rt, pg: Some(pg) }
-    }
-
-    /// The records of every job of `flow` ever enqueued (done ones are
-    /// kept for an hour), one text per job.
-    fn jobs_records(&self, flow: &str) -> Vec<String> {
-        let pg = self.pg.as_ref().expect("running");
-        let psql = common::psql();
-        let out = Command::new(psql)
-            .arg(pg.url())
-            .args([
-                "-At",
-                "-c",
-                &format!(
-                    "SELECT convert_from(job, 'UTF8')::jsonb->>'records' FROM apalis.jobs WHERE job_type = 'weavster:{flow}'"
-                ),
-            ])
-            .output()
-            .expect("psql");
-        assert!(
-            out.status.success(),
-            "psql: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // One job per row; a job's records are lines (psql shows the
-        // embedded line feeds as they are).
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Queue {
-    fn drop(&mut self) {
-        if let Some(pg) = self.pg.take() {
-            let _ = self.rt.block_on(pg.stop());
-        }
-    }
-}
 
 /// The `id`s of JSON records (texts).
 fn ids<'a>(lines: impl IntoIterator<Item = &'a str>) -> Vec<i64> {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use weavster_spec::diag::did_you_mean;
 use weavster_spec::types::{
-    Connector, FlowFile, Format, RegexStep, RuntimeConfig, TestCase, Transform,
+    Connector, FlowFile, Format, PostgresMode, RegexStep, RuntimeConfig, TestCase, Transform,
 };
 use weavster_spec::yaml::{DeError, DeErrorKind, Node, NodeKind, Step};
 use weavster_spec::{Diagnostic, Span};
@@ -270,11 +270,42 @@ pub(crate) fn connector(
             if !(p.url.starts_with("postgres://") || p.url.starts_with("postgresql://")) {
                 diags.push(err("`url` must start with `postgres://`".into(), "url"));
             }
-            if p.table.is_none() && p.query.is_none() {
+            let cdc = p.mode == Some(PostgresMode::Cdc);
+            if p.table.is_none() && p.query.is_none() && !cdc {
                 diags.push(err(
-                    "set `query` (to read) or `table` (to write)".into(),
+                    "set `query` (to read), `mode: cdc` (to read changes) or `table` (to write)".into(),
                     "type",
                 ));
+            }
+            if cdc && p.publication.as_deref().is_none_or(|s| s.trim().is_empty()) {
+                diags.push(
+                    err("`mode: cdc` needs a `publication`: the tables whose changes are read".into(), "mode")
+                        .expected("`publication: <name>` (CREATE PUBLICATION <name> FOR TABLE …)"),
+                );
+            }
+            if cdc && (p.query.is_some() || p.cursor.is_some()) {
+                diags.push(err(
+                    "`query` and `cursor` are for `mode: query`; `mode: cdc` reads the publication's tables".into(),
+                    if p.query.is_some() { "query" } else { "cursor" },
+                ));
+            }
+            if !cdc && (p.publication.is_some() || p.slot.is_some() || p.snapshot.is_some()) {
+                let key = if p.publication.is_some() { "publication" } else if p.slot.is_some() { "slot" } else { "snapshot" };
+                diags.push(
+                    err(format!("`{key}` is for `mode: cdc`"), key)
+                        .expected("`mode: cdc` with `publication`"),
+                );
+            }
+            if let Some(s) = &p.slot
+                && (s.is_empty() || s.len() > 63 || !s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_'))
+            {
+                diags.push(err(
+                    format!("`slot` `{s}`: a replication slot name is 1 to 63 lowercase letters, digits and `_`"),
+                    "slot",
+                ));
+            }
+            if p.pool_size == Some(0) {
+                diags.push(err("`pool_size` must be at least 1".into(), "pool_size"));
             }
             if p.query.is_some() && p.cursor.as_ref().is_none_or(|c| c.columns().is_empty()) {
                 diags.push(

@@ -338,8 +338,10 @@ pub enum KafkaHeader {
     },
 }
 
-/// A PostgreSQL table. Input: rows of `query` newer than the last `cursor`
-/// value seen; output: typed batch inserts (or upserts) into `table`.
+/// A PostgreSQL database. Input: rows of `query` newer than the last
+/// `cursor` value seen, or (`mode: cdc`) the changes of a publication's
+/// tables by logical replication; output: typed batch inserts (or upserts)
+/// into `table`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresConnector {
@@ -348,9 +350,28 @@ pub struct PostgresConnector {
     /// Output: target table (`schema.table` allowed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
+    /// Input: `query` (default: rows of `query` by `cursor`) or `cdc`
+    /// (inserts, updates and deletes of `publication`'s tables).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<PostgresMode>,
     /// Input: a SELECT returning one record per row.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// CDC input: the publication whose tables' changes are read
+    /// (`CREATE PUBLICATION … FOR TABLE …`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publication: Option<String>,
+    /// CDC input: the logical replication slot (created with `pgoutput` if
+    /// missing; default `weavster_<publication>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<String>,
+    /// CDC input: read the tables' rows first (`op: snapshot`), consistently
+    /// with the changes that follow (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<bool>,
+    /// Connections to the database (default: 4 for an output, 2 for an input).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<u32>,
     /// Input: the column(s) rows are read in order of and resumed after,
     /// with a unique tie-break last (`[updated_at, id]`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -384,6 +405,17 @@ pub struct PostgresConnector {
     pub exactly_once: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+}
+
+/// How a PostgreSQL input reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PostgresMode {
+    /// Rows of `query`, by keyset on `cursor`.
+    #[default]
+    Query,
+    /// Logical replication (`pgoutput`) of `publication`.
+    Cdc,
 }
 
 /// One cursor column, or several (the last a unique tie-break).

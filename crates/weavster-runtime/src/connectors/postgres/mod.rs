@@ -1,10 +1,13 @@
 //! PostgreSQL (sqlx). Input: an incremental query read by keyset on its
-//! cursor column(s) (CDC is not built yet). Output: typed batch inserts or
+//! cursor column(s), or (CDC) a publication's changes by logical
+//! replication through a slot's SQL interface. Output: typed batch inserts or
 //! upserts into a table whose columns are read from the catalog at start,
 //! bad rows isolated and dead-lettered alone, each batch recorded in the
 //! target database with its rows so that a retried batch is never written
 //! twice.
 
+mod cdc;
+mod pgoutput;
 mod sink;
 mod source;
 
@@ -14,7 +17,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use weavster_spec::types::PostgresConnector;
+use weavster_spec::types::{PostgresConnector, PostgresMode};
 
 use super::{Check, CheckContext, ConnectorError, Context, Family};
 use crate::sink::Sink;
@@ -27,6 +30,10 @@ impl Family for PostgresConnector {
         positions: Positions,
     ) -> BoxFuture<'a, Result<Box<dyn Source>, ConnectorError>> {
         Box::pin(async move {
+            if self.mode == Some(PostgresMode::Cdc) {
+                let s = cdc::CdcSource::start(self, cx, positions).await?;
+                return Ok(Box::new(s) as Box<dyn Source>);
+            }
             let s = source::PgSource::start(self, cx, positions).await?;
             Ok(Box::new(s) as Box<dyn Source>)
         })
@@ -46,11 +53,14 @@ impl Family for PostgresConnector {
                 Ok(p) => p,
                 Err(e) => return Some(Check::fail(e.to_string(), fix)),
             };
-            let answer = match &self.table {
-                Some(t) => sink::table_of(&pool, t)
+            let answer = match (&self.table, &self.publication) {
+                (Some(t), _) => sink::table_of(&pool, t)
                     .await
                     .map(|(name, cols)| format!("table {name}: {} column(s)", cols.len())),
-                None => sqlx::query_scalar::<_, String>("SELECT version()")
+                (None, Some(publication)) if self.mode == Some(PostgresMode::Cdc) => {
+                    cdc::check(&pool, publication, self.slot.as_deref()).await
+                }
+                _ => sqlx::query_scalar::<_, String>("SELECT version()")
                     .fetch_one(&pool)
                     .await
                     .map_err(|e| ConnectorError::Connect(e.to_string())),
@@ -66,9 +76,10 @@ impl Family for PostgresConnector {
 
 /// What the connector is called in messages.
 fn what(p: &PostgresConnector) -> String {
-    match &p.table {
-        Some(t) => format!("postgres table `{t}`"),
-        None => "postgres".into(),
+    match (&p.table, &p.publication) {
+        (Some(t), _) => format!("postgres table `{t}`"),
+        (None, Some(publication)) => format!("postgres publication `{publication}`"),
+        _ => "postgres".into(),
     }
 }
 

@@ -136,7 +136,7 @@ impl PgSink {
                 "an output needs `table` (the table to write)".into(),
             ));
         };
-        let pool = connect(p, 4).await?;
+        let pool = connect(p, p.pool_size.unwrap_or(4)).await?;
         let (name, columns) = table_of(&pool, table).await?;
         let column = |c: &str| {
             columns.iter().find(|col| col.name == c).ok_or_else(|| {

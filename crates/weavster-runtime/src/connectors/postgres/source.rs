@@ -48,15 +48,16 @@ struct Col {
     type_name: String,
 }
 
-/// A value of `col` as JSON.
-fn json_of(col: &Col) -> String {
-    let c = format!("q.{}", quote(&col.name));
-    match col.type_name.as_str() {
+/// A value of column `name` (of type `type_name`) of row `q` as JSON.
+pub(crate) fn json_of(name: &str, type_name: &str) -> String {
+    let c = format!("q.{}", quote(name));
+    match type_name {
         "timestamptz" => {
             format!("to_json(to_char({c} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'))")
         }
         "timestamp" => format!("to_json(to_char({c}, 'YYYY-MM-DD\"T\"HH24:MI:SS.US'))"),
-        "bytea" => format!("to_json(encode({c}, 'base64'))"),
+        // encode() breaks base64 into lines of 76.
+        "bytea" => format!("to_json(translate(encode({c}, 'base64'), E'\\n', ''))"),
         _ => format!("to_json({c})"),
     }
 }
@@ -73,7 +74,7 @@ impl PgSource {
             ));
         };
         let cursor = cursor.columns();
-        let pool = connect(p, 2).await?;
+        let pool = connect(p, p.pool_size.unwrap_or(2)).await?;
         // The query's columns and types: a temporary view in one session.
         let mut conn = pool
             .acquire()
@@ -123,7 +124,7 @@ impl PgSource {
         );
         let record = cols
             .iter()
-            .map(|c| format!("{}, {}", literal(&c.name), json_of(c)))
+            .map(|c| format!("{}, {}", literal(&c.name), json_of(&c.name, &c.type_name)))
             .collect::<Vec<_>>()
             .join(", ");
         let key_list = keys
