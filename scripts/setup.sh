@@ -38,6 +38,7 @@ need=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql postgresql-contrib)
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v jq >/dev/null 2>&1 || need+=(jq)          # scripts/bench-run.sh
+command -v openssl >/dev/null 2>&1 || need+=(openssl) # certificates of the TLS tests
 [ -x /usr/bin/time ] || need+=(time)                 # scripts/bench-run.sh
 command -v make >/dev/null 2>&1 || need+=(make)      # librdkafka (bundled, rdkafka-sys)
 command -v cc >/dev/null 2>&1 || need+=(gcc g++)
