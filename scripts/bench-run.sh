@@ -3,7 +3,8 @@
 # (embedded PostgreSQL) → wasm → file on generated records, beside jq doing
 # the same transform, the Kafka paths (file → Kafka, Kafka → Kafka,
 # Kafka → file, against the tansu broker installed by setup.sh) and the
-# PostgreSQL paths (file → PostgreSQL three ways, query → PostgreSQL), in
+# PostgreSQL paths (file → PostgreSQL three ways, query → PostgreSQL, CDC
+# snapshot and stream → file, and the write statements side by side), in
 # one run. Prints figures and ratios; asserts nothing
 # (except that both produced the same number of records).
 #   scripts/bench-run.sh [RECORDS]      (default 1000000)
@@ -159,7 +160,7 @@ kf_out=$(wc -l < "$dir/out/out.jsonl")
 
 # PostgreSQL paths, on a target server of their own (pg-server: Debian's
 # binaries through weavster-pg), stopped when its stdin closes.
-cargo build --release --locked -q -p weavster-bench --bin pg-server
+cargo build --release --locked -q -p weavster-bench --bin pg-server --bin pg-write-paths
 psql=$(ls /usr/lib/postgresql/*/bin/psql | head -n1)
 mkfifo "$dir/pg.ctl"
 "$CARGO_TARGET_DIR/release/pg-server" "$dir/target-pg" < "$dir/pg.ctl" > "$dir/pg.url" 2>"$dir/pg.log" &
@@ -208,6 +209,26 @@ for t in pg_eo pg_al pg_up pg_pp; do
   [ "$rows" = "$j_out" ] || { echo "$t: $rows rows, jq $j_out" >&2; exit 1; }
 done
 
+# CDC: the initial snapshot of bench_in, then n updates in 100 transactions,
+# each into a file (the records as they come: no transform).
+"$psql" -q "$pg_url" -c "CREATE PUBLICATION bench_pub FOR TABLE bench_in"
+cat >> "$dir/connectors/pg.yaml" <<YAML
+cdc: { type: postgres, url: "$pg_url", mode: cdc, publication: bench_pub }
+cdc_out: { type: file, path: out/cdc.jsonl }
+YAML
+printf 'input: pg.cdc\noutputs:\n  - to: pg.cdc_out\n' > "$dir/flows/f_cdc.yaml"
+"$weavster" -q -C "$dir" compile --release >&2
+rm -rf "$dir/out"
+read -r cs_secs _ < <(timed_run f_cdc)
+cs_out=$(wc -l < "$dir/out/cdc.jsonl")
+[ "$cs_out" = "$n" ] || { echo "CDC snapshot: $cs_out records, $n rows" >&2; exit 1; }
+"$psql" -q "$pg_url" -c "DO \$\$ BEGIN FOR i IN 0..99 LOOP UPDATE bench_in SET qty = qty + 1 WHERE id % 100 = i; COMMIT; END LOOP; END \$\$"
+rm -rf "$dir/out"
+read -r cc_secs _ < <(timed_run f_cdc)
+cc_out=$(wc -l < "$dir/out/cdc.jsonl")
+[ "$cc_out" = "$n" ] || { echo "CDC stream: $cc_out records, $n updates" >&2; exit 1; }
+write_paths=$("$CARGO_TARGET_DIR/release/pg-write-paths" "$pg_url" 200000)
+
 awk -v n="$n" -v small="$small" -v bytes="$bytes" -v ws="$w_secs" -v wr="$w_rss" -v wt="$w_ttfr" \
     -v ss="$s_secs" -v sr="$s_rss" -v js="$j_secs" -v jr="$j_rss" -v out="$w_out" \
     -v as="$a_secs" -v ar="$a_rss" -v ab="$a_bytes" 'BEGIN {
@@ -236,3 +257,9 @@ awk -v n="$n" -v fs="$w_secs" -v pe="$pe_secs" -v pa="$pa_secs" -v pu="$pu_secs"
   printf "  PostgreSQL query → flow → PostgreSQL:     %7.2f s  %9.0f records/s\n", pp, n / pp
   printf "goal: >= 50000 rows/s into PostgreSQL\n"
 }'
+awk -v n="$n" -v fs="$w_secs" -v cs="$cs_secs" -v cc="$cc_secs" 'BEGIN {
+  printf "PostgreSQL CDC (logical slot, pgoutput) → flow → file:\n"
+  printf "  initial snapshot, %d rows:            %7.2f s  %9.0f records/s  (%.2fx file → file)\n", n, cs, n / cs, fs / cs
+  printf "  %d updates in 100 transactions:  %7.2f s  %9.0f records/s  (%.2fx file → file)\n", n, cc, n / cc, fs / cc
+}'
+echo "$write_paths"

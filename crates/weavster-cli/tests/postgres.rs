@@ -525,7 +525,11 @@ fn cdc_snapshot_and_changes_exactly_once_across_kill_nine() {
         let started = Instant::now();
         loop {
             let have = std::fs::read_to_string(&out).map_or(0, |s| s.lines().count());
-            if have >= seen + 1000 + 100 * k || started.elapsed() > Duration::from_secs(60) {
+            // The first kill once the snapshot is read (a kill during it
+            // reads it again: not exactly-once, see docs/guarantees.md).
+            let snapshot_read = k > 0
+                || queue.sql("SELECT count(*) FROM weavster.offsets WHERE flow = 'copy' AND position->'copying' IS NULL").as_deref() == Some("1");
+            if (snapshot_read && have > seen + 100) || started.elapsed() > Duration::from_secs(60) {
                 assert!(
                     have > seen,
                     "run {k} delivered nothing:\n{}",

@@ -443,7 +443,7 @@ async fn supervise(
         if stopped(&stop) {
             return;
         }
-        let storage = queue::storage(&db, &fw.name, 2, heartbeat).with_pubsub();
+        let storage = queue::woken_storage(&db, &fw.name, 2, heartbeat);
         let worker = WorkerBuilder::new(format!("{name}:{generation}"))
             .backend(storage)
             .data(fw.clone())

@@ -216,6 +216,20 @@ impl Queue {
         Queue { rt, pg: Some(pg) }
     }
 
+    /// Runs `sql` on the queue database: its unaligned output, `None` if it
+    /// failed (the run has not created the tables yet).
+    pub fn sql(&self, sql: &str) -> Option<String> {
+        let pg = self.pg.as_ref().expect("running");
+        let out = Command::new(psql())
+            .arg(pg.url())
+            .args(["-At", "-c", sql])
+            .output()
+            .expect("psql");
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
     /// The records of every job of `flow` ever enqueued (done ones are
     /// kept for an hour), one text per job.
     pub fn jobs_records(&self, flow: &str) -> Vec<String> {

@@ -295,7 +295,7 @@ impl CdcSource {
         };
         if copy_needed {
             s.copy = Some(s.begin_copy().await.map_err(config)?);
-            s.sent.copying = Some(0);
+            s.sent.copying = Some(s.sent.copying.unwrap_or(0));
         }
         Ok(s)
     }
@@ -540,7 +540,7 @@ impl CdcSource {
     async fn peek(&mut self, upto: u64) -> Result<usize, SourceError> {
         let slot = self.slot.clone();
         let publication = quote(&self.publication);
-        let n = i32::try_from(self.limits.batch_size.saturating_mul(4)).unwrap_or(i32::MAX);
+        let n = i32::try_from(self.limits.batch_size.saturating_mul(16)).unwrap_or(i32::MAX);
         let w = self.what.clone();
         let conn = self.conn().await?;
         let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
@@ -822,10 +822,13 @@ fn envelope(r: &mut String, schema: &str, table: &str, lsn: &str, xid: Option<u3
 impl Source for CdcSource {
     fn next_batch(&mut self) -> BoxFuture<'_, Result<Option<SourceBatch>, SourceError>> {
         Box::pin(async move {
-            if self.copy.is_some() {
+            if self.sent.copying.is_some() {
+                if self.copy.is_none() {
+                    // (Again, from its start, after an error or a reset.)
+                    self.copy = Some(self.begin_copy().await?);
+                }
                 let b = self.copy_batch().await;
                 if b.is_err() {
-                    // A broken snapshot is read again from its start.
                     self.copy = None;
                 }
                 return b;
@@ -900,6 +903,9 @@ impl Source for CdcSource {
         self.stored = stored.is_some();
         self.acked = stored.unwrap_or_else(Pos::start);
         self.sent = self.acked.clone();
+        if !self.stored && self.snapshot_wanted {
+            self.sent.copying = Some(0);
+        }
         self.pending.clear();
         self.safe = 0;
         self.copy = None;
