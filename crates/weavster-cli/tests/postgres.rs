@@ -434,12 +434,21 @@ fn replay(records: &[serde_json::Value]) -> std::collections::BTreeMap<i64, serd
         match r["op"].as_str().expect("op") {
             "snapshot" | "insert" => {
                 let id = r["after"]["id"].as_i64().expect("id");
-                assert!(rows.insert(id, r["after"].clone()).is_none(), "{id} twice: {r}");
+                assert!(
+                    rows.insert(id, r["after"].clone()).is_none(),
+                    "{id} twice: {r}"
+                );
             }
             "update" => {
                 let id = r["after"]["id"].as_i64().expect("id");
-                let old = rows.insert(id, r["after"].clone()).expect("updated row exists");
-                assert_eq!(old["v"].as_i64().map(|v| v + 1), r["after"]["v"].as_i64(), "{r}");
+                let old = rows
+                    .insert(id, r["after"].clone())
+                    .expect("updated row exists");
+                assert_eq!(
+                    old["v"].as_i64().map(|v| v + 1),
+                    r["after"]["v"].as_i64(),
+                    "{r}"
+                );
                 // REPLICA IDENTITY FULL: the whole old row.
                 assert_eq!(r["before"], old, "{r}");
             }
@@ -511,7 +520,10 @@ fn cdc_snapshot_and_changes_exactly_once_across_kill_nine() {
                 .output()
                 .expect("psql");
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            changes += String::from_utf8_lossy(&o.stdout).trim().parse::<usize>().expect("count");
+            changes += String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<usize>()
+                .expect("count");
             std::thread::sleep(Duration::from_millis(60));
         }
         changes
@@ -560,10 +572,15 @@ fn cdc_snapshot_and_changes_exactly_once_across_kill_nine() {
         .lines()
         .map(str::to_string)
         .collect();
-    assert!(seen < delivered.len(), "the kills came too late to test anything");
+    assert!(
+        seen < delivered.len(),
+        "the kills came too late to test anything"
+    );
     assert_eq!(
         delivered,
-        jobs.iter().cloned().collect::<std::collections::BTreeSet<_>>(),
+        jobs.iter()
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>(),
         "delivered records are the enqueued ones"
     );
     let mut got: Vec<serde_json::Value> = jobs
@@ -574,7 +591,8 @@ fn cdc_snapshot_and_changes_exactly_once_across_kill_nine() {
     let lsn = |r: &serde_json::Value| {
         let s = r["lsn"].as_str().expect("lsn");
         let (hi, lo) = s.split_once('/').expect("lsn");
-        (u64::from_str_radix(hi, 16).expect("hex") << 32) | u64::from_str_radix(lo, 16).expect("hex")
+        (u64::from_str_radix(hi, 16).expect("hex") << 32)
+            | u64::from_str_radix(lo, 16).expect("hex")
     };
     got.sort_by_key(|r| (r["op"] != "snapshot", lsn(r)));
     let image = replay(&got);
@@ -583,13 +601,23 @@ fn cdc_snapshot_and_changes_exactly_once_across_kill_nine() {
         .iter()
         .map(|(id, row)| format!("{id}|{}", row["v"]))
         .collect();
-    assert_eq!(replayed.join("\n"), table, "replayed image differs from the table");
+    assert_eq!(
+        replayed.join("\n"),
+        table,
+        "replayed image differs from the table"
+    );
     // Replaying caught any loss or repeat (an update must find its row one
     // version behind); no record is in two jobs either.
     let distinct: std::collections::BTreeSet<&String> = jobs.iter().collect();
     assert_eq!(distinct.len(), jobs.len(), "a record enqueued twice");
-    let streamed = got.iter().filter(|r| r["table"] == "acct" && r["op"] != "snapshot").count();
-    assert!(streamed > 0 && streamed <= changes, "{streamed} of {changes} changes streamed");
+    let streamed = got
+        .iter()
+        .filter(|r| r["table"] == "acct" && r["op"] != "snapshot")
+        .count();
+    assert!(
+        streamed > 0 && streamed <= changes,
+        "{streamed} of {changes} changes streamed"
+    );
     // The same row by snapshot and by stream.
     let by_id = |id: i64| {
         got.iter()
@@ -606,9 +634,15 @@ fn cdc_snapshot_and_changes_exactly_once_across_kill_nine() {
     assert_eq!(snap["at"], "2026-05-01T08:00:00.500000Z");
     assert_eq!(snap["tags"], serde_json::json!([1, null, 3]));
     let exact = "\"amount\":12345678901234567890.000000000001,";
-    let exact = delivered.iter().filter(|l| l.replace(" : ", ":").contains(exact)).count();
+    let exact = delivered
+        .iter()
+        .filter(|l| l.replace(" : ", ":").contains(exact))
+        .count();
     assert_eq!(exact, 2, "numeric digits kept");
-    assert!(snap["blob"].as_str().expect("base64").len() > 76, "one line of base64");
+    assert!(
+        snap["blob"].as_str().expect("base64").len() > 76,
+        "one line of base64"
+    );
     // A key-only table: before of a delete is the key.
     let kv: Vec<&serde_json::Value> = got.iter().filter(|r| r["table"] == "kv").collect();
     let ops: Vec<&str> = kv.iter().map(|r| r["op"].as_str().expect("op")).collect();
@@ -620,7 +654,11 @@ fn cdc_snapshot_and_changes_exactly_once_across_kill_nine() {
     t.sql("INSERT INTO other SELECT g FROM generate_series(1, 100000) g");
     let written = t.sql("SELECT pg_current_wal_lsn()");
     let out = weavster(dir, &["debug"], &env);
-    assert!(out.stdout.contains("slot `weavster_pub`") && out.stdout.contains("bytes behind"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("slot `weavster_pub`") && out.stdout.contains("bytes behind"),
+        "{}",
+        out.stdout
+    );
     check_exit(dir, &["run", "--once"], &env, 0);
     assert_eq!(
         t.sql(&format!(
@@ -655,7 +693,11 @@ fn cdc_configuration_errors_are_clear() {
     let (tmp, env) = project_for("nope");
     let out = weavster(tmp.path(), &["run", "--once"], &env);
     assert_ne!(out.code, 0);
-    assert!(out.stderr.contains("publication `nope` does not exist"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("publication `nope` does not exist"),
+        "{}",
+        out.stderr
+    );
     let (tmp, env) = project_for("p");
     let out = weavster(tmp.path(), &["debug"], &env);
     assert!(out.stdout.contains("wal_level = logical"), "{}", out.stdout);
@@ -668,23 +710,73 @@ fn cdc_configuration_errors_are_clear() {
 /// `dir` (openssl, installed by scripts/setup.sh); returns the CA's path.
 fn certificates(dir: &Path, name: &str) -> std::path::PathBuf {
     let run = |args: &[&str]| {
-        let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
-        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
     let ca = format!("{name}-ca");
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=weavster test CA",
-        "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.crt")]);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-        "-keyout", &format!("{name}.key"), "-out", &format!("{name}.csr")]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=weavster test CA",
+        "-keyout",
+        &format!("{ca}.key"),
+        "-out",
+        &format!("{ca}.crt"),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &format!("{name}.key"),
+        "-out",
+        &format!("{name}.csr"),
+    ]);
     std::fs::write(
         dir.join("ext.cnf"),
         "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
     )
     .expect("ext");
-    run(&["x509", "-req", "-in", &format!("{name}.csr"), "-CA", &format!("{ca}.crt"), "-CAkey", &format!("{ca}.key"),
-        "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", &format!("{name}.crt")]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &format!("{name}.csr"),
+        "-CA",
+        &format!("{ca}.crt"),
+        "-CAkey",
+        &format!("{ca}.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        &format!("{name}.crt"),
+    ]);
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(dir.join(format!("{name}.key")), std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    std::fs::set_permissions(
+        dir.join(format!("{name}.key")),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
     dir.join(format!("{ca}.crt"))
 }
 
@@ -698,8 +790,14 @@ fn tls_verifies_the_server() {
     let ca = certificates(certs.path(), "server");
     let other_ca = certificates(certs.path(), "other");
     t.sql("ALTER SYSTEM SET ssl = on");
-    for (key, file) in [("ssl_cert_file", "server.crt"), ("ssl_key_file", "server.key")] {
-        t.sql(&format!("ALTER SYSTEM SET {key} = '{}'", certs.path().join(file).display()));
+    for (key, file) in [
+        ("ssl_cert_file", "server.crt"),
+        ("ssl_key_file", "server.key"),
+    ] {
+        t.sql(&format!(
+            "ALTER SYSTEM SET {key} = '{}'",
+            certs.path().join(file).display()
+        ));
     }
     t.restart(Duration::ZERO);
     assert_eq!(t.sql("SHOW ssl"), "on");
@@ -713,6 +811,10 @@ fn tls_verifies_the_server() {
     let (tmp, env) = pg_project(&url(&other_ca), "  table: s\n", "{\"id\":3}\n");
     let out = weavster(tmp.path(), &["run", "--once"], &env);
     assert_ne!(out.code, 0);
-    assert!(out.stderr.to_lowercase().contains("certificate"), "{}", out.stderr);
+    assert!(
+        out.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(t.sql("SELECT count(*) FROM s"), "2");
 }

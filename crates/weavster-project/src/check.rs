@@ -273,14 +273,19 @@ pub(crate) fn connector(
             let cdc = p.mode == Some(PostgresMode::Cdc);
             if p.table.is_none() && p.query.is_none() && !cdc {
                 diags.push(err(
-                    "set `query` (to read), `mode: cdc` (to read changes) or `table` (to write)".into(),
+                    "set `query` (to read), `mode: cdc` (to read changes) or `table` (to write)"
+                        .into(),
                     "type",
                 ));
             }
             if cdc && p.publication.as_deref().is_none_or(|s| s.trim().is_empty()) {
                 diags.push(
-                    err("`mode: cdc` needs a `publication`: the tables whose changes are read".into(), "mode")
-                        .expected("`publication: <name>` (CREATE PUBLICATION <name> FOR TABLE …)"),
+                    err(
+                        "`mode: cdc` needs a `publication`: the tables whose changes are read"
+                            .into(),
+                        "mode",
+                    )
+                    .expected("`publication: <name>` (CREATE PUBLICATION <name> FOR TABLE …)"),
                 );
             }
             if cdc && (p.query.is_some() || p.cursor.is_some()) {
@@ -290,14 +295,24 @@ pub(crate) fn connector(
                 ));
             }
             if !cdc && (p.publication.is_some() || p.slot.is_some() || p.snapshot.is_some()) {
-                let key = if p.publication.is_some() { "publication" } else if p.slot.is_some() { "slot" } else { "snapshot" };
+                let key = if p.publication.is_some() {
+                    "publication"
+                } else if p.slot.is_some() {
+                    "slot"
+                } else {
+                    "snapshot"
+                };
                 diags.push(
                     err(format!("`{key}` is for `mode: cdc`"), key)
                         .expected("`mode: cdc` with `publication`"),
                 );
             }
             if let Some(s) = &p.slot
-                && (s.is_empty() || s.len() > 63 || !s.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_'))
+                && (s.is_empty()
+                    || s.len() > 63
+                    || !s
+                        .bytes()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_'))
             {
                 diags.push(err(
                     format!("`slot` `{s}`: a replication slot name is 1 to 63 lowercase letters, digits and `_`"),

@@ -54,7 +54,10 @@ pub fn woken_storage(
     heartbeat: Duration,
 ) -> PollWith<PostgresStorage<Job>, Wake> {
     let notes = Pubsub::new(db.pool().clone(), queue_name(flow));
-    PollWith::new(storage(db, flow, fetch, heartbeat), Wake::new(notes, IDLE_POLL))
+    PollWith::new(
+        storage(db, flow, fetch, heartbeat),
+        Wake::new(notes, IDLE_POLL),
+    )
 }
 
 /// When a worker looks for jobs: on every insert notification and every

@@ -13,7 +13,8 @@ use anyhow::Context as _;
 use sqlx::{Connection as _, PgConnection};
 
 const BATCH: usize = 1000;
-const COLUMNS: &str = "id int, customer_id text, amount numeric, qty int, status text, note text, total numeric";
+const COLUMNS: &str =
+    "id int, customer_id text, amount numeric, qty int, status text, note text, total numeric";
 
 struct Row {
     id: i32,
@@ -84,7 +85,12 @@ fn sink_statement(table: &str) -> String {
     )
 }
 
-async fn write(conn: &mut PgConnection, how: &str, table: &str, batch: &[Row]) -> anyhow::Result<()> {
+async fn write(
+    conn: &mut PgConnection,
+    how: &str,
+    table: &str,
+    batch: &[Row],
+) -> anyhow::Result<()> {
     let mut tx = conn.begin().await?;
     match how {
         "sink" => {
@@ -123,9 +129,7 @@ async fn write(conn: &mut PgConnection, how: &str, table: &str, batch: &[Row]) -
                     r.id, r.customer, r.amount, r.qty, r.status, r.note, r.total
                 ));
             }
-            let mut copy = tx
-                .copy_in_raw(&format!("COPY {table} FROM STDIN"))
-                .await?;
+            let mut copy = tx.copy_in_raw(&format!("COPY {table} FROM STDIN")).await?;
             copy.send(text.into_bytes()).await?;
             copy.finish().await?;
         }

@@ -183,10 +183,7 @@ impl CdcSource {
             .publication
             .clone()
             .ok_or_else(|| ConnectorError::Config("`mode: cdc` needs a `publication`".into()))?;
-        let slot = p
-            .slot
-            .clone()
-            .unwrap_or_else(|| default_slot(&publication));
+        let slot = p.slot.clone().unwrap_or_else(|| default_slot(&publication));
         let mut opts = PgConnectOptions::from_str(&p.url)
             .map_err(|e| ConnectorError::Config(format!("`url`: {e}")))?;
         if let Some(pw) = &p.password {
@@ -348,7 +345,10 @@ impl CdcSource {
         .fetch_all(&mut conn)
         .await
         .map_err(|e| sql_err(w, e))?;
-        let parse = |s: &str| s.parse::<u64>().map_err(|e| fatal(w, format!("xid `{s}`: {e}")));
+        let parse = |s: &str| {
+            s.parse::<u64>()
+                .map_err(|e| fatal(w, format!("xid `{s}`: {e}")))
+        };
         let snap = Snap {
             xmax: parse(&xmax)?,
             xip: xip.iter().map(|x| parse(x)).collect::<Result<_, _>>()?,
@@ -390,7 +390,11 @@ impl CdcSource {
                 let row = cols
                     .iter()
                     .map(|(name, _, type_name)| {
-                        format!("{}, {}", literal(name), super::source::json_of(name, type_name))
+                        format!(
+                            "{}, {}",
+                            literal(name),
+                            super::source::json_of(name, type_name)
+                        )
                     })
                     .collect::<Vec<_>>()
                     .join(", ");
@@ -665,12 +669,18 @@ impl CdcSource {
     ) -> Result<Vec<Item>, SourceError> {
         let rel_of = |id: u32| {
             self.relations.get(&id).ok_or_else(|| {
-                fatal(&self.what, format!("a change of relation {id} before its description"))
+                fatal(
+                    &self.what,
+                    format!("a change of relation {id} before its description"),
+                )
             })
         };
         let lsn = lsn_text(commit);
         let time = pgoutput::pg_time(time);
-        let one = |op: &str, rel: &(Relation, Vec<Kind>), before: Option<(&Vec<Datum>, bool)>, after: Option<&Vec<Datum>>| {
+        let one = |op: &str,
+                   rel: &(Relation, Vec<Kind>),
+                   before: Option<(&Vec<Datum>, bool)>,
+                   after: Option<&Vec<Datum>>| {
             let (rel, kinds) = rel;
             let mut r = String::with_capacity(256);
             r.push('{');
@@ -721,7 +731,12 @@ impl CdcSource {
                 vec![one("update", r, before, Some(&new))]
             }
             Message::Delete { rel, old: (k, t) } => {
-                vec![one("delete", rel_of(*rel)?, Some((t, *k == Old::Key)), None)]
+                vec![one(
+                    "delete",
+                    rel_of(*rel)?,
+                    Some((t, *k == Old::Key)),
+                    None,
+                )]
             }
             Message::Truncate { rels } => rels
                 .iter()
@@ -778,7 +793,9 @@ impl CdcSource {
                 return k.clone();
             }
             match rows.get(&oid) {
-                Some((t, _, _, base)) if t == "d" && depth < 8 => resolve(*base, rows, known, depth + 1),
+                Some((t, _, _, base)) if t == "d" && depth < 8 => {
+                    resolve(*base, rows, known, depth + 1)
+                }
                 Some((_, c, elem, _)) if c == "A" && *elem != 0 && depth < 8 => {
                     Kind::Array(Box::new(resolve(*elem, rows, known, depth + 1)))
                 }
@@ -796,7 +813,14 @@ impl CdcSource {
 }
 
 /// `"schema":…,"table":…,"lsn":…,"xid":…,"commit_time":…` of a record.
-fn envelope(r: &mut String, schema: &str, table: &str, lsn: &str, xid: Option<u32>, time: Option<&str>) {
+fn envelope(
+    r: &mut String,
+    schema: &str,
+    table: &str,
+    lsn: &str,
+    xid: Option<u32>,
+    time: Option<&str>,
+) {
     write_key(r, "schema");
     write_str(r, schema);
     r.push(',');

@@ -22,7 +22,9 @@ pub(crate) enum Message {
         xid: u32,
     },
     /// A transaction ends; `end_lsn` is just past its commit record.
-    Commit { end_lsn: u64 },
+    Commit {
+        end_lsn: u64,
+    },
     Relation(Relation),
     Insert {
         rel: u32,
@@ -588,16 +590,32 @@ mod tests {
     fn values_become_json_by_the_documented_table() {
         check(Kind::Bool, "t", "true");
         check(Kind::Number, "-42", "-42");
-        check(Kind::Number, "12345678901234567890.000000000001", "12345678901234567890.000000000001");
+        check(
+            Kind::Number,
+            "12345678901234567890.000000000001",
+            "12345678901234567890.000000000001",
+        );
         check(Kind::Number, "1.5e+300", "1.5e+300");
         check(Kind::Number, "NaN", "\"NaN\"");
         check(Kind::Number, "-Infinity", "\"-Infinity\"");
         check(Kind::Json, "{\"a\": [1,\n 2.50]}", "{\"a\": [1,  2.50]}");
         check(Kind::Bytea, "\\x68656c6c6f", "\"aGVsbG8=\"");
-        check(Kind::Timestamptz, "2026-05-01 10:00:00.5+00", "\"2026-05-01T10:00:00.500000Z\"");
-        check(Kind::Timestamptz, "2026-05-01 10:00:00+00", "\"2026-05-01T10:00:00.000000Z\"");
+        check(
+            Kind::Timestamptz,
+            "2026-05-01 10:00:00.5+00",
+            "\"2026-05-01T10:00:00.500000Z\"",
+        );
+        check(
+            Kind::Timestamptz,
+            "2026-05-01 10:00:00+00",
+            "\"2026-05-01T10:00:00.000000Z\"",
+        );
         check(Kind::Timestamptz, "infinity", "\"infinity\"");
-        check(Kind::Timestamp, "2026-05-01 10:00:00.123456", "\"2026-05-01T10:00:00.123456\"");
+        check(
+            Kind::Timestamp,
+            "2026-05-01 10:00:00.123456",
+            "\"2026-05-01T10:00:00.123456\"",
+        );
         check(Kind::Text, "a\"b\nc", "\"a\\\"b\\nc\"");
         check(
             Kind::Array(Box::new(Kind::Number)),
@@ -624,7 +642,10 @@ mod tests {
             (Kind::Array(Box::new(Kind::Text)), "{\"a}"),
         ] {
             let mut out = String::new();
-            assert!(write_value(&mut out, &kind, text).is_err(), "{kind:?} {text}");
+            assert!(
+                write_value(&mut out, &kind, text).is_err(),
+                "{kind:?} {text}"
+            );
         }
     }
 
