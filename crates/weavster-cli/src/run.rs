@@ -82,17 +82,13 @@ fn plan(project: &Project, name: &str, wasm: &Path) -> anyhow::Result<FlowPlan> 
             .get(reference)
             .map(|d| d.connector.clone())
             .with_context(|| format!("flow `{name}`: no connector `{reference}`"))?;
-        let runs = match spec {
-            Connector::Http(_) => false,
-            Connector::Postgres(_) => true,
-            _ => true,
-        };
+        // An http output (the client) is not built yet.
+        let runs = !matches!(spec, Connector::Http(_)) || input;
         if !runs {
             bail!(
-                "flow `{name}` uses connector `{reference}` of type `{}` as an {}, which `weavster run` cannot run yet \
-                 (built in: file, stdin, stdout, kafka, postgres and bridge); run the other flows with --flow",
+                "flow `{name}` uses connector `{reference}` of type `{}` as an output, which `weavster run` cannot run yet \
+                 (http is built as an input; outputs: file, stdout, kafka, postgres and bridge); run the other flows with --flow",
                 spec.type_name(),
-                if input { "input" } else { "output" }
             );
         }
         Ok(Endpoint::Connector {

@@ -342,6 +342,34 @@ pub(crate) fn connector(
                     "type",
                 ));
             }
+            if let Some(status) = h.response.as_ref().and_then(|r| r.status)
+                && !(200..300).contains(&status)
+            {
+                diags.push(
+                    err(
+                        format!("`response.status` {status} is not a success"),
+                        "response",
+                    )
+                    .expected("a 2xx status: 200, 202, 204"),
+                );
+            }
+            if let Some(hmac) = h.auth.as_ref().and_then(|a| a.hmac.as_ref())
+                && hmac.secrets.iter().all(|s| s.is_empty())
+            {
+                diags.push(err(
+                    "`auth.hmac.secrets` is empty: no signature could pass".into(),
+                    "auth",
+                ));
+            }
+            if h.auth
+                .as_ref()
+                .is_some_and(|a| a.bearer.iter().any(String::is_empty))
+            {
+                diags.push(err("`auth.bearer` holds an empty token".into(), "auth"));
+            }
+            if h.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
+                diags.push(err("`path` must start with `/`".into(), "path"));
+            }
         }
         Connector::Stdin(_) | Connector::Stdout(_) => {}
     }

@@ -32,6 +32,7 @@ pub fn is_secret_key(key: &str) -> bool {
         "apikey",
         "api-key",
         "authorization",
+        "bearer",
         "credential",
         "private_key",
         "private-key",

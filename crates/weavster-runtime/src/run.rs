@@ -734,12 +734,56 @@ impl Pump {
             }
         }
         dead_letter::insert(&mut *tx, &self.flow, self.run_id, 1, None, dead).await?;
+        let deduped;
+        let job = if batch.deliveries.is_empty() {
+            job
+        } else {
+            deduped = deliveries(&mut tx, &self.flow, batch).await?;
+            deduped.as_ref()
+        };
         if let Some(job) = job {
             queue::push(&mut *tx, &self.flow, job, self.max_attempts).await?;
         }
         tx.commit().await.map_err(DbError::from)?;
         Ok(true)
     }
+}
+
+/// Records the batch's named deliveries in `weavster.deliveries`; the job of
+/// the records of those not stored before (the first of a name in the
+/// batch), `None` if none is left.
+async fn deliveries(
+    tx: &mut sqlx::PgConnection,
+    flow: &str,
+    batch: &SourceBatch,
+) -> Result<Option<Job>, RuntimeError> {
+    let names: Vec<&str> = batch.deliveries.iter().map(|(n, _)| n.as_str()).collect();
+    let fresh: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO weavster.deliveries (flow, id) SELECT $1, unnest($2::text[])
+         ON CONFLICT DO NOTHING RETURNING id",
+    )
+    .bind(flow)
+    .bind(&names)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(DbError::from)?;
+    let mut fresh: std::collections::HashSet<String> = fresh.into_iter().collect();
+    let mut keep = vec![true; batch.records.len()];
+    for (name, range) in &batch.deliveries {
+        // The first of a name takes it; later ones (and stored ones) drop.
+        if !fresh.remove(name) {
+            for k in keep.iter_mut().take(range.end).skip(range.start) {
+                *k = false;
+            }
+        }
+    }
+    let records: Vec<&str> = batch
+        .records
+        .iter()
+        .zip(keep)
+        .filter_map(|(r, k)| k.then_some(r.as_str()))
+        .collect();
+    Ok((!records.is_empty()).then(|| Job::from_records(&records)))
 }
 
 /// How an enqueue ended.

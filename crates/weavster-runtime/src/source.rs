@@ -73,6 +73,10 @@ pub struct SourceBatch {
     pub rejects: Vec<Reject>,
     /// `None` for streams that cannot be resumed (standard input).
     pub position: Option<Position>,
+    /// Named deliveries (an HTTP request's delivery id) and their records
+    /// (a range of `records`): a delivery stored before (or earlier in the
+    /// batch) is not stored again — checked in the enqueue transaction.
+    pub deliveries: Vec<(String, std::ops::Range<usize>)>,
 }
 
 /// How big records and batches may get.

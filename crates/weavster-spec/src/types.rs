@@ -468,6 +468,105 @@ pub struct HttpConnector {
     /// Bearer token (never printed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// Input: the largest request body in bytes, as sent and once
+    /// decompressed (default 10 MiB; 413 beyond).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// Input: who may post (checked before the body is parsed; 401).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<HttpAuth>,
+    /// Input: the answer to a request whose records are stored (default
+    /// 200 with `{"accepted": N}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<HttpResponse>,
+    /// Input: a record field that receives `{method, path, headers, remote}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<String>,
+    /// Input: the request headers copied into `metadata` (default none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metadata_headers: Vec<String>,
+    /// Input: at most this many requests per second (429 with
+    /// `Retry-After` beyond).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_requests_per_second: Option<u32>,
+    /// Input: a header naming each delivery (`X-GitHub-Delivery`): a
+    /// delivery stored before is acknowledged and not stored again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedupe_header: Option<String>,
+    /// Input: how long a request waits for its records to be stored before
+    /// `503` (milliseconds, default 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_timeout_ms: Option<u64>,
+}
+
+/// Who may post to an HTTP input: an `Authorization` matching one of
+/// `bearer` or `basic` (if either is set), and a valid `hmac` signature
+/// (if set).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpAuth {
+    /// Accepted bearer tokens (several: rotation). Never printed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bearer: Vec<String>,
+    /// Accepted basic credentials.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub basic: Vec<BasicAuth>,
+    /// An HMAC-SHA256 signature of the raw body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hmac: Option<HmacAuth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    pub user: String,
+    pub password: String,
+}
+
+/// An HMAC-SHA256 signature header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HmacAuth {
+    /// The header holding the signature (`X-Hub-Signature-256`).
+    pub header: String,
+    /// Accepted secrets (several: rotation). Never printed.
+    pub secrets: Vec<String>,
+    /// Text before the signature in the header (`sha256=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// `hex` (default) or `base64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<SignatureEncoding>,
+    /// A header holding the request's Unix time, signed with the body;
+    /// older or newer than `tolerance_s` is refused (replays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp_header: Option<String>,
+    /// Seconds (default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance_s: Option<u64>,
+    /// What is signed: a template of `{timestamp}` and `{body}` (default
+    /// `{body}`, or `{timestamp}.{body}` with a timestamp header).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureEncoding {
+    Hex,
+    Base64,
+}
+
+/// The answer to an accepted request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpResponse {
+    /// A 2xx status (default 200).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The body (default `{"accepted": N}`; `""` for none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
 }
 
 // ---------------------------------------------------------------------------

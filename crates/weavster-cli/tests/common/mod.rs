@@ -230,6 +230,29 @@ impl Queue {
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// The pids of the queue server: its postmaster and every backend
+    /// (freezing all of them freezes the database).
+    pub fn server_pids(&self) -> Vec<u32> {
+        let pg = self.pg.as_ref().expect("running");
+        let (postmaster, _) =
+            weavster_pg::live_postmaster(pg.data_dir()).expect("a running postmaster");
+        let mut pids = vec![postmaster];
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // `pid (comm) state ppid …`; comm may hold spaces.
+            let after = stat.rsplit_once(')').map_or("", |(_, a)| a);
+            let ppid: Option<u32> = after.split_whitespace().nth(1).and_then(|p| p.parse().ok());
+            if ppid == Some(postmaster)
+                && let Ok(pid) = entry.file_name().to_string_lossy().parse()
+            {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
     /// The records of every job of `flow` ever enqueued (done ones are
     /// kept for an hour), one text per job.
     pub fn jobs_records(&self, flow: &str) -> Vec<String> {

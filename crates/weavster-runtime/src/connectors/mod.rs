@@ -9,6 +9,7 @@
 
 pub mod bridge;
 pub mod file;
+pub mod http;
 pub mod kafka;
 mod net;
 pub mod postgres;

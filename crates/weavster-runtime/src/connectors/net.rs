@@ -1,37 +1,10 @@
-//! Connectors not run yet (`http`): `run` refuses them with the flow and
-//! connector named; `debug` checks that their peer answers on TCP.
-//! Also the TCP check of the queue database.
+//! TCP reachability: `debug`'s check of an HTTP output's peer and of the
+//! queue database.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use futures::future::BoxFuture;
-use weavster_spec::types::HttpConnector;
-
-use super::{Check, CheckContext, Family};
-
-impl Family for HttpConnector {
-    fn check<'a>(&'a self, _cx: &'a CheckContext) -> BoxFuture<'a, Option<Check>> {
-        Box::pin(async move {
-            match &self.url {
-                Some(url) => {
-                    let port = if url.starts_with("https://") { 443 } else { 80 };
-                    let url = url.clone();
-                    let fix = "start the service or fix `url`";
-                    Some(
-                        tokio::task::spawn_blocking(move || reachable(&url, port, fix))
-                            .await
-                            .unwrap_or_else(|e| Check::fail(e.to_string(), fix)),
-                    )
-                }
-                None => Some(Check::ok(format!(
-                    "server on {}",
-                    self.listen.clone().unwrap_or_default()
-                ))),
-            }
-        })
-    }
-}
+use super::Check;
 
 /// Whether `url`'s host and port accept a TCP connection (2 s).
 pub fn reachable(url: &str, default_port: u16, fix: &str) -> Check {

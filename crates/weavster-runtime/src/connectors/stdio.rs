@@ -244,6 +244,7 @@ impl StdinSource {
             records: chunk.records,
             rejects: chunk.rejects,
             position: None,
+            ..SourceBatch::default()
         })
     }
 }

@@ -186,6 +186,7 @@ impl FileSource {
                     start: Some(start.into()),
                     end: chunk.end.into(),
                 }),
+                ..SourceBatch::default()
             }));
         }
         Ok(None)

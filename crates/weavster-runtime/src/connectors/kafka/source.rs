@@ -437,6 +437,7 @@ impl KafkaSource {
                 start: part.stored.map(Value::from),
                 end: Value::from(end),
             }),
+            ..SourceBatch::default()
         };
         part.bytes = 0;
         part.since = None;

@@ -241,6 +241,7 @@ impl Source for PgSource {
                             start: self.at.clone(),
                             end,
                         }),
+                        ..SourceBatch::default()
                     }));
                 }
                 if self.once {

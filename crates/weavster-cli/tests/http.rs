@@ -1,0 +1,433 @@
+//! HTTP input (webhooks), end to end: the real binary listening on a free
+//! loopback port, requests sent by a plain HTTP/1.1 client over TCP, the
+//! embedded queue. Every request that got a 2xx is counted in the output;
+//! refused requests store nothing.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Queue, project, records, spawn_logged, wait_bounded, weavster};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+const PROJECT: &str = "name: http_test\nprofile: default\n";
+const PROFILES: &str =
+    "default:\n  target: dev\n  outputs:\n    dev:\n      runtime:\n        queue: embedded\n";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// An HTTP answer.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+/// One request on its own connection (`Connection: close`).
+fn send(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.write_all(head.as_bytes())?;
+    // A server refusing early may close before the body is in.
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+    Ok(Reply {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    })
+}
+
+fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
+    send(port, "POST", path, headers, body).expect("request")
+}
+
+/// Waits until the server answers (404 on an unknown path).
+fn wait_listening(port: u16, log: &Path) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if let Ok(r) = send(port, "GET", "/nothing", &[], b"")
+            && r.status == 404
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!(
+        "not listening:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+/// Waits until `path` holds `n` lines (or 60 s pass); their count.
+fn wait_lines(path: &Path, n: usize) -> usize {
+    let started = Instant::now();
+    loop {
+        let have = std::fs::read_to_string(path).map_or(0, |t| t.lines().count());
+        if have >= n || started.elapsed() > Duration::from_secs(60) {
+            return have;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(bytes).expect("gzip");
+    e.finish().expect("gzip")
+}
+
+fn sign(secret: &str, signed: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("key");
+    mac.update(signed.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn webhook_project(port: u16) -> (tempfile::TempDir, Vec<(String, String)>) {
+    let connectors = format!(
+        r#"a:
+  type: http
+  listen: "127.0.0.1:{port}"
+  path: /a
+  max_body_bytes: 1000
+  dedupe_header: X-Delivery
+  metadata: _http
+  metadata_headers: [x-delivery]
+  response: {{ status: 202, body: "" }}
+  auth: {{ bearer: [t1, t2] }}
+b:
+  type: http
+  listen: "127.0.0.1:{port}"
+  path: /b
+  auth:
+    hmac: {{ header: X-Sig, secrets: [old, new], prefix: "sha256=", timestamp_header: X-Ts }}
+out_a: {{ type: file, path: a.jsonl }}
+out_b: {{ type: file, path: b.jsonl }}
+"#
+    );
+    project(&[
+        ("weavster.yaml", PROJECT),
+        ("profiles.yaml", PROFILES),
+        ("connectors/c.yaml", &connectors),
+        ("flows/fa.yaml", "input: c.a\noutputs:\n  - to: c.out_a\n"),
+        ("flows/fb.yaml", "input: c.b\noutputs:\n  - to: c.out_b\n"),
+    ])
+}
+
+/// Two flows on one listener: bodies (object, array, NDJSON, gzip) are
+/// stored whole; a wrong or missing token, a bad or stale signature, an
+/// oversized body, a gzip bomb, bad JSON, a non-object, a GET and an unknown
+/// path are refused with their status and store nothing; a retried
+/// delivery id is acknowledged once more but stored once; request metadata
+/// reaches the record.
+#[test]
+fn webhooks_store_what_they_acknowledge_and_nothing_else() {
+    let port = free_port();
+    let (tmp, env) = webhook_project(port);
+    let dir = tmp.path();
+    let out = weavster(dir, &["compile"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let log = dir.join("run.log");
+    let mut run = spawn_logged(dir, &["run"], &env, &log);
+    wait_listening(port, &log);
+    let auth = [("Authorization", "Bearer t2")];
+    let ok = |r: Reply| {
+        assert_eq!(r.status, 202, "{r:?}");
+        assert_eq!(r.body, "", "configured empty body");
+    };
+    ok(post(port, "/a", &auth, b"{\"id\":1,\"n\":1.50}"));
+    ok(post(
+        port,
+        "/a",
+        &auth,
+        b"[{\"id\":2},{\"id\":3},\n{\"id\":4}]",
+    ));
+    ok(post(
+        port,
+        "/a",
+        &[
+            ("Authorization", "bearer t1"),
+            ("Content-Type", "application/x-ndjson"),
+        ],
+        b"{\"id\":5}\n\n{\"id\":6}\n",
+    ));
+    ok(post(
+        port,
+        "/a",
+        &[("Authorization", "Bearer t1"), ("Content-Encoding", "gzip")],
+        &gzip(b"[{\"id\":7},{\"id\":8}]"),
+    ));
+    let delivered = [("Authorization", "Bearer t1"), ("X-Delivery", "d-1")];
+    ok(post(port, "/a", &delivered, b"{\"id\":9}"));
+    ok(post(port, "/a", &delivered, b"{\"id\":9}"));
+    let refused: Vec<(Reply, u16, &str)> = vec![
+        (
+            post(
+                port,
+                "/a",
+                &[("Authorization", "Bearer nope")],
+                b"{\"id\":100}",
+            ),
+            401,
+            "bad credentials",
+        ),
+        (
+            post(port, "/a", &[], b"{\"id\":101}"),
+            401,
+            "missing Authorization",
+        ),
+        (
+            post(port, "/a", &auth, &[b' '; 2000]),
+            413,
+            "over 1000 bytes",
+        ),
+        (
+            post(
+                port,
+                "/a",
+                &[("Authorization", "Bearer t1"), ("Content-Encoding", "gzip")],
+                &gzip(&[b' '; 100_000]),
+            ),
+            413,
+            "once decompressed",
+        ),
+        (
+            post(port, "/a", &auth, b"[{\"id\":102},\n{\"id\" 103}]"),
+            400,
+            "line 2",
+        ),
+        (
+            post(port, "/a", &auth, b"[{\"id\":104}, 5]"),
+            400,
+            "element 1",
+        ),
+        (
+            send(port, "GET", "/a", &auth, b"").expect("get"),
+            405,
+            "POST",
+        ),
+        (post(port, "/nowhere", &auth, b"{}"), 404, "no input"),
+    ];
+    for (r, status, says) in &refused {
+        assert_eq!(r.status, *status, "{r:?}");
+        assert!(r.body.contains(says), "{says}: {r:?}");
+    }
+    assert!(
+        refused[0].0.head.contains("www-authenticate: Bearer"),
+        "{:?}",
+        refused[0].0
+    );
+    // Signatures: of `{timestamp}.{body}`, any of the secrets, fresh.
+    let now = chrono_now();
+    let body = "{\"id\":200}";
+    let good = sign("new", &format!("{now}.{body}"));
+    let ts = now.to_string();
+    assert_eq!(
+        post(
+            port,
+            "/b",
+            &[("X-Sig", &good), ("X-Ts", &ts)],
+            body.as_bytes()
+        )
+        .status,
+        200
+    );
+    let r = post(
+        port,
+        "/b",
+        &[
+            ("X-Sig", &sign("other", &format!("{now}.{body}"))),
+            ("X-Ts", &ts),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.body.contains("bad signature")),
+        (401, true),
+        "{r:?}"
+    );
+    let stale = (now - 3600).to_string();
+    let r = post(
+        port,
+        "/b",
+        &[
+            ("X-Sig", &sign("old", &format!("{stale}.{body}"))),
+            ("X-Ts", &stale),
+        ],
+        body.as_bytes(),
+    );
+    assert_eq!(
+        (r.status, r.body.contains("stale timestamp")),
+        (401, true),
+        "{r:?}"
+    );
+    let r = post(
+        port,
+        "/b",
+        &[("X-Sig", &good), ("X-Ts", &ts)],
+        b"{\"id\":201}",
+    );
+    assert_eq!(r.status, 401, "a signature of another body: {r:?}");
+    // Exactly what was acknowledged, once.
+    assert_eq!(wait_lines(&dir.join("a.jsonl"), 9), 9);
+    assert_eq!(wait_lines(&dir.join("b.jsonl"), 1), 1);
+    signal(run.id(), "-INT");
+    wait_bounded(&mut run, Duration::from_secs(60), "weavster run");
+    let a = records(&dir.join("a.jsonl"));
+    let mut ids: Vec<i64> = a.iter().map(|r| r["id"].as_i64().expect("id")).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (1..=9).collect::<Vec<_>>());
+    let nine = a.iter().find(|r| r["id"] == 9).expect("9");
+    assert_eq!(nine["_http"]["headers"]["x-delivery"], "d-1");
+    assert_eq!(nine["_http"]["path"], "/a");
+    assert_eq!(nine["_http"]["method"], "POST");
+    assert!(
+        std::fs::read_to_string(dir.join("a.jsonl"))
+            .expect("a")
+            .contains("\"n\":1.50"),
+        "numbers keep their text"
+    );
+    assert_eq!(records(&dir.join("b.jsonl"))[0]["id"], 200);
+}
+
+fn chrono_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+/// `kill -9` of `weavster run` while 4 clients post single-record requests:
+/// every request that got a 2xx is delivered (by `run --once`, which drains
+/// the queue without listening); the queue's database frozen mid-request
+/// gives `503` and `Retry-After`, never a 2xx.
+#[test]
+fn every_acknowledged_request_survives_kill_nine() {
+    let port = free_port();
+    let connectors = format!(
+        "in:\n  type: http\n  listen: \"127.0.0.1:{port}\"\n  store_timeout_ms: 1500\nout:\n  type: file\n  path: out.jsonl\n"
+    );
+    let (tmp, env) = project(&[
+        ("weavster.yaml", PROJECT),
+        ("profiles.yaml", PROFILES),
+        ("connectors/c.yaml", &connectors),
+        ("flows/hook.yaml", "input: c.in\noutputs:\n  - to: c.out\n"),
+    ]);
+    let dir = tmp.path();
+    let queue = Queue::hold(dir);
+    let out = weavster(dir, &["compile"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let log = dir.join("run.log");
+    let mut run = spawn_logged(dir, &["run"], &env, &log);
+    wait_listening(port, &log);
+    let acked = Arc::new(Mutex::new(Vec::<i64>::new()));
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let acked = acked.clone();
+            std::thread::spawn(move || {
+                for i in 0..100_000i64 {
+                    let id = c * 1_000_000 + i;
+                    match send(
+                        port,
+                        "POST",
+                        "/",
+                        &[],
+                        format!("{{\"id\":{id}}}").as_bytes(),
+                    ) {
+                        Ok(r) if r.status == 200 => acked.lock().expect("lock").push(id),
+                        Ok(r) => panic!("unexpected {r:?}"),
+                        Err(_) => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    while acked.lock().expect("lock").len() < 2000 && started.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run.kill().expect("kill -9");
+    let _ = run.wait();
+    for c in clients {
+        c.join().expect("client");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    assert!(
+        acked.len() >= 2000,
+        "only {} requests acknowledged",
+        acked.len()
+    );
+    let out = weavster(dir, &["run", "--once"], &env);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let got: std::collections::BTreeSet<i64> = records(&dir.join("out.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
+    let lost: Vec<&i64> = acked.iter().filter(|id| !got.contains(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged requests lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    // The queue's database frozen: 503 with Retry-After, not a 2xx.
+    let log = dir.join("run2.log");
+    let mut run = spawn_logged(dir, &["run"], &env, &log);
+    wait_listening(port, &log);
+    assert_eq!(post(port, "/", &[], b"{\"id\":-1}").status, 200);
+    let pids = queue.server_pids();
+    for &pid in &pids {
+        signal(pid, "-STOP");
+    }
+    let r = send(port, "POST", "/", &[], b"{\"id\":-2}");
+    for &pid in &pids {
+        signal(pid, "-CONT");
+    }
+    let r = r.expect("answer");
+    assert_eq!(r.status, 503, "{r:?}");
+    assert!(
+        r.head.to_ascii_lowercase().contains("retry-after: 5"),
+        "{r:?}"
+    );
+    signal(run.id(), "-INT");
+    wait_bounded(&mut run, Duration::from_secs(60), "weavster run");
+}
