@@ -10,7 +10,6 @@ use anyhow::{Context as _, bail};
 use serde_json::{Map, Value};
 use weavster_project::Project;
 use weavster_runtime::{Endpoint, FlowPlan, Metrics, QueueSettings, RunOptions, RunReport};
-use weavster_spec::types::Connector;
 
 use crate::Global;
 use crate::compile::{self, Args as CompileArgs};
@@ -71,7 +70,7 @@ fn plan(project: &Project, name: &str, wasm: &Path) -> anyhow::Result<FlowPlan> 
     let flow = project
         .flow(name)
         .with_context(|| format!("no flow `{name}`"))?;
-    let endpoint = |reference: &str, input: bool| -> anyhow::Result<Endpoint> {
+    let endpoint = |reference: &str| -> anyhow::Result<Endpoint> {
         if let Some(target) = reference.strip_prefix("bridge.") {
             return Ok(Endpoint::Bridge {
                 flow: target.to_string(),
@@ -82,26 +81,17 @@ fn plan(project: &Project, name: &str, wasm: &Path) -> anyhow::Result<FlowPlan> 
             .get(reference)
             .map(|d| d.connector.clone())
             .with_context(|| format!("flow `{name}`: no connector `{reference}`"))?;
-        // An http output (the client) is not built yet.
-        let runs = !matches!(spec, Connector::Http(_)) || input;
-        if !runs {
-            bail!(
-                "flow `{name}` uses connector `{reference}` of type `{}` as an output, which `weavster run` cannot run yet \
-                 (http is built as an input; outputs: file, stdout, kafka, postgres and bridge); run the other flows with --flow",
-                spec.type_name(),
-            );
-        }
         Ok(Endpoint::Connector {
             reference: reference.to_string(),
             spec,
         })
     };
-    let input = endpoint(flow.spec.input.as_str(), true)?;
+    let input = endpoint(flow.spec.input.as_str())?;
     let outputs = flow
         .spec
         .outputs
         .iter()
-        .map(|o| endpoint(o.to.as_str(), false))
+        .map(|o| endpoint(o.to.as_str()))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let vars: Map<String, Value> = project
         .vars

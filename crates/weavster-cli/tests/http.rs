@@ -431,3 +431,247 @@ fn every_acknowledged_request_survives_kill_nine() {
     signal(run.id(), "-INT");
     wait_bounded(&mut run, Duration::from_secs(60), "weavster run");
 }
+
+/// What the scripted server saw of a request.
+#[derive(Debug, Clone)]
+struct Seen {
+    key: String,
+    authorization: String,
+    body: String,
+}
+
+/// A scripted HTTP server on a free port: `answer(n, &seen)` gives the
+/// status, extra headers and body of the n-th request (0-based), and may
+/// sleep to make the client time out.
+fn scripted(
+    answer: impl Fn(usize, &Seen) -> (u16, Vec<(String, String)>, String) + Send + Sync + 'static,
+) -> (u16, Arc<Mutex<Vec<Seen>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let answer = Arc::new(answer);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let log = log.clone();
+            let answer = answer.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 65536];
+                let head_end = loop {
+                    let Ok(n) = conn.read(&mut chunk) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                let header = |name: &str| {
+                    head.lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.trim()
+                                .eq_ignore_ascii_case(name)
+                                .then(|| v.trim().to_string())
+                        })
+                        .unwrap_or_default()
+                };
+                let len: usize = header("content-length").parse().unwrap_or(0);
+                while buf.len() < head_end + len {
+                    let Ok(n) = conn.read(&mut chunk) else { return };
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let s = Seen {
+                    key: header("idempotency-key"),
+                    authorization: header("authorization"),
+                    body: String::from_utf8_lossy(&buf[head_end..]).to_string(),
+                };
+                let n = {
+                    let mut l = log.lock().expect("lock");
+                    l.push(s.clone());
+                    l.len() - 1
+                };
+                let (status, headers, body) = answer(n, &s);
+                let mut out = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+                    body.len()
+                );
+                for (k, v) in headers {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+                out.push_str("\r\n");
+                out.push_str(&body);
+                let _ = conn.write_all(out.as_bytes());
+            });
+        }
+    });
+    (port, seen)
+}
+
+fn sink_project(port: u16, extra: &str, n: usize) -> (tempfile::TempDir, Vec<(String, String)>) {
+    let input: String = (0..n)
+        .map(|i| {
+            if i == 500 {
+                format!("{{\"id\":{i},\"bad\":true}}\n")
+            } else {
+                format!("{{\"id\":{i}}}\n")
+            }
+        })
+        .collect();
+    let connectors = format!(
+        "in:\n  type: file\n  path: in.jsonl\napi:\n  type: http\n  url: \"http://127.0.0.1:{port}/ingest\"\n  token: s3cret-token\n{extra}"
+    );
+    project(&[
+        ("weavster.yaml", PROJECT),
+        ("profiles.yaml", PROFILES),
+        ("connectors/c.yaml", &connectors),
+        ("in.jsonl", &input),
+        ("flows/push.yaml", "input: c.in\noutputs:\n  - to: c.api\n"),
+    ])
+}
+
+/// The ids a server accepted (bodies are JSON arrays).
+fn accepted_ids(seen: &[Seen], ok: impl Fn(usize) -> bool) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for (n, s) in seen.iter().enumerate() {
+        if ok(n) {
+            let v: serde_json::Value = serde_json::from_str(&s.body).expect("a JSON array");
+            ids.extend(
+                v.as_array()
+                    .expect("array")
+                    .iter()
+                    .map(|r| r["id"].as_i64().expect("id")),
+            );
+        }
+    }
+    ids.sort_unstable();
+    ids
+}
+
+/// The HTTP output: a request that hangs times out and is retried, a 429
+/// with an HTTP-date `Retry-After` is waited for, with the same
+/// `Idempotency-Key` each time; a batch the server refuses (400) because
+/// of one record is bisected: 999 delivered, that one dead-lettered with
+/// the server's status and words.
+#[test]
+fn http_output_retries_and_dead_letters_only_the_refused_record() {
+    let (port, seen) = scripted(|n, s| {
+        if n == 0 {
+            std::thread::sleep(Duration::from_millis(2500));
+            return (200, vec![], String::new());
+        }
+        if n == 1 {
+            let at = chrono_now() + 1;
+            return (
+                429,
+                vec![("Retry-After".into(), http_date(at))],
+                "slow down".into(),
+            );
+        }
+        if s.body.contains("\"bad\":true") {
+            return (400, vec![], "{\"error\":\"bad record\"}".into());
+        }
+        (200, vec![], "{}".into())
+    });
+    let (tmp, env) = sink_project(port, "  timeout_ms: 1000\n", 1000);
+    let dir = tmp.path();
+    let out = weavster(dir, &["run", "--once"], &env);
+    assert_eq!(
+        out.code, 1,
+        "a record dead-lettered: {}{}",
+        out.stdout, out.stderr
+    );
+    let seen = seen.lock().expect("lock").clone();
+    assert!(seen.len() >= 4, "{seen:#?}");
+    assert_eq!(
+        seen[0].key, seen[1].key,
+        "the retried request keeps its key"
+    );
+    assert_eq!(seen[1].key, seen[2].key);
+    assert!(
+        seen.iter()
+            .all(|s| s.authorization == "Bearer s3cret-token")
+    );
+    // Accepted: every 200 after the first two (the hung one was answered
+    // too late for the client: counted as not written).
+    let ids = accepted_ids(&seen, |n| n >= 2 && !seen[n].body.contains("\"bad\":true"));
+    let distinct: std::collections::BTreeSet<i64> = ids.iter().copied().collect();
+    assert_eq!(distinct.len(), 999, "999 delivered");
+    assert!(!distinct.contains(&500));
+    let dead = common::dead_letters(dir, &env);
+    assert_eq!(dead.len(), 1, "{dead:#?}");
+    assert!(
+        dead[0]["message"]
+            .as_str()
+            .expect("message")
+            .contains("HTTP 400"),
+        "{dead:#?}"
+    );
+    assert!(
+        dead[0]["message"]
+            .as_str()
+            .expect("message")
+            .contains("bad record")
+    );
+    assert!(
+        !out.stderr.contains("s3cret-token"),
+        "the token is never printed"
+    );
+}
+
+fn http_date(unix: i64) -> String {
+    // IMF-fixdate, e.g. `Wed, 21 Oct 2015 07:28:00 GMT`.
+    let out = Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("@{unix}"),
+            "+%a, %d %b %Y %H:%M:%S GMT",
+        ])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A 401 stops the flow with a clear error and dead-letters nothing; after
+/// the credentials are fixed (here: the server accepts again) the queued
+/// batch goes through.
+#[test]
+fn http_output_stops_on_refused_credentials_and_resumes_after_the_fix() {
+    let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let gate = open.clone();
+    let (port, seen) = scripted(move |_, _| {
+        if gate.load(std::sync::atomic::Ordering::SeqCst) {
+            (200, vec![], String::new())
+        } else {
+            (401, vec![], "who are you".into())
+        }
+    });
+    let (tmp, env) = sink_project(port, "", 50);
+    let dir = tmp.path();
+    let out = weavster(dir, &["run", "--once"], &env);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("HTTP 401"), "{}", out.stderr);
+    assert!(
+        common::dead_letters(dir, &env).is_empty(),
+        "nothing dead-lettered"
+    );
+    open.store(true, std::sync::atomic::Ordering::SeqCst);
+    let out = weavster(dir, &["run", "--once"], &env);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let seen = seen.lock().expect("lock").clone();
+    let last = seen.last().expect("a request");
+    let v: serde_json::Value = serde_json::from_str(&last.body).expect("array");
+    assert_eq!(
+        v.as_array().expect("array").len(),
+        50,
+        "the queued batch, whole"
+    );
+}

@@ -125,6 +125,8 @@ pub struct Target {
 pub type ConnectorsFile = IndexMap<String, Connector>;
 
 /// A connector config, selected by `type`.
+// A few per project, read once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Connector {
@@ -497,6 +499,43 @@ pub struct HttpConnector {
     /// `503` (milliseconds, default 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_timeout_ms: Option<u64>,
+    /// Output: `json` (an array per request, default), `ndjson`, or
+    /// `single` (one request per record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<HttpEncoding>,
+    /// Output: gzip request bodies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gzip: Option<bool>,
+    /// Output: a batch is split into requests of at most this many bytes
+    /// (default 1 MiB; a single larger record is sent alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_bytes: Option<u64>,
+    /// Output: basic credentials (the password is never printed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic: Option<BasicAuth>,
+    /// Output: requests in flight at once, across workers (default 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Output: connect timeout in milliseconds (default 5000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_ms: Option<u64>,
+    /// Output: attempts of a request within one try of the batch (default
+    /// 3) before the batch goes back to the queue (backoff there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// Output: the longest `Retry-After` waited in place, in seconds
+    /// (default 30); longer: the batch goes back to the queue.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retry_after_s: Option<u64>,
+}
+
+/// How an HTTP output encodes a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpEncoding {
+    Json,
+    Ndjson,
+    Single,
 }
 
 /// Who may post to an HTTP input: an `Authorization` matching one of

@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use serde_json::value::RawValue;
 use weavster_spec::types::Connector;
 
 use crate::Db;
@@ -187,4 +188,14 @@ pub async fn sink(endpoint: &Endpoint, cx: &Context) -> Result<Box<dyn Sink>, Co
 /// The check of a connector for `weavster debug`.
 pub async fn check(c: &Connector, cx: &CheckContext) -> Option<Check> {
     family(c).check(cx).await
+}
+
+/// `record` (an object's text) with `field` set to `value` (JSON text);
+/// every other value keeps its text.
+pub(crate) fn with_field(record: &str, field: &str, value: &str) -> Result<String, String> {
+    let mut obj: indexmap::IndexMap<String, Box<RawValue>> =
+        serde_json::from_str(record).map_err(|e| format!("record: {e}"))?;
+    let v = RawValue::from_string(value.to_string()).map_err(|e| e.to_string())?;
+    obj.insert(field.to_string(), v);
+    serde_json::to_string(&obj).map_err(|e| e.to_string())
 }

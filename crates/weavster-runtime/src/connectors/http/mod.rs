@@ -1,8 +1,10 @@
 //! HTTP. Input: a webhook server (axum) whose 2xx means the request's
-//! records are committed to the queue. Output: not built yet (`run`
-//! refuses it); `debug` checks that its peer answers on TCP.
+//! records are committed to the queue. Output: a batched client (reqwest,
+//! rustls) with retries, bisected per-record refusals and a stop on
+//! refused credentials; `debug` checks that its peer answers on TCP.
 
 mod auth;
+mod sink;
 mod source;
 
 use futures::future::BoxFuture;
@@ -10,7 +12,24 @@ use weavster_spec::types::HttpConnector;
 
 use super::net::reachable;
 use super::{Check, CheckContext, ConnectorError, Context, Family, Reading};
+use crate::sink::Sink;
 use crate::source::{Positions, Source};
+
+/// Header names whose values are secrets (marked sensitive, never logged).
+pub(crate) fn secret_header(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "authorization",
+        "token",
+        "secret",
+        "key",
+        "cookie",
+        "password",
+        "credential",
+    ]
+    .iter()
+    .any(|s| n.contains(s))
+}
 
 impl Family for HttpConnector {
     /// Each process serves its own listener (requests cannot be read again).
@@ -32,6 +51,10 @@ impl Family for HttpConnector {
             let s = source::HttpSource::start(self, cx, positions).await?;
             Ok(Box::new(s) as Box<dyn Source>)
         })
+    }
+
+    fn sink<'a>(&'a self, cx: &'a Context) -> BoxFuture<'a, Result<Box<dyn Sink>, ConnectorError>> {
+        Box::pin(async move { Ok(Box::new(sink::HttpSink::new(self, cx)?) as Box<dyn Sink>) })
     }
 
     fn check<'a>(&'a self, _cx: &'a CheckContext) -> BoxFuture<'a, Option<Check>> {

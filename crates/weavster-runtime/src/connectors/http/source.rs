@@ -394,7 +394,7 @@ async fn handle(
             &spec.metadata_headers,
         );
         for r in &mut records {
-            match with_field(r, field, &meta) {
+            match crate::connectors::with_field(r, field, &meta) {
                 Ok(text) => *r = text,
                 Err(why) => return refuse(StatusCode::BAD_REQUEST, &why),
             }
@@ -567,16 +567,6 @@ fn metadata(
     .to_string()
 }
 
-/// `record` (an object's text) with `field` set to `value` (JSON text);
-/// every other value keeps its text.
-pub(crate) fn with_field(record: &str, field: &str, value: &str) -> Result<String, String> {
-    let mut obj: indexmap::IndexMap<String, Box<RawValue>> =
-        serde_json::from_str(record).map_err(|e| format!("record: {e}"))?;
-    let v = RawValue::from_string(value.to_string()).map_err(|e| e.to_string())?;
-    obj.insert(field.to_string(), v);
-    serde_json::to_string(&obj).map_err(|e| e.to_string())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,7 +595,11 @@ mod tests {
     #[test]
     fn metadata_keeps_the_other_values_text() {
         assert_eq!(
-            with_field("{\"n\":1.50,\"m\":{\"x\":1}}", "_http", "{\"path\":\"/\"}"),
+            crate::connectors::with_field(
+                "{\"n\":1.50,\"m\":{\"x\":1}}",
+                "_http",
+                "{\"path\":\"/\"}"
+            ),
             Ok("{\"n\":1.50,\"m\":{\"x\":1},\"_http\":{\"path\":\"/\"}}".into())
         );
     }

@@ -516,16 +516,6 @@ fn record(
     let Some(field) = metadata else {
         return Ok(text);
     };
-    let mut obj: Map<String, Value> = match serde_json::from_str(&text) {
-        Ok(Value::Object(o)) => o,
-        Ok(_) => {
-            return Err((
-                Stage::Decode,
-                "the value is not a JSON object: there is no field for `metadata`".into(),
-            ));
-        }
-        Err(e) => return Err((Stage::Decode, format!("invalid JSON: {e}"))),
-    };
     let bytes = |b: &Option<Vec<u8>>| match b {
         None => Value::Null,
         Some(b) => match std::str::from_utf8(b) {
@@ -540,18 +530,22 @@ fn record(
         .iter()
         .map(|(k, v)| (k.clone(), bytes(v)))
         .collect();
-    obj.insert(
-        field.to_string(),
-        serde_json::json!({
-            "topic": topic,
-            "partition": m.partition,
-            "offset": m.offset,
-            "timestamp": m.timestamp,
-            "key": bytes(&m.key),
-            "headers": headers,
-        }),
-    );
-    Ok(Value::Object(obj).to_string())
+    let meta = serde_json::json!({
+        "topic": topic,
+        "partition": m.partition,
+        "offset": m.offset,
+        "timestamp": m.timestamp,
+        "key": bytes(&m.key),
+        "headers": headers,
+    })
+    .to_string();
+    // The record's other values keep their text (a number's digits).
+    crate::connectors::with_field(&text, field, &meta).map_err(|_| {
+        (
+            Stage::Decode,
+            "the value is not a JSON object: there is no field for `metadata`".into(),
+        )
+    })
 }
 
 impl Source for KafkaSource {
@@ -746,4 +740,34 @@ fn poll(
     }
     // Leave the group now rather than after the session timeout.
     consumer.unsubscribe();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_keeps_the_values_text() {
+        let m = Msg {
+            partition: 2,
+            offset: 7,
+            payload: Some(b"{\"n\":12345678901234567890.000000000001,\"x\":1}".to_vec()),
+            key: Some(b"k".to_vec()),
+            headers: vec![("h".into(), Some(vec![0xff]))],
+            timestamp: Some(5),
+        };
+        let r = record("t", KafkaFormat::Json, Some("_kafka"), &m).expect("record");
+        assert!(
+            r.starts_with("{\"n\":12345678901234567890.000000000001,\"x\":1,\"_kafka\":"),
+            "{r}"
+        );
+        let v: Value = serde_json::from_str(&r).expect("json");
+        assert_eq!(v["_kafka"]["offset"], 7);
+        assert_eq!(v["_kafka"]["headers"]["h"]["base64"], "/w==");
+        let arr = Msg {
+            payload: Some(b"[1]".to_vec()),
+            ..m
+        };
+        assert!(record("t", KafkaFormat::Json, Some("_kafka"), &arr).is_err());
+    }
 }
