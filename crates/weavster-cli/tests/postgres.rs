@@ -59,12 +59,7 @@ impl Target {
 
     /// Runs `sql` with psql; returns its unaligned output.
     fn sql(&self, sql: &str) -> String {
-        let psql = common::psql();
-        let out = Command::new(psql)
-            .arg(self.url())
-            .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
-            .output()
-            .expect("psql");
+        let out = common::psql_at(&self.url(), sql);
         assert!(
             out.status.success(),
             "psql {sql}: {}",
@@ -514,11 +509,7 @@ fn cdc_snapshot_and_changes_exactly_once_across_kill_nine() {
                       o AS (INSERT INTO other SELECT g FROM generate_series(1, 50) g RETURNING 1)
                  SELECT (SELECT count(*) FROM u) + (SELECT count(*) FROM i) + (SELECT count(*) FROM d)"
             );
-            let o = Command::new(common::psql())
-                .arg(&url)
-                .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", &sql])
-                .output()
-                .expect("psql");
+            let o = common::psql_at(&url, &sql);
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
             changes += String::from_utf8_lossy(&o.stdout)
                 .trim()

@@ -179,6 +179,15 @@ pub fn psql() -> PathBuf {
         .expect("psql")
 }
 
+/// `psql URL -v ON_ERROR_STOP=1 -At -c SQL`.
+pub fn psql_at(url: &str, sql: &str) -> std::process::Output {
+    Command::new(psql())
+        .arg(url)
+        .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql])
+        .output()
+        .expect("psql")
+}
+
 /// The binary started in the background, its stderr into `log`.
 pub fn spawn_logged(
     dir: &Path,
@@ -219,12 +228,7 @@ impl Queue {
     /// Runs `sql` on the queue database: its unaligned output, `None` if it
     /// failed (the run has not created the tables yet).
     pub fn sql(&self, sql: &str) -> Option<String> {
-        let pg = self.pg.as_ref().expect("running");
-        let out = Command::new(psql())
-            .arg(pg.url())
-            .args(["-At", "-c", sql])
-            .output()
-            .expect("psql");
+        let out = psql_at(&self.pg.as_ref().expect("running").url(), sql);
         out.status
             .success()
             .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())

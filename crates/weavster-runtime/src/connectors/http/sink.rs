@@ -425,4 +425,29 @@ mod tests {
         );
         assert!(jitter(Duration::from_secs(1)) <= Duration::from_secs(1));
     }
+
+    proptest::proptest! {
+        /// Any record sizes and limit: the parts cover the batch in order,
+        /// each under the limit unless it is one record.
+        #[test]
+        fn parts_cover_the_batch_under_the_limit(
+            sizes in proptest::collection::vec(0usize..200, 0..60),
+            max in 1usize..600,
+            ndjson in proptest::prelude::any::<bool>(),
+        ) {
+            let texts: Vec<String> = sizes.iter().map(|n| "x".repeat(*n)).collect();
+            let recs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let enc = if ndjson { HttpEncoding::Ndjson } else { HttpEncoding::Json };
+            let p = parts(&recs, enc, max);
+            let mut next = 0;
+            for r in &p {
+                proptest::prop_assert_eq!(r.start, next);
+                proptest::prop_assert!(!r.is_empty());
+                let bytes: usize = 2 + recs[r.clone()].iter().map(|t| t.len() + 1).sum::<usize>();
+                proptest::prop_assert!(bytes <= max || r.len() == 1, "{r:?} {bytes} > {max}");
+                next = r.end;
+            }
+            proptest::prop_assert_eq!(next, recs.len());
+        }
+    }
 }

@@ -327,14 +327,10 @@ async fn handle(
     let max = spec.max_body_bytes.unwrap_or(MAX_BODY);
     let (parts, body) = request.into_parts();
     // Credentials before anything is read; a signature needs the body.
-    if let Some(a) = &spec.auth {
-        let without_body = weavster_spec::types::HttpAuth {
-            hmac: None,
-            ..a.clone()
-        };
-        if let Err(auth::Refused(why)) = auth::check(&without_body, &Hs(&parts.headers), b"", 0) {
-            return unauthorized(spec, why);
-        }
+    if let Some(a) = &spec.auth
+        && let Err(auth::Refused(why)) = auth::credentials(a, &Hs(&parts.headers))
+    {
+        return unauthorized(spec, why);
     }
     let declared = parts
         .headers
@@ -357,17 +353,10 @@ async fn handle(
         }
     };
     if let Some(a) = &spec.auth
-        && a.hmac.is_some()
+        && let Err(auth::Refused(why)) =
+            auth::signature(a, &Hs(&parts.headers), &raw, chrono::Utc::now().timestamp())
     {
-        let only_hmac = weavster_spec::types::HttpAuth {
-            bearer: Vec::new(),
-            basic: Vec::new(),
-            hmac: a.hmac.clone(),
-        };
-        let now = chrono::Utc::now().timestamp();
-        if let Err(auth::Refused(why)) = auth::check(&only_hmac, &Hs(&parts.headers), &raw, now) {
-            return unauthorized(spec, why);
-        }
+        return unauthorized(spec, why);
     }
     let body = match decode_body(&parts.headers, raw, max) {
         Ok(b) => b,
@@ -602,5 +591,55 @@ mod tests {
             ),
             Ok("{\"n\":1.50,\"m\":{\"x\":1},\"_http\":{\"path\":\"/\"}}".into())
         );
+    }
+
+    /// A generated record: an object of a few fields, strings that may hold
+    /// line breaks, quotes and non-ASCII, numbers with many digits.
+    fn record() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        proptest::collection::vec(
+            (
+                "[a-z]{1,6}",
+                prop_oneof![
+                    any::<String>().prop_map(|s| serde_json::to_string(&s).unwrap_or_default()),
+                    "-?[1-9][0-9]{0,25}(\\.[0-9]{1,12})?",
+                    Just("null".to_string()),
+                    Just("[1, {\"a\": \"b\"}]".to_string()),
+                ],
+            ),
+            0..5,
+        )
+        .prop_map(|fields| {
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", body.join(", "))
+        })
+    }
+
+    proptest::proptest! {
+        /// Any records, sent as an array or as NDJSON (pretty-printed with
+        /// line breaks between tokens in the array case): every one comes
+        /// back, in order, on one line, with its values' text.
+        #[test]
+        fn any_records_come_back_whole(records in proptest::collection::vec(record(), 0..8)) {
+            let array = format!("[\n{}\n]", records.join(",\n  "));
+            let got = parse(array.as_bytes(), false).expect("an array parses");
+            proptest::prop_assert_eq!(got.len(), records.len());
+            for (g, r) in got.iter().zip(&records) {
+                proptest::prop_assert!(!g.contains('\n'));
+                let a: serde_json::Value = serde_json::from_str(g).expect("json");
+                let b: serde_json::Value = serde_json::from_str(r).expect("json");
+                proptest::prop_assert_eq!(a, b);
+            }
+            let ndjson = records.join("\n");
+            let got = parse(ndjson.as_bytes(), true).expect("ndjson parses");
+            proptest::prop_assert_eq!(got, records);
+        }
+
+        /// Any bytes: parsed or refused, never a panic, and a refusal says
+        /// where.
+        #[test]
+        fn any_body_parses_or_is_refused(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64), nd in proptest::prelude::any::<bool>()) {
+            let _ = parse(&body, nd);
+        }
     }
 }

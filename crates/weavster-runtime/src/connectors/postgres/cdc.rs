@@ -90,6 +90,16 @@ impl Pos {
     }
 }
 
+/// Where a pending change leaves the stream: the position after it, made
+/// into a [`Pos`] only for the last change of a batch.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    commit: u64,
+    n: u64,
+    /// Just past the commit record, once the transaction is whole.
+    end: Option<u64>,
+}
+
 /// What the initial snapshot saw: transactions below `xmax` not in `xip`
 /// (`pg_current_snapshot()`), all committed before `lsn`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,7 +146,7 @@ pub(crate) struct CdcSource {
     /// The position of the last change handed out (≥ `acked`).
     sent: Pos,
     /// Decoded changes not handed out yet, with the position after each.
-    pending: VecDeque<(Item, Pos)>,
+    pending: VecDeque<(Item, Mark)>,
     /// The slot may move here once `acked` reaches `pending_safe.1`.
     safe: u64,
     /// The slot's confirmed position as last set by this source.
@@ -504,7 +514,20 @@ impl CdcSource {
                 break;
             }
         }
-        if let Some(end) = end {
+        if let Some(m) = end {
+            // The snapshot filter is kept while its transactions may come.
+            let snapshot = self
+                .sent
+                .snapshot
+                .clone()
+                .filter(|s| m.commit < parse_lsn(&s.lsn).unwrap_or(0));
+            let end = Pos {
+                commit: lsn_text(m.commit),
+                n: m.n,
+                end: m.end.map(lsn_text),
+                snapshot,
+                copying: None,
+            };
             batch.position = Some(self.position(&end));
             self.sent = end;
         }
@@ -567,7 +590,10 @@ impl CdcSource {
         struct Txn {
             commit: u64,
             xid: u32,
-            time: i64,
+            /// `commit` and the commit time as the records show them (once
+            /// per transaction, not per change).
+            lsn: String,
+            time: String,
             skip: bool,
             items: Vec<Item>,
         }
@@ -591,7 +617,8 @@ impl CdcSource {
                     txn = Some(Txn {
                         commit: final_lsn,
                         xid,
-                        time: commit_time,
+                        lsn: lsn_text(final_lsn),
+                        time: pgoutput::pg_time(commit_time),
                         skip,
                         items: Vec::new(),
                     });
@@ -613,7 +640,7 @@ impl CdcSource {
                         return Err(fatal(&self.what, "a change outside a transaction".into()));
                     };
                     if !t.skip {
-                        let items = self.items(&change, &data, t.commit, t.xid, t.time)?;
+                        let items = self.items(&change, &data, &t.lsn, t.xid, &t.time)?;
                         t.items.extend(items);
                     }
                 }
@@ -631,17 +658,10 @@ impl CdcSource {
         } else {
             0
         };
-        let snapshot = self
-            .sent
-            .snapshot
-            .clone()
-            .filter(|s| commit < parse_lsn(&s.lsn).unwrap_or(0));
-        let at = |n: u64| Pos {
-            commit: lsn_text(commit),
+        let at = |n: u64| Mark {
+            commit,
             n,
-            end: (n == total).then(|| lsn_text(end_lsn)),
-            snapshot: snapshot.clone(),
-            copying: None,
+            end: (n == total).then_some(end_lsn),
         };
         if total <= done {
             // Nothing (more) to enqueue: the slot may move past it once
@@ -663,9 +683,9 @@ impl CdcSource {
         &self,
         change: &Message,
         raw: &[u8],
-        commit: u64,
+        lsn: &str,
         xid: u32,
-        time: i64,
+        time: &str,
     ) -> Result<Vec<Item>, SourceError> {
         let rel_of = |id: u32| {
             self.relations.get(&id).ok_or_else(|| {
@@ -675,8 +695,6 @@ impl CdcSource {
                 )
             })
         };
-        let lsn = lsn_text(commit);
-        let time = pgoutput::pg_time(time);
         let one = |op: &str,
                    rel: &(Relation, Vec<Kind>),
                    before: Option<(&Vec<Datum>, bool)>,
@@ -687,7 +705,7 @@ impl CdcSource {
             write_key(&mut r, "op");
             write_str(&mut r, op);
             r.push(',');
-            envelope(&mut r, &rel.schema, &rel.name, &lsn, Some(xid), Some(&time));
+            envelope(&mut r, &rel.schema, &rel.name, lsn, Some(xid), Some(time));
             r.push(',');
             write_key(&mut r, "before");
             let fill = |r: &mut String, t: Option<(&Vec<Datum>, bool)>| match t {
