@@ -27,6 +27,40 @@ pub struct FileSink {
     state: Mutex<FileState>,
 }
 
+/// A line file whose last line has no line break was cut mid-append by a
+/// killed process: that batch was not marked written and will be written
+/// again whole, so its fragment is removed. Under an exclusive lock:
+/// appenders hold a shared one while they write, so a live process's
+/// append is never taken for a torn one.
+fn cut_torn_tail(file: &File) -> std::io::Result<()> {
+    file.lock()?;
+    let result = (|| {
+        let len = file.metadata()?.len();
+        if len == 0 {
+            return Ok(());
+        }
+        let mut f = file;
+        let mut at = len;
+        let mut buf = vec![0u8; 64 * 1024];
+        while at > 0 {
+            let start = at.saturating_sub(buf.len() as u64);
+            let n = (at - start) as usize;
+            f.seek(SeekFrom::Start(start))?;
+            f.read_exact(&mut buf[..n])?;
+            if at == len && buf[n - 1] == b'\n' {
+                return Ok(());
+            }
+            if let Some(i) = buf[..n].iter().rposition(|b| *b == b'\n') {
+                return file.set_len(start + i as u64 + 1);
+            }
+            at = start;
+        }
+        file.set_len(0)
+    })();
+    file.unlock()?;
+    result
+}
+
 impl FileSink {
     /// Opens (creating parent dirs); `Overwrite` truncates now.
     pub fn open(
@@ -70,6 +104,8 @@ impl FileSink {
         let file = options.open(&path).map_err(err)?;
         if mode == WriteMode::Overwrite {
             file.set_len(0).map_err(err)?;
+        } else if format != Format::Json {
+            cut_torn_tail(&file).map_err(err)?;
         }
         let mut columns = Vec::new();
         if format == Format::Csv {
@@ -104,7 +140,12 @@ impl FileSink {
         let file = &mut guard.file;
         let len = file.seek(SeekFrom::End(0))?;
         if format != Format::Json {
-            return file.write_all(bytes);
+            // Shared with other appenders; `open` waits for none to be
+            // mid-write before cutting a torn tail.
+            file.lock_shared()?;
+            let written = file.write_all(bytes);
+            file.unlock()?;
+            return written;
         }
         // JSON array: `[\n` rec `,\n` rec `\n]\n`.
         let body: Vec<&[u8]> = bytes
