@@ -39,6 +39,7 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql postgre
 command -v unshare >/dev/null 2>&1 || need+=(util-linux)
 command -v jq >/dev/null 2>&1 || need+=(jq)          # scripts/bench-run.sh
 command -v openssl >/dev/null 2>&1 || need+=(openssl) # certificates of the TLS tests
+command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates) # an independent HTTPS client in the tests
 command -v wrk >/dev/null 2>&1 || need+=(wrk)          # scripts/bench-run.sh: webhook load
 [ -x /usr/bin/time ] || need+=(time)                 # scripts/bench-run.sh
 command -v make >/dev/null 2>&1 || need+=(make)      # librdkafka (bundled, rdkafka-sys)

@@ -438,6 +438,7 @@ struct Seen {
     key: String,
     authorization: String,
     body: String,
+    at: Instant,
 }
 
 /// A scripted HTTP server on a free port: `answer(n, &seen)` gives the
@@ -492,6 +493,7 @@ fn scripted(
                     key: header("idempotency-key"),
                     authorization: header("authorization"),
                     body: String::from_utf8_lossy(&buf[head_end..]).to_string(),
+                    at: Instant::now(),
                 };
                 let n = {
                     let mut l = log.lock().expect("lock");
@@ -674,4 +676,135 @@ fn http_output_stops_on_refused_credentials_and_resumes_after_the_fix() {
         50,
         "the queued batch, whole"
     );
+}
+
+/// `statuses` moves a status to another class (409: retried, not
+/// dead-lettered), and a `Retry-After` longer than `max_retry_after_s`
+/// sends the batch back to the queue due when the server asked (not after
+/// the queue's 1 s backoff): every record delivered once, nothing
+/// dead-lettered.
+#[test]
+fn http_output_statuses_are_configurable_and_a_long_retry_after_reschedules() {
+    let (port, seen) = scripted(|n, _| match n {
+        0 => (409, vec![], "conflict, try later".into()),
+        1 => (503, vec![("Retry-After".into(), "3".into())], "".into()),
+        _ => (200, vec![], String::new()),
+    });
+    let (tmp, env) = sink_project(
+        port,
+        "  max_retry_after_s: 1
+  statuses: { retry: [409] }
+",
+        50,
+    );
+    let dir = tmp.path();
+    let out = weavster(dir, &["run", "--once"], &env);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stderr.contains("due again"), "{}", out.stderr);
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 3, "409, 503, 200: {seen:#?}");
+    let waited = seen[2].at.duration_since(seen[1].at);
+    assert!(
+        waited >= Duration::from_millis(2900),
+        "the batch came back after {waited:?}, before the server's Retry-After of 3 s"
+    );
+    assert_eq!(
+        accepted_ids(&seen, |n| n == 2),
+        (0..50).collect::<Vec<i64>>()
+    );
+    assert!(common::dead_letters(dir, &env).is_empty());
+    assert!(
+        seen.iter().all(|s| s.key == seen[0].key),
+        "one Idempotency-Key"
+    );
+}
+
+/// HTTPS end to end: a flow posts over TLS (trusting the test CA through
+/// `tls.ca_file`) to another flow's webhook served with `tls.cert_file`
+/// and `key_file`; curl, an independent client, posts too. Every record
+/// arrives once; a plain-HTTP request to the TLS port stores nothing.
+#[test]
+fn https_webhook_receives_from_an_https_output() {
+    let port = free_port();
+    let certs = tempfile::tempdir().expect("certs");
+    let ca = common::certificates(certs.path(), "server");
+    let cert = certs.path().join("server.crt");
+    let key = certs.path().join("server.key");
+    let connectors = format!(
+        r#"in: {{ type: file, path: in.jsonl }}
+out_https:
+  type: http
+  url: "https://localhost:{port}/hook"
+  encoding: ndjson
+  tls: {{ ca_file: "{ca}" }}
+hook:
+  type: http
+  listen: "127.0.0.1:{port}"
+  path: /hook
+  tls: {{ cert_file: "{cert}", key_file: "{key}" }}
+got: {{ type: file, path: got.jsonl }}
+"#,
+        ca = ca.display(),
+        cert = cert.display(),
+        key = key.display()
+    );
+    let input: String = (0..500).map(|i| format!("{{\"id\":{i}}}\n")).collect();
+    let (tmp, env) = project(&[
+        ("weavster.yaml", PROJECT),
+        ("profiles.yaml", PROFILES),
+        ("connectors/c.yaml", &connectors),
+        ("in.jsonl", &input),
+        (
+            "flows/push.yaml",
+            "input: c.in\noutputs:\n  - to: c.out_https\n",
+        ),
+        (
+            "flows/receive.yaml",
+            "input: c.hook\noutputs:\n  - to: c.got\n",
+        ),
+    ]);
+    let dir = tmp.path();
+    let out = weavster(dir, &["validate"], &env);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let out = weavster(dir, &["compile"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let log = dir.join("run.log");
+    let mut run = spawn_logged(dir, &["run"], &env, &log);
+    let have = wait_lines(&dir.join("got.jsonl"), 500);
+    assert_eq!(
+        have,
+        500,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let curl = Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(&ca)
+        .args([
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            "{\"id\":\"curl\"}",
+            &format!("https://localhost:{port}/hook"),
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        curl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    assert_eq!(wait_lines(&dir.join("got.jsonl"), 501), 501);
+    // Plain HTTP to the TLS port: no HTTP answer, nothing stored.
+    let plain = send(port, "POST", "/hook", &[], b"{\"id\":\"plain\"}");
+    assert!(!matches!(&plain, Ok(r) if r.status < 300), "{plain:?}");
+    signal(run.id(), "-INT");
+    wait_bounded(&mut run, Duration::from_secs(60), "weavster run");
+    let ids: Vec<String> = records(&dir.join("got.jsonl"))
+        .iter()
+        .map(|r| r["id"].to_string())
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!((ids.len(), distinct.len()), (501, 501), "each once");
+    assert!(!ids.contains(&"\"plain\"".to_string()));
 }

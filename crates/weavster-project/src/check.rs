@@ -217,7 +217,15 @@ pub(crate) fn connector(
     root: &std::path::Path,
     allowed: &[String],
 ) {
-    let at = |key: &str| node.get(key).map(|n| n.span).unwrap_or(node.span);
+    // `key` or `key.sub`: the innermost of them present.
+    let at = |key: &str| {
+        let (outer, inner) = key.split_once('.').unwrap_or((key, ""));
+        let o = node.get(outer);
+        o.and_then(|o| o.get(inner))
+            .or(o)
+            .map(|n| n.span)
+            .unwrap_or(node.span)
+    };
     let err = |msg: String, key: &str| {
         Diagnostic::error(
             "connector::invalid",
@@ -369,6 +377,47 @@ pub(crate) fn connector(
             }
             if h.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
                 diags.push(err("`path` must start with `/`".into(), "path"));
+            }
+            if let Some(tls) = &h.tls {
+                let serves = tls.cert_file.is_some() || tls.key_file.is_some();
+                if serves && (tls.cert_file.is_none() || tls.key_file.is_none()) {
+                    diags.push(
+                        err(
+                            "`tls` needs both `cert_file` and `key_file`".into(),
+                            if tls.cert_file.is_some() {
+                                "tls.cert_file"
+                            } else {
+                                "tls.key_file"
+                            },
+                        )
+                        .expected("PEM files of the certificate chain and its key"),
+                    );
+                }
+                if serves && h.listen.is_none() {
+                    diags.push(err(
+                        "`tls.cert_file`/`key_file` are for an input (`listen`); an output's `https://` URL uses TLS already".into(),
+                        if tls.cert_file.is_some() { "tls.cert_file" } else { "tls.key_file" },
+                    ));
+                }
+                if tls.ca_file.is_some() && h.url.is_none() {
+                    diags.push(err(
+                        "`tls.ca_file` is for an output (`url`): the CAs its server certificates may be signed by".into(),
+                        "tls.ca_file",
+                    ));
+                }
+            }
+            if let Some(statuses) = &h.statuses {
+                if h.url.is_none() {
+                    diags.push(err(
+                        "`statuses` is for an output (`url`)".into(),
+                        "statuses",
+                    ));
+                }
+                if let Err(problems) = statuses.table() {
+                    for (list, p) in problems {
+                        diags.push(err(p, &format!("statuses.{list}")));
+                    }
+                }
             }
         }
         Connector::Stdin(_) | Connector::Stdout(_) => {}

@@ -16,6 +16,10 @@ pub enum Failed {
     /// Transient (a timeout, a broker or the network): the batch is retried
     /// with backoff, then dead-lettered as `delivery` after `max_attempts`.
     Retry,
+    /// Transient, and the remote said when to come back (an HTTP
+    /// `Retry-After` too long to wait in place): retried from the queue no
+    /// sooner than that (capped at an hour); it counts as an attempt.
+    Later(std::time::Duration),
     /// Configuration (authorization, an unknown topic or table): retrying
     /// cannot help, dead-lettering would bury a mistake. The flow stops with
     /// the error; the job stays queued (its attempts are not used up) for

@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use apalis::prelude::{Attempt, BoxDynError, Data, TaskId};
 use serde::Deserialize;
@@ -93,8 +93,10 @@ struct OutcomeError {
 
 /// Why an attempt failed.
 enum Failure {
-    /// Retried with backoff (an output or the database failed).
+    /// Retried with backoff (an output or the database failed), or no
+    /// sooner than the remote asked.
     Retry(String),
+    Later(String, Duration),
     /// The guest answered something invalid: its records are dead-lettered
     /// as `internal`, never retried (a retry would answer the same).
     Internal(String),
@@ -287,6 +289,7 @@ impl FlowWorker {
                 .ok_or_else(|| Failure::Internal(format!("no sink for output {o}")))?;
             let refused = sink.write(id, &refs).await.map_err(|e| match e.failed() {
                 Failed::Retry => Failure::Retry(e.to_string()),
+                Failed::Later(d) => Failure::Later(e.to_string(), d),
                 Failed::Stop => Failure::Stop(format!("output {}: {e}", self.outputs[o])),
             })?;
             let refused: Vec<Dead> = refused
@@ -389,7 +392,8 @@ pub(crate) async fn handle(
                 .await?;
             return Ok(());
         }
-        Err(Failure::Retry(message)) => message,
+        Err(Failure::Retry(message)) => (message, None),
+        Err(Failure::Later(message, after)) => (message, Some(after)),
         Err(Failure::Stop(message)) => {
             tracing::error!(flow = %w.name, job = %id, "{message}; stopping");
             w.halt.stop(&w.name, message.clone());
@@ -398,6 +402,7 @@ pub(crate) async fn handle(
             return Err(message.into());
         }
     };
+    let (message, after) = message;
     let fl = Metrics::flow(&w.name);
     w.metrics.failed_batches.get_or_create(&fl).inc();
     // The job's own budget: a stopped flow gave it attempts back.
@@ -416,7 +421,10 @@ pub(crate) async fn handle(
         .await?;
         Ok(())
     } else {
-        let wait = queue::backoff(n);
+        // The remote's wait, if longer than the backoff (an hour at most).
+        let wait = after.map_or(queue::backoff(n), |a| {
+            a.min(Duration::from_secs(3600)).max(queue::backoff(n))
+        });
         tracing::warn!(flow = %w.name, job = %id, attempt = n, "{message}; retrying in {wait:?}");
         queue::delay(&w.db, &id, wait).await?;
         // Wake a worker when the wait is over (else it waits for a poll).

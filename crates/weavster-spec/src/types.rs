@@ -527,6 +527,201 @@ pub struct HttpConnector {
     /// (default 30); longer: the batch goes back to the queue.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retry_after_s: Option<u64>,
+    /// Input: serve HTTPS with `cert_file` and `key_file`. Output: also
+    /// trust the CA certificates of `ca_file`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<HttpTls>,
+    /// Output: response statuses moved to another class than their default
+    /// (e.g. `retry: [409]`, `success: [304]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statuses: Option<HttpStatuses>,
+}
+
+/// TLS of an HTTP connector (PEM files; relative paths are from the
+/// project dir).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTls {
+    /// Input: the server's certificate chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// Input: the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+    /// Output: CA certificates trusted besides the system's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+/// How an HTTP output treats response statuses, beyond its defaults
+/// (2xx success; 408, 429 and 5xx but 501 retry; 401, 403, 404, 405, 410
+/// and 501 stop the flow; other 4xx dead-letter the refused records).
+/// Each entry is a status (`409`), a class (`4xx`) or a range
+/// (`500-504`). 401 and 403 always stop the flow (a class or range
+/// leaves them out; naming one is an error).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct HttpStatuses {
+    /// Written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub success: Vec<StatusCodes>,
+    /// Tried again (in place, then from the queue with backoff).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retry: Vec<StatusCodes>,
+    /// The flow stops; the batch stays queued for the run after the fix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stop: Vec<StatusCodes>,
+    /// The records the server refuses (found by bisection) are
+    /// dead-lettered with the status and body; the rest are written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_letter: Vec<StatusCodes>,
+}
+
+/// A status, a class (`5xx`) or a range (`500-504`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StatusCodes {
+    Code(u16),
+    Text(String),
+}
+
+impl StatusCodes {
+    /// The statuses (first, last), or what is wrong.
+    pub fn range(&self) -> Result<(u16, u16), String> {
+        let valid = |c: u16| (100..=599).contains(&c);
+        let (a, b) = match self {
+            StatusCodes::Code(c) => (*c, *c),
+            StatusCodes::Text(t) => {
+                let t = t.trim();
+                let lower = t.to_ascii_lowercase();
+                if let Some(d) = lower.strip_suffix("xx")
+                    && let Ok(d) = d.parse::<u16>()
+                    && (1..=5).contains(&d)
+                {
+                    (d * 100, d * 100 + 99)
+                } else if let Some((a, b)) = t.split_once('-')
+                    && let (Ok(a), Ok(b)) = (a.trim().parse(), b.trim().parse())
+                {
+                    (a, b)
+                } else if let Ok(c) = t.parse() {
+                    (c, c)
+                } else {
+                    return Err(format!(
+                        "`{t}` is not a status, a class (`5xx`) or a range (`500-504`)"
+                    ));
+                }
+            }
+        };
+        if !valid(a) || !valid(b) || a > b {
+            let shown = if a == b {
+                a.to_string()
+            } else {
+                format!("{a}-{b}")
+            };
+            return Err(format!("`{shown}`: statuses are 100 to 599, low to high"));
+        }
+        Ok((a, b))
+    }
+}
+
+/// What an HTTP output does with a response status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    Success,
+    Retry,
+    Stop,
+    DeadLetter,
+}
+
+/// The class of every status from 100 to 599 (others: `Stop`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusTable([StatusClass; 500]);
+
+impl Default for StatusTable {
+    /// 2xx success; 408, 429 and 5xx but 501 retry; 401, 403, 404, 405,
+    /// 410 and 501 stop; other 4xx dead-letter; 1xx and 3xx stop (a
+    /// redirect is followed before its status is seen).
+    fn default() -> Self {
+        let mut t = [StatusClass::Stop; 500];
+        for code in 100u16..=599 {
+            t[usize::from(code - 100)] = match code {
+                200..=299 => StatusClass::Success,
+                401 | 403 | 404 | 405 | 410 | 501 => StatusClass::Stop,
+                408 | 429 | 500..=599 => StatusClass::Retry,
+                400..=499 => StatusClass::DeadLetter,
+                _ => StatusClass::Stop,
+            };
+        }
+        StatusTable(t)
+    }
+}
+
+impl StatusTable {
+    pub fn class(&self, status: u16) -> StatusClass {
+        status
+            .checked_sub(100)
+            .and_then(|i| self.0.get(usize::from(i)))
+            .copied()
+            .unwrap_or(StatusClass::Stop)
+    }
+}
+
+impl HttpStatuses {
+    /// The defaults with these lists applied, or every problem (a bad
+    /// entry, a status in two lists, 401 or 403 moved) with the list it is
+    /// in.
+    pub fn table(&self) -> Result<StatusTable, Vec<(&'static str, String)>> {
+        let mut table = StatusTable::default();
+        let mut set: [Option<&str>; 500] = [None; 500];
+        let mut problems = Vec::new();
+        for (name, class, list) in [
+            ("success", StatusClass::Success, &self.success),
+            ("retry", StatusClass::Retry, &self.retry),
+            ("stop", StatusClass::Stop, &self.stop),
+            ("dead_letter", StatusClass::DeadLetter, &self.dead_letter),
+        ] {
+            for entry in list {
+                let (a, b) = match entry.range() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        problems.push((name, format!("`statuses.{name}`: {e}")));
+                        continue;
+                    }
+                };
+                for code in a..=b {
+                    let i = usize::from(code - 100);
+                    if matches!(code, 401 | 403) && class != StatusClass::Stop {
+                        // A class or range leaves them alone; naming one
+                        // is a mistake worth saying.
+                        if a == b {
+                            problems.push((name, format!(
+                                "`statuses.{name}`: {code} always stops the flow (credentials are fixed by a person, never retried away or dead-lettered)"
+                            )));
+                        }
+                        continue;
+                    }
+                    match set[i] {
+                        Some(other) if other != name => {
+                            problems.push((
+                                name,
+                                format!("{code} is in `statuses.{other}` and `statuses.{name}`"),
+                            ));
+                        }
+                        _ => {
+                            set[i] = Some(name);
+                            table.0[i] = class;
+                        }
+                    }
+                }
+            }
+        }
+        problems.dedup();
+        if problems.is_empty() {
+            Ok(table)
+        } else {
+            Err(problems)
+        }
+    }
 }
 
 /// How an HTTP output encodes a request.
@@ -911,4 +1106,71 @@ pub fn schemas() -> BTreeMap<&'static str, schemars::Schema> {
     out.insert("flow.schema.json", schemars::schema_for!(FlowFile));
     out.insert("test.schema.json", schemars::schema_for!(TestCase));
     out
+}
+
+#[cfg(test)]
+mod status_tests {
+    use super::*;
+
+    fn check(yaml: &str) -> Result<Vec<(u16, StatusClass)>, Vec<String>> {
+        let s: HttpStatuses = crate::yaml::from_str(yaml).expect("parses");
+        let t = s
+            .table()
+            .map_err(|p| p.into_iter().map(|(_, m)| m).collect::<Vec<_>>())?;
+        Ok([200, 304, 400, 401, 403, 404, 409, 429, 500, 501, 503]
+            .into_iter()
+            .map(|c| (c, t.class(c)))
+            .collect())
+    }
+
+    #[test]
+    fn lists_move_statuses_from_their_defaults() {
+        use StatusClass::*;
+        assert_eq!(
+            check("{}").expect("ok"),
+            [
+                (200, Success),
+                (304, Stop),
+                (400, DeadLetter),
+                (401, Stop),
+                (403, Stop),
+                (404, Stop),
+                (409, DeadLetter),
+                (429, Retry),
+                (500, Retry),
+                (501, Stop),
+                (503, Retry)
+            ]
+        );
+        let moved =
+            check("{success: [304], retry: ['409', 4xx], dead_letter: [500-502]}").expect("ok");
+        assert_eq!(
+            moved,
+            [
+                (200, Success),
+                (304, Success),
+                (400, Retry),
+                (401, Stop),
+                (403, Stop),
+                (404, Retry),
+                (409, Retry),
+                (429, Retry),
+                (500, DeadLetter),
+                (501, DeadLetter),
+                (503, Retry)
+            ]
+        );
+        let wrong = check("{retry: [401, 6xx, 'x', 503-500], stop: [5xx], dead_letter: [503]}")
+            .expect_err("refused");
+        assert_eq!(
+            wrong,
+            [
+                "`statuses.retry`: 401 always stops the flow (credentials are fixed by a person, never retried away or dead-lettered)",
+                "`statuses.retry`: `6xx` is not a status, a class (`5xx`) or a range (`500-504`)",
+                "`statuses.retry`: `x` is not a status, a class (`5xx`) or a range (`500-504`)",
+                "`statuses.retry`: `503-500`: statuses are 100 to 599, low to high",
+                "503 is in `statuses.stop` and `statuses.dead_letter`"
+            ]
+        );
+    }
 }

@@ -295,3 +295,77 @@ impl Drop for Queue {
         }
     }
 }
+
+/// Writes a CA and a server certificate for `localhost` signed by it into
+/// `dir` (openssl, installed by scripts/setup.sh); returns the CA's path.
+pub fn certificates(dir: &Path, name: &str) -> std::path::PathBuf {
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let ca = format!("{name}-ca");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=weavster test CA",
+        "-keyout",
+        &format!("{ca}.key"),
+        "-out",
+        &format!("{ca}.crt"),
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        &format!("{name}.key"),
+        "-out",
+        &format!("{name}.csr"),
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("ext");
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        &format!("{name}.csr"),
+        "-CA",
+        &format!("{ca}.crt"),
+        "-CAkey",
+        &format!("{ca}.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        &format!("{name}.crt"),
+    ]);
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(
+        dir.join(format!("{name}.key")),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
+    dir.join(format!("{ca}.crt"))
+}

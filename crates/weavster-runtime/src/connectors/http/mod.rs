@@ -15,6 +15,14 @@ use super::{Check, CheckContext, ConnectorError, Context, Family, Reading};
 use crate::sink::Sink;
 use crate::source::{Positions, Source};
 
+/// rustls needs a process-wide provider; ring is the one built in.
+pub(crate) fn install_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
 /// Header names whose values are secrets (marked sensitive, never logged).
 pub(crate) fn secret_header(name: &str) -> bool {
     let n = name.to_ascii_lowercase();

@@ -2,15 +2,16 @@
 //! per record; optionally gzipped; split to stay under
 //! `max_request_bytes`) with reqwest over rustls.
 //!
-//! By status: 2xx written; 401/403 (credentials), 404/405/410 and 501 (the
-//! address or method is wrong) stop the flow — nothing is dead-lettered,
-//! the batch stays queued for the run after the fix; 408, 429 and other 5xx,
-//! timeouts and connection errors are retried in place with exponential
-//! backoff and full jitter, honouring `Retry-After` (seconds or an HTTP
-//! date) up to `max_retry_after_s`, then the batch goes back to the queue;
-//! any other 4xx (400, 413, 422…) is narrowed down by bisection to the
-//! records the server refuses, which are dead-lettered with its status and
-//! body, the rest written. Each request carries an `Idempotency-Key` made
+//! By status (the defaults of [`StatusTable`], moved by `statuses`): 2xx
+//! written; 401/403 (credentials), 404/405/410 and 501 (the address or
+//! method is wrong) stop the flow — nothing is dead-lettered, the batch
+//! stays queued for the run after the fix; 408, 429 and other 5xx, timeouts
+//! and connection errors are retried in place with exponential backoff and
+//! full jitter, honouring `Retry-After` (seconds or an HTTP date) up to
+//! `max_retry_after_s`, then the batch goes back to the queue (due when a
+//! longer `Retry-After` asked); any other 4xx (400, 413, 422…) is narrowed
+//! down by bisection to the records the server refuses, which are
+//! dead-lettered with its status and body, the rest written. Each request carries an `Idempotency-Key` made
 //! from the job, the output and the records' range: the same on every
 //! retry.
 
@@ -21,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use sha2::{Digest as _, Sha256};
-use weavster_spec::types::{HttpConnector, HttpEncoding};
+use weavster_spec::types::{HttpConnector, HttpEncoding, StatusClass, StatusTable};
 
 use crate::connectors::{ConnectorError, Context};
 use crate::sink::{Failed, Refused, Sink, SinkError};
@@ -40,6 +41,7 @@ pub(crate) struct HttpSink {
     max_bytes: usize,
     retries: u32,
     max_retry_after: Duration,
+    statuses: StatusTable,
     /// The output, for idempotency keys.
     output: String,
     permits: Arc<tokio::sync::Semaphore>,
@@ -51,14 +53,6 @@ enum Sent {
     Written,
     /// A 4xx about the records: (status, the body's start).
     Refused(u16, String),
-}
-
-fn install_crypto() {
-    // rustls needs a process-wide provider; ring is the one built in.
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
 }
 
 impl HttpSink {
@@ -74,7 +68,7 @@ impl HttpSink {
                 "`url` must be http:// or https://".into(),
             ));
         }
-        install_crypto();
+        super::install_crypto();
         let method = spec.method.as_deref().unwrap_or("POST");
         let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes())
             .map_err(|_| ConnectorError::Config(format!("`method` `{method}`")))?;
@@ -121,13 +115,38 @@ impl HttpSink {
                 reqwest::header::HeaderValue::from_static("gzip"),
             );
         }
-        let client = reqwest::Client::builder()
+        let mut client = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(
                 spec.connect_timeout_ms.unwrap_or(5000),
             ))
-            .timeout(Duration::from_millis(spec.timeout_ms.unwrap_or(10_000)))
+            .timeout(Duration::from_millis(spec.timeout_ms.unwrap_or(10_000)));
+        if let Some(ca) = spec.tls.as_ref().and_then(|t| t.ca_file.as_ref()) {
+            let path = cx.root.join(ca);
+            let pem = std::fs::read(&path).map_err(|e| {
+                ConnectorError::Config(format!("`tls.ca_file` {}: {e}", path.display()))
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                ConnectorError::Config(format!("`tls.ca_file` {}: {e}", path.display()))
+            })?;
+            if certs.is_empty() {
+                return Err(ConnectorError::Config(format!(
+                    "`tls.ca_file` {}: no PEM certificate in it",
+                    path.display()
+                )));
+            }
+            for c in certs {
+                client = client.add_root_certificate(c);
+            }
+        }
+        let client = client
             .build()
             .map_err(|e| ConnectorError::Config(format!("HTTP client: {e}")))?;
+        let statuses = match &spec.statuses {
+            Some(s) => s.table().map_err(|p| {
+                ConnectorError::Config(p.into_iter().map(|(_, m)| m).collect::<Vec<_>>().join("; "))
+            })?,
+            None => StatusTable::default(),
+        };
         Ok(HttpSink {
             what: format!("http {} {}", method, redact(&parsed)),
             client,
@@ -139,6 +158,7 @@ impl HttpSink {
             max_bytes: spec.max_request_bytes.unwrap_or(MAX_REQUEST) as usize,
             retries: spec.retries.unwrap_or(3).max(1),
             max_retry_after: Duration::from_secs(spec.max_retry_after_s.unwrap_or(30)),
+            statuses,
             output: cx.output.clone(),
             permits: Arc::new(tokio::sync::Semaphore::new(
                 spec.concurrency.unwrap_or(4).max(1) as usize,
@@ -253,30 +273,26 @@ impl HttpSink {
                 Ok(r) => {
                     let status = r.status().as_u16();
                     let after = retry_after(r.headers());
-                    match status {
-                        200..=299 => return Ok(Sent::Written),
-                        401 | 403 => {
-                            return Err(self.error(
-                                format!("HTTP {status}: the credentials are refused; fix them, the batch stays queued"),
-                                Failed::Stop,
-                            ));
-                        }
-                        404 | 405 | 410 | 501 => {
+                    match self.statuses.class(status) {
+                        StatusClass::Success => return Ok(Sent::Written),
+                        StatusClass::Stop => {
                             let text = excerpt(r).await;
+                            let why = match status {
+                                401 | 403 => "the credentials are refused; fix them",
+                                404 | 405 | 410 | 501 => "fix `url` or `method`",
+                                _ => "this status stops the flow (`statuses`)",
+                            };
                             return Err(self.error(
-                                format!("HTTP {status} {text}: fix `url` or `method`, the batch stays queued"),
+                                format!("HTTP {status} {text}: {why}, the batch stays queued"),
                                 Failed::Stop,
                             ));
                         }
-                        408 | 429 | 500..=599 => {
+                        StatusClass::Retry => {
                             last = format!("HTTP {status} {}", excerpt(r).await);
                             after
                         }
-                        400..=499 => return Ok(Sent::Refused(status, excerpt(r).await)),
-                        _ => {
-                            return Err(
-                                self.error(format!("HTTP {status}: not a success"), Failed::Stop)
-                            );
+                        StatusClass::DeadLetter => {
+                            return Ok(Sent::Refused(status, excerpt(r).await));
                         }
                     }
                 }
@@ -286,10 +302,14 @@ impl HttpSink {
             }
             let delay = match wait {
                 Some(d) if d > self.max_retry_after => {
-                    // Too long to hold a worker: back to the queue.
+                    // Too long to hold a worker: back to the queue, due
+                    // when the server asked.
                     return Err(self.error(
-                        format!("{last}; Retry-After {d:?} is longer than max_retry_after_s"),
-                        Failed::Retry,
+                        format!(
+                            "{last}; Retry-After {}s is longer than max_retry_after_s: the batch is due again then",
+                            d.as_secs()
+                        ),
+                        Failed::Later(d),
                     ));
                 }
                 Some(d) => d,

@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::io::Read as _;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -76,6 +77,8 @@ impl Bucket {
 struct Server {
     routes: Mutex<HashMap<String, Arc<Route>>>,
     stop: Mutex<Option<oneshot::Sender<()>>>,
+    /// HTTPS: the certificate and key files.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 fn servers() -> &'static Mutex<HashMap<SocketAddr, Arc<Server>>> {
@@ -164,9 +167,37 @@ impl HttpSource {
             .map_err(|_| ConnectorError::Config("server registry poisoned".into()))?
             .get(&addr)
             .cloned();
+        let tls = spec.tls.as_ref().and_then(|t| {
+            Some((
+                cx.root.join(t.cert_file.as_ref()?),
+                cx.root.join(t.key_file.as_ref()?),
+            ))
+        });
         let server = match existing {
+            Some(s) if s.tls != tls => {
+                return Err(ConnectorError::Config(format!(
+                    "{addr} is served by another flow with other `tls` settings: inputs sharing an address share its TLS"
+                )));
+            }
             Some(s) => s,
             None => {
+                let rustls = match &tls {
+                    Some((cert, key)) => {
+                        super::install_crypto();
+                        Some(
+                            axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                                .await
+                                .map_err(|e| {
+                                    ConnectorError::Config(format!(
+                                        "`tls`: {} / {}: {e}",
+                                        cert.display(),
+                                        key.display()
+                                    ))
+                                })?,
+                        )
+                    }
+                    None => None,
+                };
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
                     .map_err(|e| ConnectorError::Config(format!("cannot listen on {addr}: {e}")))?;
@@ -174,23 +205,47 @@ impl HttpSource {
                 let server = Arc::new(Server {
                     routes: Mutex::new(HashMap::new()),
                     stop: Mutex::new(Some(stop_tx)),
+                    tls: tls.clone(),
                 });
                 let app = axum::Router::new()
                     .fallback(handle)
-                    .with_state(server.clone());
-                tokio::spawn(async move {
-                    let serve = axum::serve(
-                        listener,
-                        app.into_make_service_with_connect_info::<SocketAddr>(),
-                    )
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    });
-                    if let Err(e) = serve.await {
-                        tracing::error!(%addr, "http input: {e}");
+                    .with_state(server.clone())
+                    .into_make_service_with_connect_info::<SocketAddr>();
+                match rustls {
+                    None => {
+                        tokio::spawn(async move {
+                            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
+                                let _ = stop_rx.await;
+                            });
+                            if let Err(e) = serve.await {
+                                tracing::error!(%addr, "http input: {e}");
+                            }
+                        });
                     }
-                });
-                tracing::info!(%addr, "http input listening");
+                    Some(config) => {
+                        let listener = listener.into_std().map_err(|e| {
+                            ConnectorError::Config(format!("cannot listen on {addr}: {e}"))
+                        })?;
+                        let serve = axum_server::tls_rustls::from_tcp_rustls(listener, config)
+                            .map_err(|e| {
+                                ConnectorError::Config(format!("cannot listen on {addr}: {e}"))
+                            })?;
+                        let handle = axum_server::Handle::new();
+                        let stopper = handle.clone();
+                        tokio::spawn(async move {
+                            let _ = stop_rx.await;
+                            // Requests in flight are answered (their records
+                            // are stored or refused), then connections close.
+                            stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+                        });
+                        tokio::spawn(async move {
+                            if let Err(e) = serve.handle(handle).serve(app).await {
+                                tracing::error!(%addr, "https input: {e}");
+                            }
+                        });
+                    }
+                }
+                tracing::info!(%addr, tls = tls.is_some(), "http input listening");
                 if let Ok(mut all) = servers().lock() {
                     all.insert(addr, server.clone());
                 }
