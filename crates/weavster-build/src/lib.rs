@@ -235,6 +235,11 @@ pub fn toolchain_key(rustc: &str, profile: Profile) -> String {
     h.update(GUEST_DEPENDENCIES.as_bytes());
     h.update(rustc.as_bytes());
     h.update(profile.name().as_bytes());
+    if !rustc.is_empty() {
+        // Flags change the module too (not for `source_key`, which a
+        // toolchain-less run computes).
+        h.update(rustflags().as_bytes());
+    }
     hex(&h.finalize())
 }
 
@@ -535,6 +540,29 @@ weavster-guest = {{ path = "../../weavster-guest" }}
     Ok(())
 }
 
+/// The user's rustflags, then one that writes the cargo home (where
+/// dependencies' sources are) as `/cargo`: a module holds no path of the
+/// machine that built it (packages are reproducible across machines;
+/// rustc already maps its own sources to `/rustc/<commit>`, and cargo
+/// names the flow crates by relative paths).
+fn rustflags() -> String {
+    let mut flags: Vec<String> = match std::env::var("CARGO_ENCODED_RUSTFLAGS") {
+        Ok(f) if !f.is_empty() => f.split('\x1f').map(str::to_string).collect(),
+        _ => std::env::var("RUSTFLAGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+    };
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::home_dir().map(|h| h.join(".cargo")));
+    if let Some(home) = home {
+        flags.push(format!("--remap-path-prefix={}=/cargo", home.display()));
+    }
+    flags.join("\x1f")
+}
+
 fn run_cargo(
     dir: &Path,
     target_dir: &Path,
@@ -552,6 +580,8 @@ fn run_cargo(
         ])
         .env_remove("CARGO_TARGET_DIR")
         .env("CARGO_TARGET_DIR", target_dir)
+        .env_remove("RUSTFLAGS")
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     cmd.args(["--profile", profile.cargo_profile()]);

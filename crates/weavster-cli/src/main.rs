@@ -7,6 +7,7 @@ mod debug;
 mod dlq;
 mod init;
 mod ls;
+mod package;
 mod queue;
 mod run;
 mod test;
@@ -89,6 +90,13 @@ enum Command {
     Debug(debug::Args),
     /// Compile flows to wasm32-wasip1 modules (cached under .weavster/).
     Compile(compile::Args),
+    /// Package the project (compiled flows, manifest, sources; never
+    /// profiles.yaml) as an OCI artifact under .weavster/package; prints its digest.
+    Package(package::Args),
+    /// Write a cosign-compatible key pair (cosign.key, encrypted with COSIGN_PASSWORD, and cosign.pub).
+    Keygen(package::KeygenArgs),
+    /// Check a package's signature by a public key and every blob's digest (exit 0 only then).
+    Verify(package::VerifyArgs),
     /// Run the fixture tests (tests/<flow>/*.yaml) through the compiled modules.
     Test(test::Args),
     /// Run flows: inputs → queue (PostgreSQL) → compiled flows → outputs.
@@ -107,6 +115,9 @@ fn main() -> ExitCode {
         Command::Debug(args) => debug::run(&cli.global, args),
         Command::Compile(args) => compile::run(&cli.global, args),
         Command::Test(args) => test::run(&cli.global, args),
+        Command::Package(args) => package::run(&cli.global, args),
+        Command::Keygen(args) => package::keygen(args),
+        Command::Verify(args) => package::verify(&cli.global, args),
         Command::Run(args) => run::run(&cli.global, args),
         Command::Dlq(args) => dlq::run(&cli.global, args),
     };

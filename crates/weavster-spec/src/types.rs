@@ -49,6 +49,19 @@ pub struct ProjectFile {
     /// (`WEAVSTER_SECRET_*`) are refused in flows even when this is on.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_env_var_in_flows: bool,
+    /// `weavster package` / `push` settings.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<PackageConfig>,
+}
+
+/// Where a project's package goes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackageConfig {
+    /// The OCI repository (`registry.example.com/team/orders`): what a
+    /// signature names, and where `push` sends the package by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
 }
 
 /// Runtime settings. Every key is optional; see `docs/project.md` for defaults.

@@ -1,0 +1,345 @@
+//! `weavster package`: compile (release, every flow), then write the
+//! project as an OCI artifact under `.weavster/package/` (docs/packaging.md).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use weavster_package::{
+    ConnectorEntry, Contents, FlowEntry, Layout, LookupEntry, Module, ProjectManifest, Versions,
+};
+
+use crate::Global;
+use crate::compile::{self, relative};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The tag in the layout (default: the project's `version`, else `latest`).
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// The OCI image layout directory (default: .weavster/package).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    /// Package development builds of the flows (default: release builds).
+    #[arg(long)]
+    pub dev: bool,
+    /// Sign the package (cosign format) with `--key`; the key's password
+    /// is read from COSIGN_PASSWORD.
+    #[arg(long, requires = "key")]
+    pub sign: bool,
+    /// The private key to sign with (`weavster keygen` or `cosign
+    /// generate-key-pair` wrote it).
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// `key=value` put in the signature's `optional` (repeatable).
+    #[arg(long = "annotation", short = 'a', value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+}
+
+/// The password of a private key: COSIGN_PASSWORD (cosign's variable).
+pub fn password() -> anyhow::Result<Vec<u8>> {
+    match std::env::var_os("COSIGN_PASSWORD") {
+        Some(p) => Ok(p.into_encoded_bytes()),
+        None => anyhow::bail!(
+            "set COSIGN_PASSWORD to the key's password (empty for none): Weavster does not prompt"
+        ),
+    }
+}
+
+/// `created`: `SOURCE_DATE_EPOCH`, else the newest source file's time.
+fn created(root: &std::path::Path, files: &[weavster_package::SourceFile]) -> anyhow::Result<u64> {
+    if let Ok(s) = std::env::var("SOURCE_DATE_EPOCH") {
+        return s
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH `{s}` is not a number of seconds"));
+    }
+    let mut newest = 0;
+    for f in files {
+        let m = std::fs::metadata(root.join(&f.path))
+            .and_then(|m| m.modified())
+            .with_context(|| format!("cannot read the time of {}", f.path))?;
+        let secs = m
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        newest = newest.max(secs);
+    }
+    Ok(newest)
+}
+
+/// `git` of the project dir, if it is a clean checkout: (source, revision).
+fn git(root: &std::path::Path) -> (Option<String>, Option<String>) {
+    let out = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(root)
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    let revision = out(&["rev-parse", "HEAD"]).filter(|r| !r.is_empty());
+    // A revision names the sources only if nothing differs from it.
+    let clean = out(&["status", "--porcelain", "--", "."]).is_some_and(|s| s.is_empty());
+    let source = out(&["remote", "get-url", "origin"]).filter(|s| !s.is_empty());
+    (source, revision.filter(|_| clean))
+}
+
+pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
+    let compile_args = compile::Args {
+        flow: Vec::new(),
+        force: false,
+        debug: false,
+        release: !args.dev,
+    };
+    let Some((loaded, compiled)) = compile::compile(g, &compile_args, true)? else {
+        return Ok(ExitCode::from(1));
+    };
+    let p = &loaded.project;
+    let sources = weavster_package::project_sources(&p.root)?;
+    let epoch = created(&p.root, &sources)?;
+    let created = chrono::DateTime::from_timestamp(epoch as i64, 0)
+        .context("the creation time is out of range")?
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let version = p.file.as_ref().and_then(|f| f.version.clone());
+    let mut modules = Vec::new();
+    let mut flows = Vec::new();
+    for b in &compiled.built {
+        let wasm =
+            std::fs::read(&b.wasm).with_context(|| format!("cannot read {}", b.wasm.display()))?;
+        modules.push(Module {
+            flow: b.flow.clone(),
+            fingerprint: b.fingerprint.clone(),
+            wasm,
+        });
+        let f = p
+            .flow(&b.flow)
+            .with_context(|| format!("flow `{}` was built but is not in the project", b.flow))?;
+        flows.push(FlowEntry {
+            name: f.name.clone(),
+            file: f.file.clone(),
+            description: f.spec.description.clone(),
+            input: f.spec.input.to_string(),
+            outputs: f.spec.outputs.iter().map(|o| o.to.to_string()).collect(),
+            transforms: f
+                .spec
+                .transforms
+                .iter()
+                .map(|t| t.name().to_string())
+                .collect(),
+            fingerprint: b.fingerprint.clone(),
+            module: String::new(),
+            tests: p.tests.iter().filter(|t| t.flow == f.name).count(),
+        });
+    }
+    let (source, revision) = git(&p.root);
+    let contents = Contents {
+        project: ProjectManifest {
+            project: p.name.clone(),
+            version: version.clone(),
+            flows,
+            connectors: p
+                .connectors
+                .values()
+                .map(|c| ConnectorEntry {
+                    reference: c.reference.clone(),
+                    kind: c.connector.type_name().to_string(),
+                    file: c.file.clone(),
+                })
+                .collect(),
+            lookups: p
+                .lookups
+                .iter()
+                .map(|(name, t)| LookupEntry {
+                    name: name.clone(),
+                    file: t.file.clone(),
+                    rows: t.data.rows.len(),
+                })
+                .collect(),
+        },
+        description: p.file.as_ref().and_then(|f| f.description.clone()),
+        modules,
+        sources,
+        versions: Versions {
+            version: env!("CARGO_PKG_VERSION").into(),
+            abi: weavster_host::ABI_VERSION,
+            guest: weavster_guest::VERSION.into(),
+            profile: compile_args.profile().name().into(),
+            target: p.target.clone(),
+        },
+        created,
+        created_epoch: epoch,
+        source,
+        revision,
+    };
+    let dir = args
+        .output
+        .clone()
+        .unwrap_or_else(|| p.root.join(".weavster/package"));
+    let tag = args
+        .tag
+        .clone()
+        .or(version)
+        .unwrap_or_else(|| "latest".into());
+    let signing_key = match (&args.sign, &args.key) {
+        (true, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read the key {}", path.display()))?;
+            Some(
+                weavster_package::signature::read_private(&text, &password()?)
+                    .with_context(|| format!("{}", path.display()))?,
+            )
+        }
+        _ => None,
+    };
+    let reference = p
+        .file
+        .as_ref()
+        .and_then(|f| f.package.as_ref())
+        .and_then(|k| k.repository.clone())
+        .unwrap_or_else(|| p.name.clone());
+    let layout = Layout::new(&dir);
+    let written = weavster_package::write(&layout, contents, &tag)?;
+    let mut signed = None;
+    if let Some(key) = &signing_key {
+        let mut optional = std::collections::BTreeMap::new();
+        optional.insert(
+            "dev.weavster.project".to_string(),
+            serde_json::json!(p.name),
+        );
+        optional.insert("dev.weavster.tag".to_string(), serde_json::json!(tag));
+        for a in &args.annotations {
+            let (k, v) = a
+                .split_once('=')
+                .with_context(|| format!("--annotation `{a}`: expected KEY=VALUE"))?;
+            optional.insert(k.to_string(), serde_json::json!(v));
+        }
+        signed = Some(weavster_package::signature::sign(
+            &layout,
+            &written.digest,
+            &reference,
+            key,
+            optional,
+        )?);
+    }
+    if !g.quiet {
+        println!(
+            "✔ packaged {}:{} ({} flow{}, {} bytes) into {}",
+            p.name,
+            written.tag,
+            compiled.built.len(),
+            crate::validate::plural(compiled.built.len()),
+            written.total,
+            relative(&p.root, &dir)
+        );
+        if let Some(n) = signed {
+            println!(
+                "✔ signed for {reference} ({n} signature{} in {})",
+                crate::validate::plural(n),
+                weavster_package::signature::sig_tag(&written.digest)
+            );
+        }
+    }
+    println!("{}", written.digest);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct KeygenArgs {
+    /// Files written: PREFIX.key (encrypted with COSIGN_PASSWORD) and PREFIX.pub.
+    #[arg(long, default_value = "cosign")]
+    pub output_key_prefix: String,
+}
+
+/// `weavster keygen`: a cosign-compatible key pair; never overwrites.
+pub fn keygen(args: &KeygenArgs) -> anyhow::Result<ExitCode> {
+    let private = PathBuf::from(format!("{}.key", args.output_key_prefix));
+    let public = PathBuf::from(format!("{}.pub", args.output_key_prefix));
+    for f in [&private, &public] {
+        if f.exists() {
+            anyhow::bail!(
+                "{} exists: not overwritten (move it away first)",
+                f.display()
+            );
+        }
+    }
+    let (key, pubkey) = weavster_package::signature::generate(&password()?)?;
+    write_new(&private, key.as_bytes(), 0o600)?;
+    write_new(&public, pubkey.as_bytes(), 0o644)?;
+    println!(
+        "✔ wrote {} (private, encrypted with COSIGN_PASSWORD) and {} (public)",
+        private.display(),
+        public.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_new(path: &std::path::Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// An OCI image layout directory (`weavster package` wrote it, or
+    /// `skopeo copy … oci:DIR`).
+    pub package: PathBuf,
+    /// The public key (`PUBLIC KEY` PEM).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// The tag in the layout (default: its only package).
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+/// `weavster verify`: exit 0 only if a signature by the key covers exactly
+/// this manifest and every blob matches its digest; 1 otherwise.
+pub fn verify(g: &Global, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    if !args.package.join("index.json").is_file() {
+        anyhow::bail!(
+            "{} is not an OCI image layout (no index.json)",
+            args.package.display()
+        );
+    }
+    let text = std::fs::read_to_string(&args.key)
+        .with_context(|| format!("cannot read the key {}", args.key.display()))?;
+    let key = weavster_package::signature::read_public(&text)
+        .with_context(|| format!("{}", args.key.display()))?;
+    let layout = Layout::new(&args.package);
+    let checked = weavster_package::open(&layout, args.tag.as_deref()).and_then(|p| {
+        weavster_package::signature::verify(&layout, &p.digest, &key).map(|v| (p, v))
+    });
+    match checked {
+        Ok((p, v)) => {
+            if !g.quiet {
+                println!(
+                    "✔ {} is signed by {} for {} ({} flow{}; {} signature{} present)",
+                    p.digest,
+                    args.key.display(),
+                    v.reference,
+                    p.project.flows.len(),
+                    crate::validate::plural(p.project.flows.len()),
+                    v.signatures,
+                    crate::validate::plural(v.signatures)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("✘ {}: {e}", args.package.display());
+            Ok(ExitCode::from(1))
+        }
+    }
+}
