@@ -64,6 +64,7 @@ fn compile(root: &Path, host: &weavster_host::Host) -> anyhow::Result<Vec<weavst
         debug: false,
         profile: weavster_build::Profile::Release,
         cargo_target_dir: None,
+        prebuilt_only: false,
     };
     let built = weavster_build::build(&inputs, &opts, &mut |_| {})?;
     for b in &built {

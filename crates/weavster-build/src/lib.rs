@@ -133,6 +133,11 @@ pub enum BuildError {
          and bring its .weavster/target/wasm along"
     )]
     NoToolchain { flow: String, detail: String },
+    #[error(
+        "flow `{flow}` as this target renders it is not the flow that was packaged \
+         (a `var()` it uses differs from the packaging target's?): package the project for this target"
+    )]
+    NotPackaged { flow: String },
 }
 
 /// One flow to build.
@@ -314,6 +319,8 @@ pub struct Options<'a> {
     /// Cargo's target dir (default `.weavster/build/target`); sharing one
     /// across projects lets them share compiled dependencies.
     pub cargo_target_dir: Option<PathBuf>,
+    /// Use only modules already in the cache (a package's), never cargo.
+    pub prebuilt_only: bool,
 }
 
 /// Builds every flow whose module is not cached; returns all modules.
@@ -328,6 +335,9 @@ pub fn build(
         path: wasm_dir.clone(),
         source,
     })?;
+    if opts.prebuilt_only {
+        return cached_without_toolchain(flows, opts, &wasm_dir, "", progress);
+    }
     let rustc = match rustc_version(opts.project_root) {
         Ok(r) => Some(r),
         Err(BuildError::Spawn { source, .. }) if !opts.force => {
@@ -454,9 +464,15 @@ fn cached_without_toolchain(
         let key = source_key(&fingerprint, &source, opts.profile);
         let (wasm, key) =
             find_by_source_key(wasm_dir, &f.ir.name, opts.profile, &key).ok_or_else(|| {
-                BuildError::NoToolchain {
-                    flow: f.ir.name.clone(),
-                    detail: detail.to_string(),
+                if opts.prebuilt_only {
+                    BuildError::NotPackaged {
+                        flow: f.ir.name.clone(),
+                    }
+                } else {
+                    BuildError::NoToolchain {
+                        flow: f.ir.name.clone(),
+                        detail: detail.to_string(),
+                    }
                 }
             })?;
         results.push(Built {

@@ -28,6 +28,9 @@ pub struct Args {
     /// production; by default flows build for development.
     #[arg(long)]
     pub release: bool,
+    /// Use only the modules in the cache (a package's); never cargo.
+    #[arg(skip)]
+    pub prebuilt_only: bool,
 }
 
 impl Args {
@@ -118,6 +121,7 @@ pub fn compile_loaded(
         debug: args.debug,
         profile: args.profile(),
         cargo_target_dir: std::env::var_os("WEAVSTER_CARGO_TARGET_DIR").map(PathBuf::from),
+        prebuilt_only: args.prebuilt_only,
     };
     let mut announced = false;
     let built = weavster_build::build(&inputs, &opts, &mut |e| match e {

@@ -44,7 +44,7 @@ pub struct Global {
         env = "WEAVSTER_PROJECT_DIR",
         value_name = "DIR"
     )]
-    project_dir: Option<PathBuf>,
+    pub(crate) project_dir: Option<PathBuf>,
     /// Directory holding profiles.yaml (default: $WEAVSTER_PROFILES_DIR, the project dir, ~/.weavster).
     #[arg(long, global = true, value_name = "DIR")]
     profiles_dir: Option<PathBuf>,
@@ -97,6 +97,10 @@ enum Command {
     Keygen(package::KeygenArgs),
     /// Check a package's signature by a public key and every blob's digest (exit 0 only then).
     Verify(package::VerifyArgs),
+    /// Push a package and its signatures to an OCI registry; prints repository@digest.
+    Push(package::PushArgs),
+    /// Pull a package and its signatures from an OCI registry into a layout (every digest checked).
+    Pull(package::PullArgs),
     /// Run the fixture tests (tests/<flow>/*.yaml) through the compiled modules.
     Test(test::Args),
     /// Run flows: inputs → queue (PostgreSQL) → compiled flows → outputs.
@@ -118,6 +122,8 @@ fn main() -> ExitCode {
         Command::Package(args) => package::run(&cli.global, args),
         Command::Keygen(args) => package::keygen(args),
         Command::Verify(args) => package::verify(&cli.global, args),
+        Command::Push(args) => package::push(&cli.global, args),
+        Command::Pull(args) => package::pull(&cli.global, args),
         Command::Run(args) => run::run(&cli.global, args),
         Command::Dlq(args) => dlq::run(&cli.global, args),
     };

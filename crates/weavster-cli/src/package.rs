@@ -94,6 +94,7 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         force: false,
         debug: false,
         release: !args.dev,
+        prebuilt_only: false,
     };
     let Some((loaded, compiled)) = compile::compile(g, &compile_args, true)? else {
         return Ok(ExitCode::from(1));
@@ -132,6 +133,10 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
                 .collect(),
             fingerprint: b.fingerprint.clone(),
             module: String::new(),
+            key: b.key.clone(),
+            source_key: std::fs::read_to_string(b.wasm.with_extension("source"))
+                .map(|k| k.trim().to_string())
+                .with_context(|| format!("flow `{}`: its module has no source key (compile --force)", b.flow))?,
             tests: p.tests.iter().filter(|t| t.flow == f.name).count(),
         });
     }
@@ -291,34 +296,187 @@ fn write_new(path: &std::path::Path, bytes: &[u8], mode: u32) -> anyhow::Result<
     Ok(())
 }
 
+/// How to reach a registry (shared by push, pull, verify, run).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct RegistryArgs {
+    /// The registry user (the password from standard input, see
+    /// --password-stdin); default: ~/.docker/config.json (or $DOCKER_CONFIG)
+    /// and its credential helpers, else anonymous.
+    #[arg(long, requires = "password_stdin")]
+    pub username: Option<String>,
+    /// Read the registry password from standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Plain HTTP to the registry (a local or test registry).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl RegistryArgs {
+    pub fn access(&self) -> anyhow::Result<weavster_package::registry::Access> {
+        let basic = match &self.username {
+            Some(u) => {
+                let mut p = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut p)
+                    .context("cannot read the password from standard input")?;
+                Some((u.clone(), p.trim_end_matches(['\n', '\r']).to_string()))
+            }
+            None => None,
+        };
+        Ok(weavster_package::registry::Access {
+            basic,
+            insecure: self.insecure,
+        })
+    }
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = T>) -> anyhow::Result<T> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?
+        .block_on(f))
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PushArgs {
+    /// Where to: `registry/repository[:tag]` (default: `package.repository`
+    /// from weavster.yaml, tagged with the project's version).
+    pub reference: Option<String>,
+    /// The layout to push from (default: .weavster/package).
+    #[arg(long, value_name = "DIR")]
+    pub from: Option<PathBuf>,
+    /// The tag in that layout (default: its only package).
+    #[arg(long)]
+    pub tag: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// `weavster push`: blobs, the manifest, then the signatures (merged with
+/// the registry's); prints `registry/repository@sha256:…`.
+pub fn push(g: &Global, args: &PushArgs) -> anyhow::Result<ExitCode> {
+    let (reference, from) = match &args.reference {
+        Some(r) => (r.clone(), args.from.clone().unwrap_or_else(|| g.project_dir().join(".weavster/package"))),
+        None => {
+            let loaded = g.load()?;
+            let p = &loaded.project;
+            let file = p.file.as_ref();
+            let repo = file
+                .and_then(|f| f.package.as_ref())
+                .and_then(|k| k.repository.clone())
+                .context("no reference given and no `package: {repository: …}` in weavster.yaml")?;
+            let tag = args
+                .tag
+                .clone()
+                .or_else(|| file.and_then(|f| f.version.clone()))
+                .unwrap_or_else(|| "latest".into());
+            (
+                format!("{repo}:{tag}"),
+                args.from.clone().unwrap_or_else(|| p.root.join(".weavster/package")),
+            )
+        }
+    };
+    let layout = Layout::new(&from);
+    let access = args.registry.access()?;
+    let pushed = block_on(weavster_package::registry::push(
+        &layout,
+        args.tag.as_deref(),
+        &reference,
+        &access,
+    ))??;
+    if !g.quiet {
+        println!(
+            "✔ pushed to {reference} ({} signature{})",
+            pushed.signatures,
+            crate::validate::plural(pushed.signatures)
+        );
+    }
+    println!("{}", pushed.reference);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PullArgs {
+    /// `registry/repository:tag` or `…@sha256:…`.
+    pub reference: String,
+    /// The layout to pull into (default: .weavster/package).
+    #[arg(long, short = 'o', value_name = "DIR")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+/// `weavster pull`: the package and its signatures, every digest checked.
+pub fn pull(g: &Global, args: &PullArgs) -> anyhow::Result<ExitCode> {
+    let dir = args
+        .output
+        .clone()
+        .unwrap_or_else(|| g.project_dir().join(".weavster/package"));
+    let access = args.registry.access()?;
+    let pulled = block_on(weavster_package::registry::pull(
+        &args.reference,
+        &Layout::new(&dir),
+        &access,
+    ))??;
+    if !g.quiet {
+        println!(
+            "✔ pulled {} into {} as `{}` ({} signature{})",
+            args.reference,
+            dir.display(),
+            pulled.tag,
+            pulled.signatures,
+            crate::validate::plural(pulled.signatures)
+        );
+    }
+    println!("{}", pulled.digest);
+    Ok(ExitCode::SUCCESS)
+}
+
 #[derive(clap::Args, Debug)]
 pub struct VerifyArgs {
-    /// An OCI image layout directory (`weavster package` wrote it, or
-    /// `skopeo copy … oci:DIR`).
-    pub package: PathBuf,
+    /// An OCI image layout directory (`weavster package` or `pull` wrote
+    /// it, or `skopeo copy … oci:DIR`), or a registry reference (pulled
+    /// into a temporary layout first).
+    pub package: String,
     /// The public key (`PUBLIC KEY` PEM).
     #[arg(long, value_name = "FILE")]
     pub key: PathBuf,
     /// The tag in the layout (default: its only package).
     #[arg(long)]
     pub tag: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// `weavster verify`: exit 0 only if a signature by the key covers exactly
 /// this manifest and every blob matches its digest; 1 otherwise.
 pub fn verify(g: &Global, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    if !args.package.join("index.json").is_file() {
-        anyhow::bail!(
-            "{} is not an OCI image layout (no index.json)",
-            args.package.display()
-        );
-    }
+    let as_dir = PathBuf::from(&args.package);
+    // A pulled package's temporary layout lives until the check is done.
+    let mut _pulled: Option<tempfile::TempDir> = None;
+    let (dir, tag) = if as_dir.join("index.json").is_file() {
+        (as_dir, args.tag.clone())
+    } else if as_dir.exists() {
+        anyhow::bail!("{} is not an OCI image layout (no index.json)", as_dir.display());
+    } else {
+        let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
+        let access = args.registry.access()?;
+        let p = block_on(weavster_package::registry::pull(
+            &args.package,
+            &Layout::new(tmp.path()),
+            &access,
+        ))??;
+        let dir = tmp.path().to_path_buf();
+        _pulled = Some(tmp);
+        (dir, Some(p.tag))
+    };
     let text = std::fs::read_to_string(&args.key)
         .with_context(|| format!("cannot read the key {}", args.key.display()))?;
     let key = weavster_package::signature::read_public(&text)
         .with_context(|| format!("{}", args.key.display()))?;
-    let layout = Layout::new(&args.package);
-    let checked = weavster_package::open(&layout, args.tag.as_deref()).and_then(|p| {
+    let layout = Layout::new(&dir);
+    let checked = weavster_package::open(&layout, tag.as_deref()).and_then(|p| {
         weavster_package::signature::verify(&layout, &p.digest, &key).map(|v| (p, v))
     });
     match checked {
@@ -338,8 +496,117 @@ pub fn verify(g: &Global, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("✘ {}: {e}", args.package.display());
+            eprintln!("✘ {}: {e}", args.package);
             Ok(ExitCode::from(1))
         }
     }
+}
+
+/// A package made ready to run: its sources extracted, its modules where
+/// the build cache finds them, the project loaded from them with the
+/// working directory as its root.
+pub struct Materialized {
+    pub loaded: weavster_project::Loaded,
+    /// The modules are release builds.
+    pub release: bool,
+}
+
+/// `run --package SRC`: SRC is a layout dir or a registry reference
+/// (pulled into `<workdir>/.weavster/packages/pulled`). Every digest is
+/// checked; with `key`, a signature by it must cover the manifest; a
+/// package of another ABI is refused — all before anything runs.
+pub fn materialize(
+    g: &Global,
+    src: &str,
+    tag: Option<&str>,
+    key: Option<&std::path::Path>,
+    registry: &RegistryArgs,
+) -> anyhow::Result<Materialized> {
+    let workdir = std::path::absolute(g.project_dir()).context("the working directory")?;
+    let state = workdir.join(".weavster/packages");
+    let as_dir = PathBuf::from(src);
+    let (dir, tag) = if as_dir.join("index.json").is_file() {
+        (as_dir, tag.map(str::to_string))
+    } else if as_dir.exists() {
+        anyhow::bail!("{} is not an OCI image layout (no index.json)", as_dir.display());
+    } else {
+        let dir = state.join("pulled");
+        let p = block_on(weavster_package::registry::pull(
+            src,
+            &Layout::new(&dir),
+            &registry.access()?,
+        ))??;
+        (dir, Some(p.tag))
+    };
+    let layout = Layout::new(&dir);
+    let package = weavster_package::open(&layout, tag.as_deref())
+        .with_context(|| format!("package {src}"))?;
+    if let Some(key) = key {
+        let text = std::fs::read_to_string(key)
+            .with_context(|| format!("cannot read the key {}", key.display()))?;
+        let public = weavster_package::signature::read_public(&text)
+            .with_context(|| format!("{}", key.display()))?;
+        weavster_package::signature::verify(&layout, &package.digest, &public)
+            .with_context(|| format!("package {src} is refused; nothing was run"))?;
+    }
+    let v = &package.config.weavster;
+    if v.abi != weavster_host::ABI_VERSION {
+        anyhow::bail!(
+            "package {src} was built by Weavster {} for ABI v{}; this weavster {} runs ABI v{}: \
+             package it again with this version (or run it with Weavster {})",
+            v.version,
+            v.abi,
+            env!("CARGO_PKG_VERSION"),
+            weavster_host::ABI_VERSION,
+            v.version
+        );
+    }
+    // The sources, fresh for this digest.
+    let hex = &package.digest["sha256:".len()..];
+    let src_dir = state.join(&hex[..16]);
+    if src_dir.exists() {
+        std::fs::remove_dir_all(&src_dir)
+            .with_context(|| format!("cannot clear {}", src_dir.display()))?;
+    }
+    for f in &package.sources {
+        let path = src_dir.join(&f.path);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::write(&path, &f.bytes)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    // The modules, named as the build cache names them.
+    let wasm_dir = workdir.join(".weavster/target/wasm");
+    std::fs::create_dir_all(&wasm_dir)
+        .with_context(|| format!("cannot create {}", wasm_dir.display()))?;
+    let release = v.profile == "release";
+    for f in &package.project.flows {
+        let (_, bytes) = package
+            .modules
+            .iter()
+            .find(|(name, _)| name == &f.name)
+            .with_context(|| format!("flow `{}` has no module in the package", f.name))?;
+        let stem = format!("{}.{}-{}", f.name, v.profile, f.key);
+        for (ext, data) in [("wasm", bytes.as_slice()), ("source", f.source_key.as_bytes())] {
+            let path = wasm_dir.join(format!("{stem}.{ext}"));
+            std::fs::write(&path, data)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+    }
+    let mut g = g.clone();
+    g.project_dir = Some(src_dir);
+    let mut loaded = g.load()?;
+    loaded.project.root = workdir;
+    if !g.quiet {
+        eprintln!(
+            "running package {src} ({}, {} {}){}",
+            package.digest,
+            package.config.project,
+            package.config.version.as_deref().unwrap_or(""),
+            if key.is_some() { ", signature verified" } else { "" }
+        );
+    }
+    Ok(Materialized { loaded, release })
 }

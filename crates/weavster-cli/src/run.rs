@@ -34,6 +34,22 @@ pub struct Args {
     /// for production. By default the development build runs.
     #[arg(long)]
     release: bool,
+    /// Run a package (an OCI layout directory or a registry reference)
+    /// instead of the project's sources: its modules as built, no Rust
+    /// toolchain. Profiles and target come from --profiles-dir/--target;
+    /// relative paths and the embedded queue are the working directory's
+    /// (-C).
+    #[arg(long, value_name = "DIR|REF")]
+    package: Option<String>,
+    /// Refuse a package without a signature by this public key (checked
+    /// before anything runs).
+    #[arg(long, value_name = "FILE", env = "WEAVSTER_VERIFY_KEY", requires = "package")]
+    key: Option<std::path::PathBuf>,
+    /// The tag in the package layout (default: its only package).
+    #[arg(long, requires = "package")]
+    tag: Option<String>,
+    #[command(flatten)]
+    registry: crate::package::RegistryArgs,
 }
 
 /// The flows to run: the selected ones and every flow they feed.
@@ -213,7 +229,19 @@ fn print_summary(report: &RunReport, quiet: bool) {
 }
 
 pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
-    let loaded = g.load()?;
+    let (loaded, release) = match &args.package {
+        Some(src) => {
+            let p = crate::package::materialize(
+                g,
+                src,
+                args.tag.as_deref(),
+                args.key.as_deref(),
+                &args.registry,
+            )?;
+            (p.loaded, p.release)
+        }
+        None => (g.load()?, args.release),
+    };
     let flows = if loaded.is_valid() {
         selected(&loaded.project, &args.flow)?
     } else {
@@ -226,7 +254,8 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
             flow: flows,
             force: false,
             debug: false,
-            release: args.release,
+            release,
+            prebuilt_only: args.package.is_some(),
         },
         true,
     )?
@@ -289,7 +318,7 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
                 "running {} flow{} ({} build) on {}{}",
                 plans.len(),
                 crate::validate::plural(plans.len()),
-                if args.release { "release" } else { "dev" },
+                if release { "release" } else { "dev" },
                 queue.shown,
                 if args.once {
                     " (--once)"

@@ -174,6 +174,7 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         force: false,
         debug: false,
         release: args.release,
+        prebuilt_only: false,
     };
     let Some((loaded, compiled)) = compile::compile(g, &compile_args, true)? else {
         return Ok(ExitCode::from(1));

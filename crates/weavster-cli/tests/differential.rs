@@ -182,6 +182,7 @@ fn wasm_matches_the_interpreter() {
             debug: false,
             profile: weavster_build::Profile::Release,
             cargo_target_dir: Some(shared_target.clone()),
+            prebuilt_only: false,
         };
         let built = weavster_build::build(&inputs, &opts, &mut |_| {}).expect("builds");
         let vars: Map<String, Value> = project
@@ -312,6 +313,7 @@ fn generated_flows_in_wasm_match_the_interpreter() {
         debug: false,
         profile: weavster_build::Profile::Release,
         cargo_target_dir: Some(repo().join("target/weavster-flows")),
+        prebuilt_only: false,
     };
     let built = weavster_build::build(&inputs, &opts, &mut |_| {}).expect("builds");
     let host = weavster_host::Host::new().expect("host");

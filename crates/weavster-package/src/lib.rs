@@ -17,6 +17,7 @@
 //!   connector files unrendered (no secret is resolved into a package).
 
 mod oci;
+pub mod registry;
 pub mod signature;
 mod sources;
 
@@ -55,6 +56,17 @@ pub enum PackageError {
     /// A key cannot be read (format, password).
     #[error("key: {0}")]
     Key(String),
+    /// A registry refused or could not be reached.
+    #[error("registry: {0}")]
+    Registry(String),
+}
+
+/// rustls needs a process-wide provider; ring is the one built in.
+pub(crate) fn install_crypto() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
 }
 
 /// The config blob.
@@ -98,6 +110,10 @@ pub struct FlowEntry {
     pub fingerprint: String,
     /// The module layer's digest.
     pub module: String,
+    /// The module's cache key and its key without the compiler (what a
+    /// toolchain-less run checks the flow it renders against).
+    pub key: String,
+    pub source_key: String,
     pub tests: usize,
 }
 
@@ -337,6 +353,8 @@ mod tests {
             transforms: vec!["set".into()],
             fingerprint: format!("fp-{name}"),
             module: String::new(),
+            key: format!("k-{name}"),
+            source_key: format!("s-{name}"),
             tests: 0,
         };
         Contents {
