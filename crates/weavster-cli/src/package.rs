@@ -136,7 +136,12 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
             key: b.key.clone(),
             source_key: std::fs::read_to_string(b.wasm.with_extension("source"))
                 .map(|k| k.trim().to_string())
-                .with_context(|| format!("flow `{}`: its module has no source key (compile --force)", b.flow))?,
+                .with_context(|| {
+                    format!(
+                        "flow `{}`: its module has no source key (compile --force)",
+                        b.flow
+                    )
+                })?,
             tests: p.tests.iter().filter(|t| t.flow == f.name).count(),
         });
     }
@@ -357,7 +362,12 @@ pub struct PushArgs {
 /// the registry's); prints `registry/repository@sha256:…`.
 pub fn push(g: &Global, args: &PushArgs) -> anyhow::Result<ExitCode> {
     let (reference, from) = match &args.reference {
-        Some(r) => (r.clone(), args.from.clone().unwrap_or_else(|| g.project_dir().join(".weavster/package"))),
+        Some(r) => (
+            r.clone(),
+            args.from
+                .clone()
+                .unwrap_or_else(|| g.project_dir().join(".weavster/package")),
+        ),
         None => {
             let loaded = g.load()?;
             let p = &loaded.project;
@@ -373,7 +383,9 @@ pub fn push(g: &Global, args: &PushArgs) -> anyhow::Result<ExitCode> {
                 .unwrap_or_else(|| "latest".into());
             (
                 format!("{repo}:{tag}"),
-                args.from.clone().unwrap_or_else(|| p.root.join(".weavster/package")),
+                args.from
+                    .clone()
+                    .unwrap_or_else(|| p.root.join(".weavster/package")),
             )
         }
     };
@@ -458,7 +470,10 @@ pub fn verify(g: &Global, args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let (dir, tag) = if as_dir.join("index.json").is_file() {
         (as_dir, args.tag.clone())
     } else if as_dir.exists() {
-        anyhow::bail!("{} is not an OCI image layout (no index.json)", as_dir.display());
+        anyhow::bail!(
+            "{} is not an OCI image layout (no index.json)",
+            as_dir.display()
+        );
     } else {
         let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
         let access = args.registry.access()?;
@@ -528,7 +543,10 @@ pub fn materialize(
     let (dir, tag) = if as_dir.join("index.json").is_file() {
         (as_dir, tag.map(str::to_string))
     } else if as_dir.exists() {
-        anyhow::bail!("{} is not an OCI image layout (no index.json)", as_dir.display());
+        anyhow::bail!(
+            "{} is not an OCI image layout (no index.json)",
+            as_dir.display()
+        );
     } else {
         let dir = state.join("pulled");
         let p = block_on(weavster_package::registry::pull(
@@ -589,7 +607,10 @@ pub fn materialize(
             .find(|(name, _)| name == &f.name)
             .with_context(|| format!("flow `{}` has no module in the package", f.name))?;
         let stem = format!("{}.{}-{}", f.name, v.profile, f.key);
-        for (ext, data) in [("wasm", bytes.as_slice()), ("source", f.source_key.as_bytes())] {
+        for (ext, data) in [
+            ("wasm", bytes.as_slice()),
+            ("source", f.source_key.as_bytes()),
+        ] {
             let path = wasm_dir.join(format!("{stem}.{ext}"));
             std::fs::write(&path, data)
                 .with_context(|| format!("cannot write {}", path.display()))?;
@@ -605,7 +626,11 @@ pub fn materialize(
             package.digest,
             package.config.project,
             package.config.version.as_deref().unwrap_or(""),
-            if key.is_some() { ", signature verified" } else { "" }
+            if key.is_some() {
+                ", signature verified"
+            } else {
+                ""
+            }
         );
     }
     Ok(Materialized { loaded, release })

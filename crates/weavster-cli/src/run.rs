@@ -43,7 +43,12 @@ pub struct Args {
     package: Option<String>,
     /// Refuse a package without a signature by this public key (checked
     /// before anything runs).
-    #[arg(long, value_name = "FILE", env = "WEAVSTER_VERIFY_KEY", requires = "package")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "WEAVSTER_VERIFY_KEY",
+        requires = "package"
+    )]
     key: Option<std::path::PathBuf>,
     /// The tag in the package layout (default: its only package).
     #[arg(long, requires = "package")]

@@ -323,3 +323,354 @@ fn copy_dir(from: &Path, to: &Path) {
         .expect("cp");
     assert!(out.status.success());
 }
+
+/// Debian's docker-registry on a free loopback port (filesystem storage
+/// in a temp dir), optionally with htpasswd basic auth; killed on drop.
+struct Registry {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start(user: Option<(&str, &str)>) -> Registry {
+        let dir = tempfile::tempdir().expect("tmp");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .expect("bind")
+            .local_addr()
+            .expect("addr")
+            .port();
+        let mut config = format!(
+            "version: 0.1\nlog: {{ level: warn }}\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("data").display()
+        );
+        if let Some((u, p)) = user {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", u, p])
+                .output()
+                .expect("htpasswd (installed by scripts/setup.sh)");
+            std::fs::write(dir.path().join("htpasswd"), out.stdout).expect("htpasswd");
+            config.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: weavster-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            ));
+        }
+        std::fs::write(dir.path().join("config.yml"), config).expect("config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("docker-registry (installed by scripts/setup.sh)");
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(30),
+                "the registry did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Registry {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    fn repo(&self, path: &str) -> String {
+        format!("127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `weavster ARGS` with `stdin` on standard input: (code, stdout+stderr).
+fn with_stdin(dir: &Path, args: &[&str], env: &[(String, String)], stdin: &str) -> (i32, String) {
+    use std::io::Write as _;
+    let mut child = common::command(dir, args, env)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("weavster");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// End to end through a real registry: push (skopeo reads the manifest and
+/// config we pushed), a second signer's push keeps the first signature,
+/// verify by reference, and `run --package REF --key` in an empty working
+/// directory with no cargo or rustc on PATH moves every record; a wrong
+/// key and a package of a future ABI are refused before anything runs.
+#[test]
+fn a_pushed_signed_package_runs_without_a_toolchain() {
+    let registry = Registry::start(None);
+    let (tmp, env) = shop();
+    let dir = tmp.path();
+    for prefix in ["alice", "bob", "mallory"] {
+        assert_eq!(
+            weavster(dir, &["keygen", "--output-key-prefix", prefix], &env).code,
+            0
+        );
+    }
+    let digest = package(dir, &env, &["--sign", "--key", "alice.key"]);
+    let reference = registry.repo("team/shop:1.2.0");
+    let out = weavster(dir, &["push", &reference, "--insecure"], &env);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains(&format!("{}@{digest}", registry.repo("team/shop"))),
+        "{}",
+        out.stdout
+    );
+    // skopeo reads what we pushed: our manifest bytes, our config.
+    let docker = format!("docker://{reference}");
+    let raw = skopeo(&["inspect", "--tls-verify=false", "--raw", &docker]);
+    assert!(
+        raw.status.success(),
+        "{}",
+        String::from_utf8_lossy(&raw.stderr)
+    );
+    assert_eq!(
+        raw.stdout,
+        std::fs::read(layout(dir).join("blobs/sha256").join(&digest[7..])).expect("manifest")
+    );
+    let config = skopeo(&[
+        "inspect",
+        "--tls-verify=false",
+        "--config",
+        "--raw",
+        &docker,
+    ]);
+    let config: serde_json::Value = serde_json::from_slice(&config.stdout).expect("config");
+    assert_eq!(config["flows"], serde_json::json!(["copy", "orders"]));
+    let tags = skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{}", registry.repo("team/shop")),
+    ]);
+    let sig_tag = format!("{}.sig", digest.replacen(':', "-", 1));
+    assert!(String::from_utf8_lossy(&tags.stdout).contains(&sig_tag));
+    // Bob signs and pushes: both signatures are in the registry.
+    assert_eq!(package(dir, &env, &["--sign", "--key", "bob.key"]), digest);
+    let other = tempfile::tempdir().expect("tmp");
+    std::fs::remove_dir_all(layout(dir)).expect("rm");
+    assert_eq!(package(dir, &env, &["--sign", "--key", "bob.key"]), digest);
+    let out = weavster(dir, &["push", &reference, "--insecure"], &env);
+    assert!(
+        out.stdout.contains("2 signatures"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    let out = weavster(
+        dir,
+        &[
+            "pull",
+            &reference,
+            "--insecure",
+            "-o",
+            &other.path().display().to_string(),
+        ],
+        &env,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout.lines().last(), Some(digest.as_str()));
+    for key in ["alice.pub", "bob.pub"] {
+        assert!(independent(other.path(), "1.2.0", &dir.join(key)), "{key}");
+        let out = weavster(
+            dir,
+            &["verify", &reference, "--insecure", "--key", key],
+            &env,
+        );
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    }
+    let out = weavster(
+        dir,
+        &["verify", &reference, "--insecure", "--key", "mallory.pub"],
+        &env,
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    // Run it where there is no project and no toolchain.
+    let work = tempfile::tempdir().expect("work");
+    let w = work.path();
+    std::fs::create_dir(w.join("profiles")).expect("mkdir");
+    std::fs::write(
+        w.join("profiles/profiles.yaml"),
+        "shop:\n  target: prod\n  outputs:\n    prod:\n      runtime:\n        queue: embedded\n",
+    )
+    .expect("profiles");
+    let input: String = (0..100)
+        .map(|i| format!("{{\"amount\":\"{i}\"}}\n"))
+        .collect();
+    std::fs::write(w.join("in.jsonl"), input).expect("input");
+    let mut bare = env.clone();
+    bare.push(("PATH".into(), "/usr/bin:/bin".into()));
+    bare.push((
+        "WEAVSTER_PROFILES_DIR".into(),
+        w.join("profiles").display().to_string(),
+    ));
+    let key = dir.join("alice.pub").display().to_string();
+    let refused = weavster(
+        w,
+        &[
+            "run",
+            "--package",
+            &reference,
+            "--insecure",
+            "--once",
+            "--key",
+            &dir.join("mallory.pub").display().to_string(),
+        ],
+        &bare,
+    );
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("nothing was run"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!w.join("out.jsonl").exists());
+    let ran = weavster(
+        w,
+        &[
+            "run",
+            "--package",
+            &reference,
+            "--insecure",
+            "--once",
+            "--key",
+            &key,
+            "--target",
+            "prod",
+        ],
+        &bare,
+    );
+    assert_eq!(ran.code, 0, "{}{}", ran.stdout, ran.stderr);
+    assert!(ran.stderr.contains("signature verified"), "{}", ran.stderr);
+    // Both flows write out.jsonl: 100 records each, `orders` with totals.
+    let records = common::records(&w.join("out.jsonl"));
+    assert_eq!(records.len(), 200);
+    assert_eq!(
+        records.iter().filter(|r| r.get("total").is_some()).count(),
+        100
+    );
+    // A package from a future ABI: refused, naming both versions.
+    let future = tempfile::tempdir().expect("tmp");
+    copy_dir(other.path(), future.path());
+    rewrite_config(future.path(), &digest, |c| c["weavster"]["abi"] = 99.into());
+    let out = weavster(
+        w,
+        &[
+            "run",
+            "--package",
+            &future.path().display().to_string(),
+            "--once",
+        ],
+        &bare,
+    );
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("ABI v99"), "{}", out.stderr);
+    assert!(out.stderr.contains("runs ABI v1"), "{}", out.stderr);
+}
+
+/// Rewrites the config of the package `digest` in a layout with `edit`
+/// (new config and manifest blobs, the index pointed at the new manifest).
+fn rewrite_config(l: &Path, digest: &str, edit: impl Fn(&mut serde_json::Value)) {
+    let mut manifest = json_blob(l, digest);
+    let mut config = json_blob(l, manifest["config"]["digest"].as_str().expect("digest"));
+    edit(&mut config);
+    let bytes = serde_json::to_vec(&config).expect("json");
+    let d = format!("sha256:{}", sha256_hex(&bytes));
+    std::fs::write(l.join("blobs/sha256").join(&d[7..]), &bytes).expect("config");
+    manifest["config"]["digest"] = d.into();
+    manifest["config"]["size"] = bytes.len().into();
+    let bytes = serde_json::to_vec(&manifest).expect("json");
+    let new = format!("sha256:{}", sha256_hex(&bytes));
+    std::fs::write(l.join("blobs/sha256").join(&new[7..]), &bytes).expect("manifest");
+    let mut index: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(l.join("index.json")).expect("index"))
+            .expect("json");
+    for m in index["manifests"].as_array_mut().expect("manifests") {
+        if m["digest"] == digest {
+            m["digest"] = new.clone().into();
+            m["size"] = bytes.len().into();
+        }
+    }
+    std::fs::write(l.join("index.json"), index.to_string()).expect("index");
+}
+
+/// A registry with basic auth: a push without credentials is refused with
+/// a hint; with --username/--password-stdin, or with a docker config's
+/// `auths`, it goes through.
+#[test]
+fn registry_credentials_come_from_flags_or_the_docker_config() {
+    let registry = Registry::start(Some(("ci", "s3cret")));
+    let (tmp, env) = shop();
+    let dir = tmp.path();
+    package(dir, &env, &[]);
+    let reference = registry.repo("team/shop:1.2.0");
+    let out = weavster(dir, &["push", &reference, "--insecure"], &env);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("credentials"), "{}", out.stderr);
+    let (code, text) = with_stdin(
+        dir,
+        &[
+            "push",
+            &reference,
+            "--insecure",
+            "--username",
+            "ci",
+            "--password-stdin",
+        ],
+        &env,
+        "s3cret\n",
+    );
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("s3cret"), "the password is never printed");
+    let docker = tempfile::tempdir().expect("tmp");
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode("ci:s3cret");
+    std::fs::write(
+        docker.path().join("config.json"),
+        format!(
+            "{{\"auths\":{{\"127.0.0.1:{}\":{{\"auth\":\"{auth}\"}}}}}}",
+            registry.port
+        ),
+    )
+    .expect("config");
+    let mut with_config = env.clone();
+    with_config.push(("DOCKER_CONFIG".into(), docker.path().display().to_string()));
+    let pulled = tempfile::tempdir().expect("tmp");
+    let out = weavster(
+        dir,
+        &[
+            "pull",
+            &reference,
+            "--insecure",
+            "-o",
+            &pulled.path().display().to_string(),
+        ],
+        &with_config,
+    );
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+}

@@ -10,9 +10,9 @@ use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 
+use crate::PackageError;
 use crate::oci::{Descriptor, Layout, MANIFEST, Manifest, digest};
 use crate::signature::{SIGNATURE, sig_tag};
-use crate::PackageError;
 
 /// How to reach a registry.
 #[derive(Debug, Clone, Default)]
@@ -28,9 +28,10 @@ pub struct Access {
 fn remote(what: &str, r: &Reference, e: OciDistributionError) -> PackageError {
     let hint = match &e {
         OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => {
-            " (credentials: --username with --password-stdin, or `docker login`)"
-        }
+        | OciDistributionError::AuthenticationFailure(_)
+        | OciDistributionError::ServerError {
+            code: 401 | 403, ..
+        } => " (credentials: --username with --password-stdin, or `docker login`)",
         OciDistributionError::RequestError(_) => {
             " (is the registry up? a plain-HTTP registry needs --insecure)"
         }
@@ -72,11 +73,19 @@ fn client(r: &Reference, access: &Access) -> (Client, RegistryAuth) {
 }
 
 fn at(r: &Reference, tag: &str) -> Reference {
-    Reference::with_tag(r.registry().to_string(), r.repository().to_string(), tag.to_string())
+    Reference::with_tag(
+        r.registry().to_string(),
+        r.repository().to_string(),
+        tag.to_string(),
+    )
 }
 
 fn at_digest(r: &Reference, d: &str) -> Reference {
-    Reference::with_digest(r.registry().to_string(), r.repository().to_string(), d.to_string())
+    Reference::with_digest(
+        r.registry().to_string(),
+        r.repository().to_string(),
+        d.to_string(),
+    )
 }
 
 async fn push_blobs(
@@ -96,7 +105,11 @@ async fn push_blobs(
 
 /// The manifest at `r` if there is one (`None` when the registry says it
 /// is not there).
-async fn manifest_at(c: &Client, r: &Reference, auth: &RegistryAuth) -> Result<Option<(Vec<u8>, String)>, PackageError> {
+async fn manifest_at(
+    c: &Client,
+    r: &Reference,
+    auth: &RegistryAuth,
+) -> Result<Option<(Vec<u8>, String)>, PackageError> {
     match c.pull_manifest_raw(r, auth, &[MANIFEST]).await {
         Ok((bytes, d)) => {
             let computed = digest(&bytes);
@@ -135,7 +148,12 @@ pub struct Pushed {
 /// Pushes the package tagged `tag` in `layout` (or its only one) to
 /// `reference` (`registry/repository:tag`), then its signatures, merged
 /// with those the registry already has for that digest.
-pub async fn push(layout: &Layout, tag: Option<&str>, reference: &str, access: &Access) -> Result<Pushed, PackageError> {
+pub async fn push(
+    layout: &Layout,
+    tag: Option<&str>,
+    reference: &str,
+    access: &Access,
+) -> Result<Pushed, PackageError> {
     let r = parse(reference)?;
     let (c, auth) = client(&r, access);
     let (desc, bytes, manifest) = layout.manifest(tag)?;
@@ -203,7 +221,12 @@ pub struct Pulled {
     pub signatures: usize,
 }
 
-async fn pull_blob(c: &Client, r: &Reference, d: &Descriptor, layout: &Layout) -> Result<(), PackageError> {
+async fn pull_blob(
+    c: &Client,
+    r: &Reference,
+    d: &Descriptor,
+    layout: &Layout,
+) -> Result<(), PackageError> {
     let mut out: Vec<u8> = Vec::new();
     let layer = oci_client::manifest::OciDescriptor {
         media_type: d.media_type.clone(),
@@ -227,7 +250,11 @@ async fn pull_blob(c: &Client, r: &Reference, d: &Descriptor, layout: &Layout) -
 /// Pulls `reference` (a tag or a digest) and its signatures into `layout`,
 /// every digest checked; tagged there with the reference's tag (or
 /// `latest` for a digest).
-pub async fn pull(reference: &str, layout: &Layout, access: &Access) -> Result<Pulled, PackageError> {
+pub async fn pull(
+    reference: &str,
+    layout: &Layout,
+    access: &Access,
+) -> Result<Pulled, PackageError> {
     let r = parse(reference)?;
     let (c, auth) = client(&r, access);
     let (bytes, d) = manifest_at(&c, &r, &auth)
@@ -238,8 +265,8 @@ pub async fn pull(reference: &str, layout: &Layout, access: &Access) -> Result<P
     {
         return Err(PackageError::Tampered(format!("{r}: got manifest {d}")));
     }
-    let manifest: Manifest = serde_json::from_slice(&bytes)
-        .map_err(|e| PackageError::Invalid(format!("{r}: {e}")))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).map_err(|e| PackageError::Invalid(format!("{r}: {e}")))?;
     pull_blob(&c, &r, &manifest.config, layout).await?;
     for l in &manifest.layers {
         pull_blob(&c, &r, l, layout).await?;

@@ -223,7 +223,10 @@ pub fn sig_tag(digest: &str) -> String {
 
 /// The signature manifest (cosign's shape: an image config listing the
 /// payloads, one layer per signature).
-pub(crate) fn sig_manifest(layout: &Layout, layers: Vec<Descriptor>) -> Result<Vec<u8>, PackageError> {
+pub(crate) fn sig_manifest(
+    layout: &Layout,
+    layers: Vec<Descriptor>,
+) -> Result<Vec<u8>, PackageError> {
     let config = serde_json::json!({
         "architecture": "",
         "created": "0001-01-01T00:00:00Z",
