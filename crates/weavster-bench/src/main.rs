@@ -43,33 +43,11 @@ fn compile(root: &Path, host: &weavster_host::Host) -> anyhow::Result<Vec<weavst
     if !loaded.is_valid() {
         bail!("invalid project: {:?}", loaded.diagnostics);
     }
-    let p = &loaded.project;
-    let tables = p.lookup_data();
-    let irs = p
-        .flows
-        .iter()
-        .map(|f| weavster_ir::lower(&f.name, &f.spec, &tables))
-        .collect::<Result<Vec<_>, _>>()?;
-    let inputs: Vec<_> = irs
-        .iter()
-        .zip(&p.flows)
-        .map(|(ir, f)| weavster_build::FlowInput {
-            ir,
-            origin: &f.file,
-        })
-        .collect();
-    let opts = weavster_build::Options {
-        project_root: root,
-        force: false,
-        debug: false,
-        profile: weavster_build::Profile::Release,
-        cargo_target_dir: None,
-        prebuilt_only: false,
+    let req = weavster_compile::Request {
+        profile: weavster_compile::Profile::Release,
+        ..Default::default()
     };
-    let built = weavster_build::build(&inputs, &opts, &mut |_| {})?;
-    for b in &built {
-        host.precompile(&b.wasm)?;
-    }
+    let built = weavster_compile::compile(&loaded.project, &req, host, &mut |_| {})?.built;
     Ok(built)
 }
 

@@ -69,12 +69,13 @@ talc = "5"
 "#;
 
 /// Build profile of the flow modules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
     /// For development (`compile`, `test`, `run`): opt-level 3 and one
     /// codegen unit, but no LTO: changing a flow rebuilds its small crate
     /// and links, in about a second.
+    #[default]
     Dev,
     /// For shipping (`compile --release`, `run --release`, `package`):
     /// opt-level 3, fat LTO, one codegen unit, panic=abort, stripped.

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde::Serialize;
-use weavster_build::{Built, Event, FlowInput, Options, Profile};
+use weavster_build::{Built, Event, Profile};
 use weavster_project::report::render;
 use weavster_project::{Loaded, Manifest};
 
@@ -43,11 +43,8 @@ impl Args {
     }
 }
 
-/// A compiled flow, with what `test` and `run` need.
-pub struct Compiled {
-    pub built: Vec<Built>,
-    pub irs: Vec<weavster_ir::Flow>,
-}
+/// The compiled flows, with what `test` and `run` need.
+pub use weavster_compile::Compiled;
 
 #[derive(Serialize)]
 struct CompiledManifest<'a> {
@@ -77,33 +74,6 @@ pub fn compile_loaded(
         return Ok(None);
     }
     let project = &loaded.project;
-    for f in &args.flow {
-        if project.flow(f).is_none() {
-            let names: Vec<&str> = project.flows.iter().map(|f| f.name.as_str()).collect();
-            bail!("no flow named `{f}` (flows: {})", names.join(", "));
-        }
-    }
-    let lookups = project.lookup_data();
-    let selected: Vec<_> = project
-        .flows
-        .iter()
-        .filter(|f| args.flow.is_empty() || args.flow.contains(&f.name))
-        .collect();
-    let irs = selected
-        .iter()
-        .map(|f| {
-            weavster_ir::lower(&f.name, &f.spec, &lookups)
-                .with_context(|| format!("internal error lowering {} (a bug in Weavster)", f.file))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let inputs: Vec<FlowInput<'_>> = irs
-        .iter()
-        .zip(&selected)
-        .map(|(ir, f)| FlowInput {
-            ir,
-            origin: &f.file,
-        })
-        .collect();
     let started = Instant::now();
     let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new_spinner();
@@ -115,16 +85,17 @@ pub fn compile_loaded(
         b.set_message("compiling flows");
         b
     });
-    let opts = Options {
-        project_root: &project.root,
+    let req = weavster_compile::Request {
+        flows: args.flow.clone(),
+        profile: args.profile(),
         force: args.force,
         debug: args.debug,
-        profile: args.profile(),
         cargo_target_dir: std::env::var_os("WEAVSTER_CARGO_TARGET_DIR").map(PathBuf::from),
         prebuilt_only: args.prebuilt_only,
     };
+    let host = weavster_host::Host::new()?;
     let mut announced = false;
-    let built = weavster_build::build(&inputs, &opts, &mut |e| match e {
+    let compiled = weavster_compile::compile(project, &req, &host, &mut |e| match e {
         Event::Compiling { crate_name, done } => {
             if let Some(b) = &bar {
                 b.set_message(format!("compiling to wasm: {crate_name} ({done} crates)"));
@@ -140,12 +111,7 @@ pub fn compile_loaded(
     if let Some(b) = &bar {
         b.finish_and_clear();
     }
-    let built = built?;
-    // Native code for wasmtime, cached beside each module.
-    let host = weavster_host::Host::new()?;
-    for b in &built {
-        host.precompile(&b.wasm)?;
-    }
+    let weavster_compile::Compiled { built, irs } = compiled?;
     let target = project.root.join(".weavster/target");
     std::fs::create_dir_all(&target)
         .with_context(|| format!("cannot create {}", target.display()))?;

@@ -162,29 +162,13 @@ fn wasm_matches_the_interpreter() {
         copy_dir(&dir, tmp.path());
         let loaded = load(tmp.path());
         let project = &loaded.project;
-        let tables = lookups(project);
-        let irs: Vec<_> = project
-            .flows
-            .iter()
-            .map(|f| weavster_ir::lower(&f.name, &f.spec, &tables).expect("lowers"))
-            .collect();
-        let inputs: Vec<_> = irs
-            .iter()
-            .zip(&project.flows)
-            .map(|(ir, f)| weavster_build::FlowInput {
-                ir,
-                origin: &f.file,
-            })
-            .collect();
-        let opts = weavster_build::Options {
-            project_root: tmp.path(),
-            force: false,
-            debug: false,
-            profile: weavster_build::Profile::Release,
+        let req = weavster_compile::Request {
+            profile: weavster_compile::Profile::Release,
             cargo_target_dir: Some(shared_target.clone()),
-            prebuilt_only: false,
+            ..Default::default()
         };
-        let built = weavster_build::build(&inputs, &opts, &mut |_| {}).expect("builds");
+        let weavster_compile::Compiled { built, irs } =
+            weavster_compile::compile(project, &req, &host, &mut |_| {}).expect("builds");
         let vars: Map<String, Value> = project
             .vars
             .iter()
