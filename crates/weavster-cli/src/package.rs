@@ -635,3 +635,29 @@ pub fn materialize(
     }
     Ok(Materialized { loaded, release })
 }
+
+/// `runtime.require_signature` of the loaded target: sources are refused,
+/// and a package needs a key (checked by [`materialize`]).
+pub fn require_signature(
+    loaded: &weavster_project::Loaded,
+    package: bool,
+    key: bool,
+) -> anyhow::Result<()> {
+    let p = &loaded.project;
+    if !p.runtime.require_signature {
+        return Ok(());
+    }
+    if !package {
+        anyhow::bail!(
+            "target `{}` sets runtime.require_signature: run a signed package (`--package REF --key cosign.pub`), not the project's sources",
+            p.target
+        );
+    }
+    if !key {
+        anyhow::bail!(
+            "target `{}` sets runtime.require_signature: give the public key (--key or WEAVSTER_VERIFY_KEY); nothing was run",
+            p.target
+        );
+    }
+    Ok(())
+}

@@ -247,6 +247,7 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         }
         None => (g.load()?, args.release),
     };
+    crate::package::require_signature(&loaded, args.package.is_some(), args.key.is_some())?;
     let flows = if loaded.is_valid() {
         selected(&loaded.project, &args.flow)?
     } else {

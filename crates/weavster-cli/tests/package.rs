@@ -516,7 +516,7 @@ fn a_pushed_signed_package_runs_without_a_toolchain() {
     std::fs::create_dir(w.join("profiles")).expect("mkdir");
     std::fs::write(
         w.join("profiles/profiles.yaml"),
-        "shop:\n  target: prod\n  outputs:\n    prod:\n      runtime:\n        queue: embedded\n",
+        "shop:\n  target: prod\n  outputs:\n    prod:\n      runtime:\n        queue: embedded\n        require_signature: true\n",
     )
     .expect("profiles");
     let input: String = (0..100)
@@ -550,6 +550,44 @@ fn a_pushed_signed_package_runs_without_a_toolchain() {
         refused.stderr
     );
     assert!(!w.join("out.jsonl").exists());
+    // The target requires signatures: no key, no run.
+    let unkeyed = weavster(
+        w,
+        &[
+            "run",
+            "--package",
+            &reference,
+            "--insecure",
+            "--once",
+            "--target",
+            "prod",
+        ],
+        &bare,
+    );
+    assert_ne!(unkeyed.code, 0);
+    assert!(
+        unkeyed.stderr.contains("require_signature"),
+        "{}",
+        unkeyed.stderr
+    );
+    assert!(!w.join("out.jsonl").exists());
+    // The packaged fixtures pass against the packaged modules.
+    let tested = weavster(
+        w,
+        &[
+            "test",
+            "--package",
+            &reference,
+            "--insecure",
+            "--key",
+            &key,
+            "--target",
+            "prod",
+        ],
+        &bare,
+    );
+    assert_eq!(tested.code, 0, "{}{}", tested.stdout, tested.stderr);
+    assert!(tested.stdout.contains("1 passed"), "{}", tested.stdout);
     let ran = weavster(
         w,
         &[

@@ -97,6 +97,11 @@ pub struct RuntimeConfig {
     /// project and these directories are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_paths: Option<Vec<String>>,
+    /// Run only signed packages: `run` from sources is refused, and
+    /// `run --package` needs `--key` (or `WEAVSTER_VERIFY_KEY`). Set it on
+    /// production targets in profiles.yaml.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_signature: Option<bool>,
 }
 
 // ---------------------------------------------------------------------------
@@ -1052,6 +1057,8 @@ pub struct Runtime {
     pub batch_timeout_ms: u64,
     pub max_record_bytes: u64,
     pub allowed_paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_signature: bool,
 }
 
 impl Default for Runtime {
@@ -1065,6 +1072,7 @@ impl Default for Runtime {
             batch_timeout_ms: 10_000,
             max_record_bytes: 4 << 20,
             allowed_paths: Vec::new(),
+            require_signature: false,
         }
     }
 }
@@ -1095,6 +1103,9 @@ impl Runtime {
         }
         if let Some(v) = &cfg.allowed_paths {
             self.allowed_paths = v.clone();
+        }
+        if let Some(v) = cfg.require_signature {
+            self.require_signature = v;
         }
     }
 }
