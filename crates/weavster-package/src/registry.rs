@@ -20,8 +20,8 @@ pub struct Access {
     /// `(user, password)`; else `~/.docker/config.json` (or `DOCKER_CONFIG`)
     /// and its credential helpers; else anonymous.
     pub basic: Option<(String, String)>,
-    /// Plain HTTP (else HTTPS, except for `localhost`/`127.0.0.1`, which
-    /// use HTTP only with this flag too).
+    /// Plain HTTP (else HTTPS; a registry on `localhost`/`127.0.0.1` is
+    /// plain HTTP anyway, as with cosign and docker).
     pub insecure: bool,
 }
 
@@ -50,8 +50,15 @@ pub fn parse(reference: &str) -> Result<Reference, PackageError> {
 
 fn client(r: &Reference, access: &Access) -> (Client, RegistryAuth) {
     crate::install_crypto();
+    let registry = r.resolve_registry().to_string();
+    let host = registry
+        .rsplit_once(':')
+        .map_or(registry.as_str(), |(h, _)| h);
     let protocol = if access.insecure {
         ClientProtocol::Http
+    } else if matches!(host, "localhost" | "127.0.0.1" | "[::1]") {
+        // As cosign and docker do: a registry on this machine may be plain HTTP.
+        ClientProtocol::HttpsExcept(vec![registry.clone()])
     } else {
         ClientProtocol::Https
     };
