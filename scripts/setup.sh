@@ -43,7 +43,9 @@ command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates) # an independent
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)    # an independent OCI client in the package tests
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry) # a real OCI registry (push/pull tests)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils) # the registry's basic-auth users
-python3 -c 'import cryptography' >/dev/null 2>&1 || need+=(python3-cryptography) # independent signature check
+# Independent signature checks and cosign-format keys (tests/tools/*.py run
+# with Debian's /usr/bin/python3, whatever python3 is first on PATH).
+/usr/bin/python3 -c 'import cryptography, nacl' >/dev/null 2>&1 || need+=(python3 python3-cryptography python3-nacl)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)          # scripts/bench-run.sh: webhook load
 [ -x /usr/bin/time ] || need+=(time)                 # scripts/bench-run.sh
 command -v make >/dev/null 2>&1 || need+=(make)      # librdkafka (bundled, rdkafka-sys)

@@ -69,7 +69,7 @@ fn skopeo(args: &[&str]) -> std::process::Output {
 
 /// Runs the independent verifier; its exit status.
 fn independent(layout: &Path, tag: &str, key: &Path) -> bool {
-    Command::new("python3")
+    Command::new("/usr/bin/python3")
         .arg(repo().join("tests/tools/verify_cosign.py"))
         .arg(layout)
         .arg(tag)
@@ -257,6 +257,41 @@ fn signatures_verify_and_every_tampering_is_refused() {
     let (code, text) = check(dir, &env, &l, "mallory.pub");
     assert_eq!(code, 1, "{text}");
     assert!(text.contains("not signed by this key"), "{text}");
+    // cosign's key format both ways, against an independent
+    // implementation: it decrypts our key to our public key, and we sign
+    // with a key it made.
+    let tool = repo().join("tests/tools/cosign_key.py");
+    let decrypted = Command::new("/usr/bin/python3")
+        .arg(&tool)
+        .args(["decrypt", "alice.key", "correct horse"])
+        .current_dir(dir)
+        .output()
+        .expect("python3");
+    assert!(
+        decrypted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&decrypted.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&decrypted.stdout).trim(),
+        std::fs::read_to_string(dir.join("alice.pub"))
+            .expect("pub")
+            .trim()
+    );
+    let made = Command::new("/usr/bin/python3")
+        .arg(&tool)
+        .args(["generate", "carol", "correct horse"])
+        .current_dir(dir)
+        .status()
+        .expect("python3");
+    assert!(made.success());
+    assert_eq!(
+        package(dir, &env, &["--sign", "--key", "carol.key"]),
+        digest
+    );
+    let (code, text) = check(dir, &env, &l, "carol.pub");
+    assert_eq!(code, 0, "{text}");
+    assert!(independent(&l, "1.2.0", &dir.join("carol.pub")));
     assert!(!independent(&l, "1.2.0", &dir.join("mallory.pub")));
     // A wrong password.
     let mut bad = env.clone();
