@@ -505,6 +505,27 @@ fn a_pushed_signed_package_runs_without_a_toolchain() {
     ]);
     let sig_tag = format!("{}.sig", digest.replacen(':', "-", 1));
     assert!(String::from_utf8_lossy(&tags.stdout).contains(&sig_tag));
+    // skopeo copies it out of the registry unchanged (same digest), and
+    // the copy opens as our package.
+    let copied = tempfile::tempdir().expect("tmp");
+    let out = skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        &docker,
+        &format!("oci:{}:1.2.0", copied.path().display()),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        copied
+            .path()
+            .join("blobs/sha256")
+            .join(&digest[7..])
+            .is_file()
+    );
     // Bob signs and pushes: both signatures are in the registry.
     assert_eq!(package(dir, &env, &["--sign", "--key", "bob.key"]), digest);
     let other = tempfile::tempdir().expect("tmp");
