@@ -307,7 +307,21 @@ pub fn open(layout: &Layout, tag: Option<&str>) -> Result<Package, PackageError>
                 })?;
                 modules.push((flow, bytes));
             }
-            SOURCES => sources = Some(sources::untar(&bytes)?),
+            SOURCES => {
+                let files = sources::untar(&bytes)?;
+                // Targets and secrets stay where a package runs: a package
+                // holding them could redirect a run; it is not ours.
+                if let Some(f) = files.iter().find(|f| {
+                    let name = f.path.rsplit('/').next().unwrap_or(&f.path);
+                    name == "profiles.yaml" || name.starts_with('.')
+                }) {
+                    return Err(PackageError::Invalid(format!(
+                        "the sources hold `{}`: a package never holds profiles.yaml or hidden files",
+                        f.path
+                    )));
+                }
+                sources = Some(files);
+            }
             other => {
                 return Err(PackageError::Invalid(format!(
                     "unknown layer type `{other}`"
@@ -415,5 +429,14 @@ mod tests {
         let err = open(&Layout::new(a.path()), None).expect_err("tampered");
         assert!(matches!(err, PackageError::Tampered(_)), "{err}");
         assert!(open(&Layout::new(a.path()), Some("other")).is_err());
+        // A package whose sources hold profiles.yaml is not one of ours.
+        let mut c = contents();
+        c.sources.push(SourceFile {
+            path: "profiles.yaml".into(),
+            bytes: b"x: {}".to_vec(),
+        });
+        write(&Layout::new(b.path()), c, "evil").expect("write");
+        let err = open(&Layout::new(b.path()), Some("evil")).expect_err("refused");
+        assert!(err.to_string().contains("profiles.yaml"), "{err}");
     }
 }

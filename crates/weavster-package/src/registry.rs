@@ -293,6 +293,8 @@ pub async fn pull(
         signatures = m.layers.len();
         layout.tag(&sig_bytes, &sig_tag(&d), None)?;
     }
+    // What an earlier pull under this tag left behind.
+    layout.collect_garbage()?;
     Ok(Pulled {
         digest: d,
         tag,
