@@ -348,3 +348,55 @@ fn examples_validate() {
         out.stderr
     );
 }
+
+/// `validate` ≡ `run`: every corpus project `validate` accepts (warnings
+/// allowed) starts and finishes `run --once` with no configuration error
+/// (exit 0, or 1 when records were dead-lettered; never 2, never an
+/// `error:` line), and so does a fresh `init`.
+#[test]
+fn what_validate_accepts_runs() {
+    let root = repo().join("tests/corpus");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("corpus")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && !p.ends_with("_base"))
+        .collect();
+    cases.sort();
+    let mut ran = 0;
+    // Compiled wasm dependencies shared with the other tests.
+    let shared = (
+        "WEAVSTER_CARGO_TARGET_DIR".to_string(),
+        repo().join("target/weavster-flows").display().to_string(),
+    );
+    let run_once = |dir: &Path, args: &[String], env: &[(String, String)], what: &str| {
+        let mut full: Vec<&str> = vec!["run", "--once"];
+        full.extend(args.iter().map(String::as_str));
+        let mut env = env.to_vec();
+        env.push(shared.clone());
+        let out = weavster(dir, &full, &env);
+        assert!(
+            (out.code == 0 || out.code == 1) && !out.stderr.contains("error:"),
+            "{what}: validate accepts it, run refuses it (exit {}):\n{}",
+            out.code,
+            out.stderr
+        );
+    };
+    for case in &cases {
+        let (tmp, args, env) = corpus_project(case);
+        let mut full: Vec<&str> = vec!["validate"];
+        full.extend(args.iter().map(String::as_str));
+        if weavster(tmp.path(), &full, &env).code != 0 {
+            continue;
+        }
+        run_once(tmp.path(), &args, &env, &case.display().to_string());
+        ran += 1;
+    }
+    assert!(ran >= 3, "only {ran} valid corpus projects");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let env: Vec<(String, String)> = Vec::new();
+    let out = weavster(tmp.path(), &["init", "fresh"], &env);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let dir = tmp.path().join("fresh");
+    assert_eq!(weavster(&dir, &["validate"], &env).code, 0);
+    run_once(&dir, &[], &env, "weavster init");
+}

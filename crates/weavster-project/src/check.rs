@@ -257,6 +257,19 @@ pub(crate) fn connector(
                     .hint("to read or write elsewhere, list the directory under `runtime.allowed_paths` (in weavster.yaml, or the target in profiles.yaml)"),
                 );
             }
+            if let Some(other) = differs_only_in_case(root, &f.path) {
+                diags.push(
+                    Diagnostic::warning(
+                        "connector::path-case",
+                        format!(
+                            "connector `{}`: no file is named `{}`, but `{other}` is: paths are case-sensitive",
+                            def.reference, f.path
+                        ),
+                    )
+                    .in_file(&def.file)
+                    .at(at("path")),
+                );
+            }
             if let Some(d) = &f.delimiter
                 && (d.chars().count() != 1 || !d.is_ascii())
             {
@@ -420,8 +433,65 @@ pub(crate) fn connector(
                 }
             }
         }
+        Connector::Stdout(s) if s.format == Some(Format::Json) => {
+            // One JSON array cannot be streamed: `run` refuses it.
+            diags.push(
+                err(
+                    "standard output takes `jsonl` or `csv`, not `json`".into(),
+                    "format",
+                )
+                .expected("`format: jsonl` (one record per line) or `format: csv`"),
+            );
+        }
         Connector::Stdin(_) | Connector::Stdout(_) => {}
     }
+}
+
+/// A file that `path` (a name or a glob, relative to `root`) names only
+/// when case is ignored: what `run` would not find.
+fn differs_only_in_case(root: &std::path::Path, path: &str) -> Option<String> {
+    let full = root.join(path);
+    if glob::glob(full.to_str()?)
+        .ok()?
+        .filter_map(Result::ok)
+        .next()
+        .is_some()
+    {
+        return None;
+    }
+    // The glob crate compares literal parts exactly even when told to
+    // ignore case: every letter of `path` becomes a class (`[dD]`).
+    let mut loose = String::new();
+    let mut in_class = false;
+    for c in path.chars() {
+        match c {
+            '[' => in_class = true,
+            ']' => in_class = false,
+            _ => {}
+        }
+        if !in_class && c.is_ascii_alphabetic() {
+            loose.push_str(&format!(
+                "[{}{}]",
+                c.to_ascii_lowercase(),
+                c.to_ascii_uppercase()
+            ));
+        } else {
+            loose.push(c);
+        }
+    }
+    let pattern = if std::path::Path::new(path).is_absolute() {
+        loose
+    } else {
+        format!("{}/{loose}", glob::Pattern::escape(root.to_str()?))
+    };
+    let found = glob::glob(&pattern).ok()?.filter_map(Result::ok).next()?;
+    Some(
+        found
+            .strip_prefix(root)
+            .unwrap_or(&found)
+            .display()
+            .to_string(),
+    )
 }
 
 /// The format implied by a file name, if any.
