@@ -74,6 +74,7 @@ pub fn compile_loaded(
         return Ok(None);
     }
     let project = &loaded.project;
+    crate::write_schemas(&project.root);
     let started = Instant::now();
     let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new_spinner();

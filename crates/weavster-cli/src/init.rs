@@ -61,6 +61,7 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         }
     };
     let written = write_dir(&TEMPLATE, &dir, &name)?;
+    crate::write_schemas(&dir);
     println!(
         "Created project `{name}` in {} ({written} files).",
         dir.display()

@@ -189,6 +189,29 @@ fn init_logging(g: &Global) {
     };
 }
 
+/// Writes the JSON Schemas of every file kind into `<root>/.weavster/schemas/`
+/// (where the `# yaml-language-server: $schema=` hints of `init`'s files
+/// point), rewriting only what changed. A read-only project is not an
+/// error: the hints then point at nothing until a writable run.
+pub fn write_schemas(root: &std::path::Path) {
+    let dir = root.join(".weavster/schemas");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    for (name, schema) in weavster_spec::types::schemas() {
+        let Ok(text) = serde_json::to_string_pretty(&schema) else {
+            continue;
+        };
+        let text = text + "\n";
+        let path = dir.join(name);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(text.as_str())
+            && let Err(e) = std::fs::write(&path, text)
+        {
+            tracing::debug!("cannot write {}: {e}", path.display());
+        }
+    }
+}
+
 /// Colours on stderr: only on a terminal, and never with NO_COLOR set.
 pub fn color_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()

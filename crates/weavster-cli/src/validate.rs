@@ -37,6 +37,7 @@ struct JsonReport<'a> {
 
 pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     let loaded = g.load()?;
+    crate::write_schemas(&loaded.project.root);
     let valid = loaded.is_valid();
     let project = &loaded.project;
     match args.format {

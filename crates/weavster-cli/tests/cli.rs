@@ -153,15 +153,20 @@ fn init_scaffolds_a_valid_project() {
     let unset = weavster(&project, &["validate", "--target", "prod"], &[]);
     assert_eq!(unset.code, 1);
     assert!(
-        unset.stderr.contains("profiles.yaml:10:"),
+        unset.stderr.contains("profiles.yaml:11:"),
         "{}",
         unset.stderr
     );
 }
 
+/// The files under `dir` (relative to `root`), except the tool's own
+/// `.weavster/` (the schemas `init` writes are checked on their own).
 fn collect(root: &Path, dir: &Path, out: &mut Vec<String>) {
     for e in std::fs::read_dir(dir).expect("read").filter_map(Result::ok) {
         let p = e.path();
+        if p.file_name().is_some_and(|n| n == ".weavster") {
+            continue;
+        }
         if p.is_dir() {
             collect(root, &p, out);
         } else {
@@ -399,4 +404,51 @@ fn what_validate_accepts_runs() {
     let dir = tmp.path().join("fresh");
     assert_eq!(weavster(&dir, &["validate"], &env).code, 0);
     run_once(&dir, &[], &env, "weavster init");
+}
+
+/// Every YAML file `init` writes starts with a `yaml-language-server`
+/// hint; the hint resolves (from the file) to a schema file the tool
+/// wrote, equal to the current schema; and the file validates against it
+/// (the `jsonschema` crate, independent of our own checks).
+#[test]
+fn init_files_point_editors_at_the_current_schemas() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = weavster(tmp.path(), &["init", "shop"], &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let project = tmp.path().join("shop");
+    let mut files = Vec::new();
+    collect(&project, &project, &mut files);
+    let current = weavster_spec::types::schemas();
+    let mut checked = 0;
+    for f in files.iter().filter(|f| f.ends_with(".yaml")) {
+        let path = project.join(f);
+        let text = std::fs::read_to_string(&path).expect("read");
+        let first = text.lines().next().unwrap_or_default();
+        let rel = first
+            .strip_prefix("# yaml-language-server: $schema=")
+            .unwrap_or_else(|| panic!("{f} starts with {first:?}, not a schema hint"));
+        let schema_path = path.parent().expect("dir").join(rel);
+        let schema_text = std::fs::read_to_string(&schema_path)
+            .unwrap_or_else(|e| panic!("{f}: {} does not resolve: {e}", schema_path.display()));
+        let name = schema_path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_string();
+        let want = serde_json::to_string_pretty(&current[name.as_str()]).expect("json") + "\n";
+        assert_eq!(schema_text, want, "{f}: {name} is not the current schema");
+        let schema: serde_json::Value = serde_json::from_str(&schema_text).expect("schema");
+        let value: serde_json::Value = weavster_spec::yaml::from_str(&text).expect("yaml");
+        let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{f} against {name}: {errors:#?}");
+        checked += 1;
+    }
+    assert_eq!(
+        checked, 5,
+        "weavster.yaml, profiles, connectors, a flow, a test"
+    );
 }
