@@ -230,7 +230,8 @@ pub struct FileConnector {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdinConnector {
-    /// Default `jsonl`.
+    /// `jsonl` (default), `csv` (a header line first) or `json` (one array
+    /// of objects).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,
 }
@@ -239,7 +240,8 @@ pub struct StdinConnector {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StdoutConnector {
-    /// Default `jsonl`.
+    /// `jsonl` (default) or `csv`; `json` is refused (one array cannot be
+    /// streamed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<Format>,
 }
