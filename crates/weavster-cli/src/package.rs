@@ -96,7 +96,8 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
         release: !args.dev,
         prebuilt_only: false,
     };
-    let Some((loaded, compiled)) = compile::compile(g, &compile_args, true)? else {
+    // Compiling progress and results are shown (a release build takes a while).
+    let Some((loaded, compiled)) = compile::compile(g, &compile_args, g.quiet)? else {
         return Ok(ExitCode::from(1));
     };
     let p = &loaded.project;
