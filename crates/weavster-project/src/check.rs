@@ -286,6 +286,34 @@ pub(crate) fn connector(
                         .expected("`host:port[,host:port…]`"),
                 );
             }
+            // What `run` fixes for its delivery guarantee (the consumer
+            // commits offsets with the queue; the producer is idempotent).
+            for (key, want) in [
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("enable.idempotence", "true"),
+                ("acks", "all"),
+            ] {
+                if let Some(v) = k.options.get(key)
+                    && v != want
+                {
+                    diags.push(err(
+                        format!("option `{key}` must be `{want}` here: Weavster's delivery guarantee depends on it"),
+                        "options",
+                    ));
+                }
+            }
+            if let Some(g) = k.options.get("group.id")
+                && k.group_id.as_deref() != Some(g.as_str())
+            {
+                diags.push(
+                    err(
+                        "set the consumer group with `group_id`, not `options.group.id`".into(),
+                        "options",
+                    )
+                    .expected(format!("`group_id: {g}`")),
+                );
+            }
         }
         Connector::Postgres(p) => {
             if !(p.url.starts_with("postgres://") || p.url.starts_with("postgresql://")) {
@@ -390,6 +418,81 @@ pub(crate) fn connector(
             }
             if h.path.as_deref().is_some_and(|p| !p.starts_with('/')) {
                 diags.push(err("`path` must start with `/`".into(), "path"));
+            }
+            // What `run` would refuse when it builds the server or client.
+            if let Some(listen) = &h.listen {
+                let port_ok = listen
+                    .rsplit_once(':')
+                    .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+                if !port_ok {
+                    diags.push(
+                        err(
+                            format!("`listen` `{listen}` is not a host and port"),
+                            "listen",
+                        )
+                        .expected("`127.0.0.1:8080` or `0.0.0.0:8080`"),
+                    );
+                }
+            }
+            if let Some(u) = &h.url {
+                match url::Url::parse(u) {
+                    Ok(parsed) if matches!(parsed.scheme(), "http" | "https") => {}
+                    Ok(parsed) => diags.push(
+                        err(
+                            format!("`url` scheme `{}` is not http or https", parsed.scheme()),
+                            "url",
+                        )
+                        .expected("`https://host/path`"),
+                    ),
+                    Err(e) => diags.push(
+                        err(format!("`url` is not a URL: {e}"), "url")
+                            .expected("`https://host/path`"),
+                    ),
+                }
+            }
+            // An HTTP token: the characters RFC 9110 allows in a method or
+            // a header name.
+            let token = |t: &str| {
+                !t.is_empty()
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            };
+            if let Some(m) = &h.method
+                && !token(m)
+            {
+                diags.push(err(
+                    format!("`method` `{m}` is not an HTTP method"),
+                    "method",
+                ));
+            }
+            for (name, value) in &h.headers {
+                if !token(name) {
+                    diags.push(err(
+                        format!("header name `{name}` is not an HTTP token"),
+                        "headers",
+                    ));
+                }
+                if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                    diags.push(err(
+                        format!(
+                            "the value of header `{name}` holds a control character (a line break?)"
+                        ),
+                        "headers",
+                    ));
+                }
+            }
+            if let Some(tls) = &h.tls {
+                for (key, file) in [
+                    ("tls.cert_file", &tls.cert_file),
+                    ("tls.key_file", &tls.key_file),
+                    ("tls.ca_file", &tls.ca_file),
+                ] {
+                    if let Some(f) = file
+                        && !root.join(f).is_file()
+                    {
+                        diags.push(err(format!("`{key}` `{f}` is not a file"), key));
+                    }
+                }
             }
             if let Some(tls) = &h.tls {
                 let serves = tls.cert_file.is_some() || tls.key_file.is_some();
