@@ -662,3 +662,58 @@ pub fn require_signature(
     }
     Ok(())
 }
+
+/// `--package` and what goes with it, shared by `run` and `test`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PackageArgs {
+    /// Use a package (an OCI layout directory or a registry reference)
+    /// instead of the project's sources: its modules as built, no Rust
+    /// toolchain. Profiles and target come from --profiles-dir/--target;
+    /// relative paths and the embedded queue are the working directory's
+    /// (-C).
+    #[arg(long, value_name = "DIR|REF")]
+    pub package: Option<String>,
+    /// Refuse a package without a signature by this public key (checked
+    /// before anything runs). Set, it also refuses the project's sources:
+    /// a machine with a verify key runs signed packages only.
+    #[arg(long, value_name = "FILE", env = "WEAVSTER_VERIFY_KEY")]
+    pub key: Option<PathBuf>,
+    /// The tag in the package layout (default: its only package).
+    #[arg(long, requires = "package")]
+    pub tag: Option<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+impl PackageArgs {
+    /// The project to run or test: the package's (its modules' profile
+    /// decides release) or the sources' (`release` as asked); refused
+    /// under `runtime.require_signature` as that says.
+    pub fn load(
+        &self,
+        g: &Global,
+        release: bool,
+    ) -> anyhow::Result<(weavster_project::Loaded, bool)> {
+        if let (Some(key), None) = (&self.key, &self.package) {
+            anyhow::bail!(
+                "a verify key is set ({}, by --key or WEAVSTER_VERIFY_KEY): run a signed package (--package DIR|REF); the project's sources are not signed",
+                key.display()
+            );
+        }
+        let (loaded, release) = match &self.package {
+            Some(src) => {
+                let p = materialize(
+                    g,
+                    src,
+                    self.tag.as_deref(),
+                    self.key.as_deref(),
+                    &self.registry,
+                )?;
+                (p.loaded, p.release)
+            }
+            None => (g.load()?, release),
+        };
+        require_signature(&loaded, self.package.is_some(), self.key.is_some())?;
+        Ok((loaded, release))
+    }
+}

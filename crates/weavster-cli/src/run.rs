@@ -34,27 +34,8 @@ pub struct Args {
     /// for production. By default the development build runs.
     #[arg(long)]
     release: bool,
-    /// Run a package (an OCI layout directory or a registry reference)
-    /// instead of the project's sources: its modules as built, no Rust
-    /// toolchain. Profiles and target come from --profiles-dir/--target;
-    /// relative paths and the embedded queue are the working directory's
-    /// (-C).
-    #[arg(long, value_name = "DIR|REF")]
-    package: Option<String>,
-    /// Refuse a package without a signature by this public key (checked
-    /// before anything runs).
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "WEAVSTER_VERIFY_KEY",
-        requires = "package"
-    )]
-    key: Option<std::path::PathBuf>,
-    /// The tag in the package layout (default: its only package).
-    #[arg(long, requires = "package")]
-    tag: Option<String>,
     #[command(flatten)]
-    registry: crate::package::RegistryArgs,
+    package: crate::package::PackageArgs,
 }
 
 /// The flows to run: the selected ones and every flow they feed.
@@ -234,20 +215,7 @@ fn print_summary(report: &RunReport, quiet: bool) {
 }
 
 pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
-    let (loaded, release) = match &args.package {
-        Some(src) => {
-            let p = crate::package::materialize(
-                g,
-                src,
-                args.tag.as_deref(),
-                args.key.as_deref(),
-                &args.registry,
-            )?;
-            (p.loaded, p.release)
-        }
-        None => (g.load()?, args.release),
-    };
-    crate::package::require_signature(&loaded, args.package.is_some(), args.key.is_some())?;
+    let (loaded, release) = args.package.load(g, args.release)?;
     let flows = if loaded.is_valid() {
         selected(&loaded.project, &args.flow)?
     } else {
@@ -261,7 +229,7 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
             force: false,
             debug: false,
             release,
-            prebuilt_only: args.package.is_some(),
+            prebuilt_only: args.package.package.is_some(),
         },
         true,
     )?

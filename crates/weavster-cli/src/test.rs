@@ -19,23 +19,8 @@ pub struct Args {
     /// Test the fully optimized build (`compile --release`).
     #[arg(long)]
     release: bool,
-    /// Test a package's modules (an OCI layout directory or a registry
-    /// reference) against its packaged fixtures: no Rust toolchain.
-    #[arg(long, value_name = "DIR|REF")]
-    package: Option<String>,
-    /// Refuse a package without a signature by this public key.
-    #[arg(
-        long,
-        value_name = "FILE",
-        env = "WEAVSTER_VERIFY_KEY",
-        requires = "package"
-    )]
-    key: Option<std::path::PathBuf>,
-    /// The tag in the package layout (default: its only package).
-    #[arg(long, requires = "package")]
-    tag: Option<String>,
     #[command(flatten)]
-    registry: crate::package::RegistryArgs,
+    package: crate::package::PackageArgs,
 }
 
 /// `now()` in fixtures that do not pin it.
@@ -186,26 +171,13 @@ pub fn check_case(case: &TestCase, outputs: &[String], produced: &Produced) -> O
 }
 
 pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
-    let (loaded, release) = match &args.package {
-        Some(src) => {
-            let p = crate::package::materialize(
-                g,
-                src,
-                args.tag.as_deref(),
-                args.key.as_deref(),
-                &args.registry,
-            )?;
-            (p.loaded, p.release)
-        }
-        None => (g.load()?, args.release),
-    };
-    crate::package::require_signature(&loaded, args.package.is_some(), args.key.is_some())?;
+    let (loaded, release) = args.package.load(g, args.release)?;
     let compile_args = CompileArgs {
         flow: args.select.clone(),
         force: false,
         debug: false,
         release,
-        prebuilt_only: args.package.is_some(),
+        prebuilt_only: args.package.package.is_some(),
     };
     let Some((loaded, compiled)) = compile::compile_loaded(loaded, &compile_args, true)? else {
         return Ok(ExitCode::from(1));

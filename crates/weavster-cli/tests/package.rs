@@ -627,6 +627,16 @@ fn a_pushed_signed_package_runs_without_a_toolchain() {
         unkeyed.stderr
     );
     assert!(!w.join("out.jsonl").exists());
+    // A verify key in the environment refuses a project's sources.
+    let mut keyed = env.clone();
+    keyed.push(("WEAVSTER_VERIFY_KEY".into(), key.clone()));
+    let sources = weavster(dir, &["run", "--once"], &keyed);
+    assert_eq!(sources.code, 2, "{}", sources.stderr);
+    assert!(
+        sources.stderr.contains("signed package"),
+        "{}",
+        sources.stderr
+    );
     // The packaged fixtures pass against the packaged modules.
     let tested = weavster(
         w,
