@@ -43,6 +43,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates) # an independent
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)    # an independent OCI client in the package tests
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry) # a real OCI registry (push/pull tests)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils) # the registry's basic-auth users
+command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core) # the docs site, opened headless
 # Independent signature checks and cosign-format keys (tests/tools/*.py run
 # with Debian's /usr/bin/python3, whatever python3 is first on PATH).
 /usr/bin/python3 -c 'import cryptography, nacl' >/dev/null 2>&1 || need+=(python3 python3-cryptography python3-nacl)

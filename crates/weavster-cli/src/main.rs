@@ -5,6 +5,7 @@
 mod compile;
 mod debug;
 mod dlq;
+mod docs;
 mod init;
 mod ls;
 mod package;
@@ -90,6 +91,8 @@ enum Command {
     Debug(debug::Args),
     /// Compile flows to wasm32-wasip1 modules (cached under .weavster/).
     Compile(compile::Args),
+    /// The project as a browsable site: lineage graph, flows, connectors.
+    Docs(docs::Args),
     /// Package the project (compiled flows, manifest, sources; never
     /// profiles.yaml) as an OCI artifact under .weavster/package; prints its digest.
     Package(package::Args),
@@ -118,6 +121,7 @@ fn main() -> ExitCode {
         Command::Ls(args) => ls::run(&cli.global, args),
         Command::Debug(args) => debug::run(&cli.global, args),
         Command::Compile(args) => compile::run(&cli.global, args),
+        Command::Docs(args) => docs::run(&cli.global, args),
         Command::Test(args) => test::run(&cli.global, args),
         Command::Package(args) => package::run(&cli.global, args),
         Command::Keygen(args) => package::keygen(args),

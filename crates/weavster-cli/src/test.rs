@@ -185,6 +185,15 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     let project = &loaded.project;
     let host = weavster_host::Host::new()?;
     let (mut passed, mut failed) = (0usize, 0usize);
+    let mut results = weavster_docs::TestResults::default();
+    let mut record = |flow: &str, test: &str, message: Option<String>| {
+        results.results.push(weavster_docs::TestResult {
+            flow: flow.into(),
+            test: test.into(),
+            passed: message.is_none(),
+            message,
+        });
+    };
     for (built, ir) in compiled.built.iter().zip(&compiled.irs) {
         let cases: Vec<_> = project
             .tests
@@ -227,12 +236,14 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
                 Err(e) => {
                     failed += 1;
                     println!("✘ {name}: the batch failed: {e}");
+                    record(&t.flow, &t.name, Some(format!("the batch failed: {e}")));
                 }
                 Ok(outcomes) => {
                     let produced = group(&outcomes, outputs.len());
                     match check_case(&t.spec, &outputs, &produced) {
                         None => {
                             passed += 1;
+                            record(&t.flow, &t.name, None);
                             if !g.quiet {
                                 println!("✔ {name}");
                             }
@@ -240,16 +251,41 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
                         Some(report) => {
                             failed += 1;
                             println!("✘ {name} ({})\n{report}", t.file);
+                            record(&t.flow, &t.name, Some(report));
                         }
                     }
                 }
             }
         }
     }
+    save_results(&project.root, results);
     println!("{passed} passed, {failed} failed");
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Records the results for `weavster docs` (merged with what is known of
+/// tests not run this time). Failing to write is logged, not fatal: the
+/// tests ran.
+fn save_results(root: &std::path::Path, results: weavster_docs::TestResults) {
+    let path = root
+        .join(".weavster/target")
+        .join(crate::docs::TEST_RESULTS);
+    let old: weavster_docs::TestResults = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default();
+    let merged = old.merge(results);
+    let written = std::fs::create_dir_all(root.join(".weavster/target")).and_then(|_| {
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&merged).unwrap_or_default(),
+        )
+    });
+    if let Err(e) = written {
+        tracing::warn!("cannot write {}: {e}", path.display());
+    }
 }
