@@ -159,7 +159,7 @@ kf_out=$(wc -l < "$dir/out/out.jsonl")
 [ "$kf_out" = "$j_out" ] || { echo "Kafka → file: $kf_out records out, jq $j_out" >&2; exit 1; }
 
 # PostgreSQL paths, on a target server of their own (pg-server: Debian's
-# binaries through weavster-pg), stopped when its stdin closes.
+# binaries through weavster-queue-server), stopped when its stdin closes.
 cargo build --release --locked -q -p weavster-bench --bin pg-server --bin pg-write-paths
 psql=$(ls /usr/lib/postgresql/*/bin/psql | head -n1)
 mkfifo "$dir/pg.ctl"

@@ -221,9 +221,9 @@ fn wasm_target() -> Check {
 }
 
 /// The PostgreSQL server binaries the embedded queue would use.
-fn find_pg_bin() -> Result<PathBuf, weavster_pg::PgError> {
+fn find_pg_bin() -> Result<PathBuf, weavster_queue_server::PgError> {
     let explicit = std::env::var_os("WEAVSTER_PG_BIN").map(PathBuf::from);
-    weavster_pg::find_bin_dir(explicit.as_deref())
+    weavster_queue_server::find_bin_dir(explicit.as_deref())
 }
 
 fn postgres_binaries(required: bool) -> Check {

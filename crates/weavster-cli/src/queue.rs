@@ -11,7 +11,7 @@ use weavster_runtime::Db;
 /// An open queue; [`Queue::close`] stops an embedded server.
 pub struct Queue {
     pub db: Db,
-    embedded: Option<weavster_pg::Embedded>,
+    embedded: Option<weavster_queue_server::Embedded>,
     /// Where it is, for messages (password masked).
     pub shown: String,
 }
@@ -20,9 +20,10 @@ impl Queue {
     pub async fn open(project: &Project, max_connections: u32) -> anyhow::Result<Queue> {
         let queue = &project.runtime.queue;
         if queue == "embedded" {
-            let mut opts = weavster_pg::Options::new(project.root.join(".weavster/postgres"));
+            let mut opts =
+                weavster_queue_server::Options::new(project.root.join(".weavster/postgres"));
             opts.bin_dir = std::env::var_os("WEAVSTER_PG_BIN").map(PathBuf::from);
-            let server = weavster_pg::Embedded::start(&opts)
+            let server = weavster_queue_server::Embedded::start(&opts)
                 .await
                 .context("cannot start the embedded PostgreSQL (queue: embedded)")?;
             let url = server.url();
@@ -49,7 +50,7 @@ impl Queue {
     }
 
     /// Stops the embedded server from anywhere (a forced exit).
-    pub fn emergency(&self) -> Option<weavster_pg::EmergencyStop> {
+    pub fn emergency(&self) -> Option<weavster_queue_server::EmergencyStop> {
         self.embedded.as_ref().map(|e| e.emergency())
     }
 
@@ -71,7 +72,7 @@ impl Queue {
                 Err(e) => {
                     return format!(
                         "the embedded PostgreSQL stopped and could not be started again ({} attempts): {e}",
-                        weavster_pg::RESTART_ATTEMPTS
+                        weavster_queue_server::RESTART_ATTEMPTS
                     );
                 }
             }

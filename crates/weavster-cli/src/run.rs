@@ -115,7 +115,7 @@ fn plan(project: &Project, name: &str, wasm: &Path) -> anyhow::Result<FlowPlan> 
 /// exits with 130. Jobs it held are run again by the next run.
 fn watch_signals(
     tx: tokio::sync::watch::Sender<bool>,
-    emergency: Option<weavster_pg::EmergencyStop>,
+    emergency: Option<weavster_queue_server::EmergencyStop>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;

@@ -1,5 +1,5 @@
 //! PostgreSQL output, end to end: a target PostgreSQL server started by the
-//! test (Debian's binaries, through weavster-pg: initdb as a non-root user),
+//! test (Debian's binaries, through weavster-queue-server: initdb as a non-root user),
 //! the real binary with its own embedded queue. Rows are counted in the
 //! target: every record written once, bad rows (only them) dead-lettered
 //! with PostgreSQL's message.
@@ -15,7 +15,7 @@ use common::{command, dead_letters, project, weavster};
 /// A PostgreSQL server for the test, in a temp dir.
 struct Target {
     rt: tokio::runtime::Runtime,
-    pg: Option<weavster_pg::Embedded>,
+    pg: Option<weavster_queue_server::Embedded>,
     _dir: tempfile::TempDir,
 }
 
@@ -27,9 +27,9 @@ impl Target {
             .build()
             .expect("runtime");
         let pg = rt
-            .block_on(weavster_pg::Embedded::start(&weavster_pg::Options::new(
-                dir.path().join("pg"),
-            )))
+            .block_on(weavster_queue_server::Embedded::start(
+                &weavster_queue_server::Options::new(dir.path().join("pg")),
+            ))
             .expect("target PostgreSQL");
         Target {
             rt,
@@ -50,9 +50,9 @@ impl Target {
         std::thread::sleep(down);
         let pg = self
             .rt
-            .block_on(weavster_pg::Embedded::start(&weavster_pg::Options::new(
-                self._dir.path().join("pg"),
-            )))
+            .block_on(weavster_queue_server::Embedded::start(
+                &weavster_queue_server::Options::new(self._dir.path().join("pg")),
+            ))
             .expect("restart");
         self.pg = Some(pg);
     }

@@ -407,7 +407,7 @@ fn a_killed_embedded_postgres_is_restarted() {
         .spawn()
         .expect("spawn");
     wait_for_output(&out);
-    let (pid, _) = weavster_pg::live_postmaster(&dir.join(".weavster/postgres/data"))
+    let (pid, _) = weavster_queue_server::live_postmaster(&dir.join(".weavster/postgres/data"))
         .expect("a running postmaster");
     signal(pid, "-KILL");
     let started = std::time::Instant::now();

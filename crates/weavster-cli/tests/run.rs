@@ -309,9 +309,9 @@ fn two_processes_share_an_external_database_and_survive_its_restart() {
     let rt = tokio::runtime::Runtime::new().expect("tokio");
     let pg_dir = tempfile::tempdir().expect("pg dir");
     let server = rt
-        .block_on(weavster_pg::Embedded::start(&weavster_pg::Options::new(
-            pg_dir.path().join("postgres"),
-        )))
+        .block_on(weavster_queue_server::Embedded::start(
+            &weavster_queue_server::Options::new(pg_dir.path().join("postgres")),
+        ))
         .expect("external PostgreSQL");
     let input: String = (0..N).map(|i| format!("{{\"id\":{i}}}\n")).collect();
     let (tmp, mut env) = project(&[

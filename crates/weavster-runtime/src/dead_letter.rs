@@ -83,7 +83,7 @@ impl std::fmt::Display for Stage {
 
 /// A record on its way to the dead-letter table.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Dead {
+pub struct NewDeadLetter {
     pub record: Vec<u8>,
     pub stage: Stage,
     pub message: String,
@@ -97,9 +97,13 @@ pub struct Dead {
     pub source: Option<String>,
 }
 
-impl Dead {
-    pub fn new(record: impl Into<Vec<u8>>, stage: Stage, message: impl Into<String>) -> Dead {
-        Dead {
+impl NewDeadLetter {
+    pub fn new(
+        record: impl Into<Vec<u8>>,
+        stage: Stage,
+        message: impl Into<String>,
+    ) -> NewDeadLetter {
+        NewDeadLetter {
             record: record.into(),
             stage,
             message: message.into(),
@@ -110,7 +114,7 @@ impl Dead {
         }
     }
 
-    pub fn item(mut self, i: usize) -> Dead {
+    pub fn item(mut self, i: usize) -> NewDeadLetter {
         self.item = i32::try_from(i).ok();
         self
     }
@@ -129,7 +133,7 @@ pub(crate) async fn insert<'c, E>(
     run_id: i64,
     attempts: i32,
     job: Option<&str>,
-    dead: &[Dead],
+    dead: &[NewDeadLetter],
 ) -> Result<(), DbError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,

@@ -13,7 +13,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
-use crate::dead_letter::{Dead, Stage};
+use crate::dead_letter::{NewDeadLetter, Stage};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FlowLabel {
@@ -142,7 +142,7 @@ impl Metrics {
     }
 
     /// Counts dead letters of `flow` by stage.
-    pub(crate) fn count_dead(&self, flow: &str, dead: &[Dead]) {
+    pub(crate) fn count_dead(&self, flow: &str, dead: &[NewDeadLetter]) {
         for d in dead {
             self.dead
                 .get_or_create(&DeadLabel {

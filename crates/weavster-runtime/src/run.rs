@@ -13,7 +13,7 @@ use weavster_host::Host;
 use weavster_spec::types::Connector;
 
 use crate::connectors::{self, Context, Endpoint, Family, Reading};
-use crate::dead_letter::{self, Dead};
+use crate::dead_letter::{self, NewDeadLetter};
 use crate::metrics::{FlowCounts, Metrics};
 use crate::queue::{self, Job};
 use crate::sink::Sink;
@@ -658,11 +658,11 @@ impl Pump {
             }
             pause = (pause * 2).min(Duration::from_millis(500));
         }
-        let dead: Vec<Dead> = batch
+        let dead: Vec<NewDeadLetter> = batch
             .rejects
             .iter()
             .map(|r| {
-                let mut d = Dead::new(r.record.clone(), r.stage, r.message.clone());
+                let mut d = NewDeadLetter::new(r.record.clone(), r.stage, r.message.clone());
                 d.source = r.at.clone();
                 d
             })
@@ -705,7 +705,7 @@ impl Pump {
     async fn commit(
         &self,
         job: Option<&Job>,
-        dead: &[Dead],
+        dead: &[NewDeadLetter],
         batch: &SourceBatch,
     ) -> Result<bool, RuntimeError> {
         let mut tx = self.db.pool().begin().await.map_err(DbError::from)?;

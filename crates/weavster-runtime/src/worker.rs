@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use weavster_host::{FlowModule, HostError, Instance};
 
-use crate::dead_letter::{self, Dead, Stage};
+use crate::dead_letter::{self, NewDeadLetter, Stage};
 use crate::metrics::{Metrics, OutputLabel};
 use crate::queue::{self, Job};
 use crate::sink::{Failed, Sink};
@@ -62,7 +62,7 @@ impl Halt {
 struct Executed {
     /// Record texts by output, with their item (index in the job).
     routed: Vec<Vec<(usize, String)>>,
-    dead: Vec<Dead>,
+    dead: Vec<NewDeadLetter>,
     filtered: u64,
     unrouted: u64,
     traps: u64,
@@ -172,7 +172,7 @@ impl FlowWorker {
             } else if l.f.is_some() {
                 ex.filtered += 1;
             } else if let Some(e) = l.e {
-                let mut d = Dead::new(
+                let mut d = NewDeadLetter::new(
                     records[i].as_bytes(),
                     Stage::from_guest(&e.stage),
                     e.message,
@@ -215,8 +215,9 @@ impl FlowWorker {
                             } else {
                                 Stage::Trap
                             };
-                            ex.dead
-                                .push(Dead::new(rec.as_bytes(), stage, e.to_string()).item(k));
+                            ex.dead.push(
+                                NewDeadLetter::new(rec.as_bytes(), stage, e.to_string()).item(k),
+                            );
                         }
                         Err(e) => return Err(Failure::Retry(e.to_string())),
                     }
@@ -239,7 +240,12 @@ impl FlowWorker {
 
     /// Marks output `o` of `job` written, with the records it refused, in
     /// one transaction.
-    async fn mark_written(&self, job: &str, o: usize, refused: &[Dead]) -> Result<(), DbError> {
+    async fn mark_written(
+        &self,
+        job: &str,
+        o: usize,
+        refused: &[NewDeadLetter],
+    ) -> Result<(), DbError> {
         let mut tx = self.db.pool().begin().await?;
         dead_letter::insert(&mut *tx, &self.name, self.run_id, 1, Some(job), refused).await?;
         sqlx::query(
@@ -292,11 +298,11 @@ impl FlowWorker {
                 Failed::Later(d) => Failure::Later(e.to_string(), d),
                 Failed::Stop => Failure::Stop(format!("output {}: {e}", self.outputs[o])),
             })?;
-            let refused: Vec<Dead> = refused
+            let refused: Vec<NewDeadLetter> = refused
                 .into_iter()
                 .filter_map(|(k, message)| {
                     let (item, text) = list.get(k)?;
-                    let mut d = Dead::new(
+                    let mut d = NewDeadLetter::new(
                         text.as_bytes(),
                         Stage::Output,
                         format!("{}: {message}", self.outputs[o]),
@@ -348,11 +354,11 @@ impl FlowWorker {
         .fetch_all(self.db.pool())
         .await?;
         let have: BTreeSet<usize> = have.into_iter().map(|(i,)| i as usize).collect();
-        let dead: Vec<Dead> = lines
+        let dead: Vec<NewDeadLetter> = lines
             .iter()
             .enumerate()
             .filter(|(i, _)| !have.contains(i))
-            .map(|(i, r)| Dead::new(r.as_bytes(), stage, message).item(i))
+            .map(|(i, r)| NewDeadLetter::new(r.as_bytes(), stage, message).item(i))
             .collect();
         dead_letter::insert(
             self.db.pool(),

@@ -143,10 +143,11 @@ async fn check_with(db: &Db, root: &Path, settings: QueueSettings) -> RunReport 
 async fn runaway_and_crashing_records_are_dead_lettered_the_rest_delivered() {
     let dir = tempfile::tempdir().expect("tmp");
     let root = dir.path().to_path_buf();
-    let server =
-        weavster_pg::Embedded::start(&weavster_pg::Options::new(root.join(".weavster/postgres")))
-            .await
-            .expect("embedded PostgreSQL");
+    let server = weavster_queue_server::Embedded::start(&weavster_queue_server::Options::new(
+        root.join(".weavster/postgres"),
+    ))
+    .await
+    .expect("embedded PostgreSQL");
     let db = Db::connect(&server.url(), 8, Duration::from_secs(10))
         .await
         .expect("connect");
@@ -224,10 +225,11 @@ async fn runaway_and_crashing_records_are_dead_lettered_the_rest_delivered() {
 async fn a_slow_batch_is_not_run_twice() {
     let dir = tempfile::tempdir().expect("tmp");
     let root = dir.path().to_path_buf();
-    let server =
-        weavster_pg::Embedded::start(&weavster_pg::Options::new(root.join(".weavster/postgres")))
-            .await
-            .expect("embedded PostgreSQL");
+    let server = weavster_queue_server::Embedded::start(&weavster_queue_server::Options::new(
+        root.join(".weavster/postgres"),
+    ))
+    .await
+    .expect("embedded PostgreSQL");
     let db = Db::connect(&server.url(), 8, Duration::from_secs(10))
         .await
         .expect("connect");
@@ -281,10 +283,11 @@ async fn a_slow_batch_is_not_run_twice() {
 async fn an_invalid_guest_answer_is_an_internal_dead_letter_not_a_retry() {
     let dir = tempfile::tempdir().expect("tmp");
     let root = dir.path().to_path_buf();
-    let server =
-        weavster_pg::Embedded::start(&weavster_pg::Options::new(root.join(".weavster/postgres")))
-            .await
-            .expect("embedded PostgreSQL");
+    let server = weavster_queue_server::Embedded::start(&weavster_queue_server::Options::new(
+        root.join(".weavster/postgres"),
+    ))
+    .await
+    .expect("embedded PostgreSQL");
     let db = Db::connect(&server.url(), 8, Duration::from_secs(10))
         .await
         .expect("connect");

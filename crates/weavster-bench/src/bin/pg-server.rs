@@ -1,5 +1,5 @@
 //! `pg-server DIR`: starts a PostgreSQL server with its data in DIR (Debian's
-//! binaries through weavster-pg; as root through a user namespace) with
+//! binaries through weavster-queue-server; as root through a user namespace) with
 //! `wal_level = logical` (for the CDC benchmark), prints its connection URL
 //! on one line, and stops it when standard input ends. For benchmark
 //! scripts that need a target database.
@@ -16,13 +16,13 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let options = weavster_pg::Options::new(dir);
-    let mut pg = rt.block_on(weavster_pg::Embedded::start(&options))?;
+    let options = weavster_queue_server::Options::new(dir);
+    let mut pg = rt.block_on(weavster_queue_server::Embedded::start(&options))?;
     let psql = pg.bin_dir().join("psql");
     let psql = if psql.exists() {
         psql
     } else {
-        weavster_pg::find_bin_dir(None)?.join("psql")
+        weavster_queue_server::find_bin_dir(None)?.join("psql")
     };
     let set = Command::new(&psql)
         .arg(pg.url())
@@ -31,7 +31,7 @@ fn main() -> anyhow::Result<()> {
         .with_context(|| format!("running {}", psql.display()))?;
     anyhow::ensure!(set.success(), "ALTER SYSTEM SET wal_level failed");
     rt.block_on(pg.stop())?;
-    pg = rt.block_on(weavster_pg::Embedded::start(&options))?;
+    pg = rt.block_on(weavster_queue_server::Embedded::start(&options))?;
     println!("{}", pg.url());
     let mut sink = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut sink);

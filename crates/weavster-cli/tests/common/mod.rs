@@ -208,7 +208,7 @@ pub fn spawn_logged(
 /// queue can be read between and after runs.
 pub struct Queue {
     rt: tokio::runtime::Runtime,
-    pg: Option<weavster_pg::Embedded>,
+    pg: Option<weavster_queue_server::Embedded>,
 }
 
 impl Queue {
@@ -218,9 +218,9 @@ impl Queue {
             .build()
             .expect("runtime");
         let pg = rt
-            .block_on(weavster_pg::Embedded::start(&weavster_pg::Options::new(
-                dir.join(".weavster/postgres"),
-            )))
+            .block_on(weavster_queue_server::Embedded::start(
+                &weavster_queue_server::Options::new(dir.join(".weavster/postgres")),
+            ))
             .expect("embedded PostgreSQL");
         Queue { rt, pg: Some(pg) }
     }
@@ -239,7 +239,7 @@ impl Queue {
     pub fn server_pids(&self) -> Vec<u32> {
         let pg = self.pg.as_ref().expect("running");
         let (postmaster, _) =
-            weavster_pg::live_postmaster(pg.data_dir()).expect("a running postmaster");
+            weavster_queue_server::live_postmaster(pg.data_dir()).expect("a running postmaster");
         let mut pids = vec![postmaster];
         for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
             let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {

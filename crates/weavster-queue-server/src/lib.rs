@@ -535,7 +535,7 @@ fn socket_dir(root: &Path) -> PathBuf {
         .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
             (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
         });
-    std::env::temp_dir().join(format!("weavster-pg-{h:016x}"))
+    std::env::temp_dir().join(format!("weavster-queue-server-{h:016x}"))
 }
 
 /// Wrappers for `initdb` and `pg_ctl` that run the real binaries (and so

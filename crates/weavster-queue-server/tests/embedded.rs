@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use weavster_pg::{Embedded, Options};
+use weavster_queue_server::{Embedded, Options};
 
 async fn query_one(url: &str) -> i32 {
     let pool = sqlx::PgPool::connect(url).await.expect("connects");
@@ -89,7 +89,8 @@ async fn starts_restarts_and_recovers() {
     let _ = other.wait();
 
     // Killed under a running process: started again on the same port.
-    let (pid, _) = weavster_pg::live_postmaster(&opts.root.join("data")).expect("running");
+    let (pid, _) =
+        weavster_queue_server::live_postmaster(&opts.root.join("data")).expect("running");
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -126,7 +127,7 @@ async fn concurrent_users_share_the_server() {
 #[test]
 fn missing_binaries_are_a_clear_error() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let err = weavster_pg::find_bin_dir(Some(tmp.path())).expect_err("no binaries there");
+    let err = weavster_queue_server::find_bin_dir(Some(tmp.path())).expect_err("no binaries there");
     let msg = err.to_string();
     assert!(msg.contains("WEAVSTER_PG_BIN"), "{msg}");
     assert!(msg.contains("initdb"), "{msg}");
