@@ -54,6 +54,10 @@ const GUEST_FILES: &[(&str, &str)] = &[
         "src/table.rs",
         include_str!("../../weavster-guest/src/table.rs"),
     ),
+    (
+        "src/value.rs",
+        include_str!("../../weavster-guest/src/value.rs"),
+    ),
 ];
 
 /// The guest's dependencies, as in the repository's `[workspace.dependencies]`

@@ -9,7 +9,8 @@ use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use sha2::Digest as _;
 
-use crate::ops::{float, type_name};
+pub use crate::value::to_string;
+use crate::value::{float, type_name};
 use crate::{Ctx, R, RecordError};
 
 /// Arguments are borrowed: generated code passes record fields and literals
@@ -42,14 +43,6 @@ fn int_arg(name: &str, a: &[&Value], i: usize) -> R<Option<i64>> {
             .map(Some)
             .ok_or_else(|| want(name, "an integer", arg(a, i))),
         other => Err(want(name, "an integer", other)),
-    }
-}
-
-/// The string form of a value: strings as they are, everything else as JSON.
-pub fn to_string(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
     }
 }
 

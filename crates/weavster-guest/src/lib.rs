@@ -1,6 +1,7 @@
 //! `weavster-guest`: linked into every compiled flow.
 //!
 //! - [`path`]: reading and writing record paths;
+//! - [`value`]: type names, truthiness and conversions;
 //! - [`ops`]: operators with the null rules;
 //! - [`func`]: the function library (one signature for all: `fn(&[Value], &Ctx) -> R<Value>`);
 //! - [`step`]: regex, lookup, template and cast helpers;
@@ -23,6 +24,7 @@ pub mod ops;
 pub mod path;
 pub mod step;
 pub mod table;
+pub mod value;
 
 use std::cell::Cell;
 

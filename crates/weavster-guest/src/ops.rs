@@ -2,33 +2,10 @@
 //! `==`/`!=` compare nulls; ordering comparisons with null are false.
 //! Integers stay integers (overflow is a record error); any float makes a float.
 
-use serde_json::{Number, Value};
+use serde_json::Value;
 
+pub use crate::value::{float, truthy, type_name};
 use crate::{R, RecordError};
-
-pub fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(n) if n.is_f64() => "a float",
-        Value::Number(_) => "an integer",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a list",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// Jinja truthiness: null, false, 0, "", [] and {} are false.
-pub fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(m) => !m.is_empty(),
-    }
-}
 
 #[derive(Clone, Copy)]
 enum Num {
@@ -51,13 +28,6 @@ fn f(n: Num) -> f64 {
         Num::I(i) => i as f64,
         Num::F(x) => x,
     }
-}
-
-/// A float as a JSON value; NaN and infinities are record errors.
-pub fn float(x: f64) -> R<Value> {
-    Number::from_f64(x)
-        .map(Value::Number)
-        .ok_or_else(|| RecordError::transform(format!("the result is not a finite number ({x})")))
 }
 
 fn mismatch(op: &str, a: &Value, b: &Value) -> RecordError {
@@ -202,8 +172,8 @@ pub fn concat(a: &Value, b: &Value) -> R<Value> {
     if a.is_null() || b.is_null() {
         return Ok(Value::Null);
     }
-    let mut s = crate::func::to_string(a);
-    s.push_str(&crate::func::to_string(b));
+    let mut s = crate::value::to_string(a);
+    s.push_str(&crate::value::to_string(b));
     Ok(Value::String(s))
 }
 
