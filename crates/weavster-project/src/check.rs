@@ -10,33 +10,8 @@ use weavster_spec::types::{
 use weavster_spec::yaml::{DeError, DeErrorKind, Node, NodeKind, Step};
 use weavster_spec::{Diagnostic, Span};
 
-use crate::load::quoted_list;
+use crate::ident::quoted_list;
 use crate::{ConnectorDef, FlowDef, Project};
-
-/// `[a-z][a-z0-9_]*`: names of projects, flows, connectors, lookup tables.
-pub fn is_identifier(s: &str) -> bool {
-    let mut chars = s.chars();
-    chars.next().is_some_and(|c| c.is_ascii_lowercase())
-        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-}
-
-/// A best-effort identifier made from any name (for hints and `init`).
-pub fn to_identifier(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_lowercase()
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    if !out.starts_with(|c: char| c.is_ascii_lowercase()) {
-        out.insert_str(0, "p_");
-    }
-    out
-}
 
 /// A deserialization error as a diagnostic.
 pub(crate) fn de_diagnostic(file: &str, root: &Node, e: &DeError) -> Diagnostic {

@@ -10,6 +10,7 @@
 
 mod check;
 pub mod edits;
+mod ident;
 mod load;
 mod manifest;
 pub mod render;
@@ -25,7 +26,7 @@ use serde_json::Value;
 use weavster_spec::types::{Connector, FlowFile, ProjectFile, Runtime, TestCase};
 pub use weavster_spec::{Diagnostic, Severity, Span};
 
-pub use check::{is_identifier, to_identifier};
+pub use ident::{is_identifier, to_identifier};
 pub use load::load;
 pub use manifest::Manifest;
 pub use secrets::Secrets;
