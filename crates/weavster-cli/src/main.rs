@@ -6,6 +6,7 @@ mod compile;
 mod debug;
 mod dlq;
 mod docs;
+mod health;
 mod init;
 mod ls;
 mod package;
@@ -110,6 +111,8 @@ enum Command {
     Run(run::Args),
     /// Inspect, replay or purge dead letters (records that could not be delivered).
     Dlq(dlq::Args),
+    /// Ask a running `weavster run` (its --metrics-addr) whether it is ready: exit 0 or 1.
+    Health(health::Args),
 }
 
 fn main() -> ExitCode {
@@ -130,6 +133,7 @@ fn main() -> ExitCode {
         Command::Pull(args) => package::pull(&cli.global, args),
         Command::Run(args) => run::run(&cli.global, args),
         Command::Dlq(args) => dlq::run(&cli.global, args),
+        Command::Health(args) => health::run(args),
     };
     match result {
         Ok(code) => code,

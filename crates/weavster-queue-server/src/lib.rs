@@ -54,9 +54,12 @@ const NAMESPACE_ID: u32 = 65534;
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
     #[error(
-        "no PostgreSQL server binaries (initdb, pg_ctl, postgres) found; looked in {looked}. \
-         Install PostgreSQL's server package (scripts/setup.sh does) or set WEAVSTER_PG_BIN \
-         to the directory holding them"
+        "the embedded queue (`queue: embedded`) needs PostgreSQL's server binaries (initdb, \
+         pg_ctl, postgres) and none were found; looked in {looked}. In a container or \
+         production, use an external queue database instead: set `runtime.queue` (in \
+         weavster.yaml or the target) to a postgres:// URL. To run embedded here, install \
+         PostgreSQL's server package (scripts/setup.sh does) or set WEAVSTER_PG_BIN to the \
+         directory holding them"
     )]
     NoBinaries { looked: String },
     #[error("{path}: {source}")]

@@ -59,6 +59,13 @@ impl Db {
                 source: e,
             })?;
         let options = options.options([("synchronous_commit", "off")]);
+        // Which process a session belongs to, in pg_stat_activity (who holds
+        // a source's lock, whose queries are slow), unless the URL names it.
+        let options = if url.contains("application_name") {
+            options
+        } else {
+            options.application_name(&format!("weavster/{}", std::process::id()))
+        };
         let pool = loop {
             let attempt = PgPoolOptions::new()
                 .max_connections(max_connections)
