@@ -6,11 +6,14 @@
 #   scripts/build-static.sh [OUT]     # default: target/dist/weavster
 #
 # Installs what it needs (Debian's musl-tools, the Rust musl target),
-# idempotently. Prints the binary's size and how it is linked.
+# idempotently (`--deps-only`: only that). Prints the binary's size and how
+# it is linked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 target=x86_64-unknown-linux-musl
+deps_only=""
+if [ "${1:-}" = "--deps-only" ]; then deps_only=1; shift; fi
 out="${1:-$CARGO_TARGET_DIR/dist/weavster}"
 say() { printf '==> %s\n' "$*" >&2; }
 
@@ -26,6 +29,7 @@ if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
   rustup target add "$target"
 fi
 
+[ -n "$deps_only" ] && exit 0
 # The C dependencies (librdkafka, zlib, zstd, ring) compile with musl-gcc.
 export CC_x86_64_unknown_linux_musl=musl-gcc
 export AR_x86_64_unknown_linux_musl=ar

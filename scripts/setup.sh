@@ -24,6 +24,11 @@ if ! rustup +"${toolchain}" target list --installed | grep -qx wasm32-wasip1; th
   say "adding the wasm32-wasip1 target"
   rustup +"${toolchain}" target add wasm32-wasip1
 fi
+# The static binary (scripts/build-static.sh, the wheel, the image).
+if ! rustup +"${toolchain}" target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  say "adding the x86_64-unknown-linux-musl target"
+  rustup +"${toolchain}" target add x86_64-unknown-linux-musl
+fi
 
 # Flow modules are built in each project's .weavster/build, outside this
 # repository, by the default toolchain: it needs the target too.
@@ -44,6 +49,9 @@ command -v skopeo >/dev/null 2>&1 || need+=(skopeo)    # an independent OCI clie
 command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry) # a real OCI registry (push/pull tests)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils) # the registry's basic-auth users
 command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core) # the docs site, opened headless
+command -v musl-gcc >/dev/null 2>&1 || need+=(musl-tools) # the static binary's C dependencies (scripts/build-static.sh)
+command -v file >/dev/null 2>&1 || need+=(file)        # scripts/build-static.sh checks the binary is static
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv) # the wheel's virtualenvs (scripts/test-dist.sh)
 # Independent signature checks and cosign-format keys (tests/tools/*.py run
 # with Debian's /usr/bin/python3, whatever python3 is first on PATH).
 /usr/bin/python3 -c 'import cryptography, nacl' >/dev/null 2>&1 || need+=(python3 python3-cryptography python3-nacl)
