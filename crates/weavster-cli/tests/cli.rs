@@ -452,3 +452,92 @@ fn init_files_point_editors_at_the_current_schemas() {
         "weavster.yaml, profiles, connectors, a flow, a test"
     );
 }
+
+/// `docker/`: the Dockerfile passes hadolint (installed by setup.sh; no
+/// Docker engine here to build it), and the compose file and Kubernetes
+/// manifests parse and hold what docker/README.md says they do.
+#[test]
+fn docker_files_lint_and_hold_what_the_readme_says() {
+    use weavster_spec::yaml::{self, Node, Step};
+    let root = repo();
+    let dockerfile = root.join("docker/Dockerfile.runtime");
+    let lint = std::process::Command::new(root.join(".tools/bin/hadolint"))
+        .arg(&dockerfile)
+        .output()
+        .expect("hadolint (scripts/setup.sh installs it)");
+    assert!(
+        lint.status.success(),
+        "hadolint:\n{}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+    let text = std::fs::read_to_string(&dockerfile).expect("Dockerfile");
+    for want in [
+        "scripts/build-static.sh",
+        "FROM scratch",
+        "ca-certificates.crt",
+        "USER 65532:65532",
+        "HEALTHCHECK",
+        "\"/weavster\", \"health\"",
+        "ENTRYPOINT [\"/weavster\"]",
+    ] {
+        assert!(text.contains(want), "the Dockerfile lacks {want}");
+    }
+    let scalar = |n: &Node, path: &[&str]| -> String {
+        let steps: Vec<Step<'_>> = path.iter().map(|k| Step::Key(k)).collect();
+        n.find(&steps).raw.clone().unwrap_or_default()
+    };
+    let compose = yaml::parse(
+        &std::fs::read_to_string(root.join("docker/docker-compose.yml")).expect("compose"),
+    )
+    .expect("compose parses");
+    assert_eq!(
+        scalar(&compose, &["services", "weavster", "deploy", "replicas"]),
+        "3"
+    );
+    assert!(scalar(&compose, &["services", "queue", "image"]).starts_with("postgres:"));
+    assert!(scalar(&compose, &["services", "broker", "image"]).contains("tansu"));
+    // The replicas' queue is the init scaffold's prod target's variable.
+    assert!(
+        !scalar(
+            &compose,
+            &["services", "weavster", "environment", "WEAVSTER_PG_URL"]
+        )
+        .is_empty()
+    );
+    let profiles =
+        std::fs::read_to_string(root.join("templates/project/profiles.yaml")).expect("template");
+    assert!(profiles.contains("env_var('WEAVSTER_PG_URL')"));
+    let k8s = std::fs::read_to_string(root.join("docker/k8s/weavster.yaml")).expect("k8s");
+    let docs: Vec<Node> = k8s
+        .split("\n---\n")
+        .map(|d| yaml::parse(d).expect("a manifest parses"))
+        .collect();
+    let kinds: Vec<String> = docs.iter().map(|d| scalar(d, &["kind"])).collect();
+    assert_eq!(kinds, ["ConfigMap", "Secret", "Deployment"]);
+    let container = docs[2]
+        .find(&[
+            Step::Key("spec"),
+            Step::Key("template"),
+            Step::Key("spec"),
+            Step::Key("containers"),
+        ])
+        .items()
+        .first()
+        .cloned()
+        .expect("a container");
+    assert_eq!(
+        scalar(&container, &["readinessProbe", "httpGet", "path"]),
+        "/ready"
+    );
+    assert_eq!(
+        scalar(&container, &["livenessProbe", "httpGet", "path"]),
+        "/health"
+    );
+    let args: Vec<String> = container
+        .find(&[Step::Key("args")])
+        .items()
+        .iter()
+        .filter_map(|a| a.raw.clone())
+        .collect();
+    assert!(args.iter().any(|a| a == "--package") && args.iter().any(|a| a == "--key"));
+}

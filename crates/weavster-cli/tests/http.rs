@@ -78,12 +78,25 @@ fn post(port: u16, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Reply {
 }
 
 /// Waits until the server answers (404 on an unknown path).
-fn wait_listening(port: u16, log: &Path) {
+/// Waits until the port answers and every input path in `paths` is
+/// registered: a path whose flow is still starting answers 503 ("starting"),
+/// a registered one 405 to a GET.
+fn wait_listening(port: u16, paths: &[&str], log: &Path) {
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(60) {
-        if let Ok(r) = send(port, "GET", "/nothing", &[], b"")
-            && r.status == 404
-        {
+        let ready = send(port, "GET", "/nothing", &[], b"").is_ok_and(|r| r.status == 404)
+            && paths.iter().all(|p| match send(port, "GET", p, &[], b"") {
+                // An input's path is never "not found", even while starting.
+                Ok(r) => {
+                    assert_ne!(
+                        r.status, 404,
+                        "{p} answered 404 while its flow started: {r:?}"
+                    );
+                    r.status == 405
+                }
+                Err(_) => false,
+            });
+        if ready {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -168,7 +181,7 @@ fn webhooks_store_what_they_acknowledge_and_nothing_else() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let log = dir.join("run.log");
     let mut run = spawn_logged(dir, &["run"], &env, &log);
-    wait_listening(port, &log);
+    wait_listening(port, &["/a", "/b"], &log);
     let auth = [("Authorization", "Bearer t2")];
     let ok = |r: Reply| {
         assert_eq!(r.status, 202, "{r:?}");
@@ -358,7 +371,7 @@ fn every_acknowledged_request_survives_kill_nine() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let log = dir.join("run.log");
     let mut run = spawn_logged(dir, &["run"], &env, &log);
-    wait_listening(port, &log);
+    wait_listening(port, &["/"], &log);
     let acked = Arc::new(Mutex::new(Vec::<i64>::new()));
     let clients: Vec<_> = (0..4)
         .map(|c| {
@@ -412,7 +425,7 @@ fn every_acknowledged_request_survives_kill_nine() {
     // The queue's database frozen: 503 with Retry-After, not a 2xx.
     let log = dir.join("run2.log");
     let mut run = spawn_logged(dir, &["run"], &env, &log);
-    wait_listening(port, &log);
+    wait_listening(port, &["/"], &log);
     assert_eq!(post(port, "/", &[], b"{\"id\":-1}").status, 200);
     let pids = queue.server_pids();
     for &pid in &pids {

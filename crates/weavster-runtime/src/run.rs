@@ -176,6 +176,13 @@ pub async fn run(
     };
 
     // Sources.
+    if !opts.once {
+        for p in &plans {
+            if let Endpoint::Connector { spec, .. } = &p.input {
+                connectors::family(spec).announce();
+            }
+        }
+    }
     let errors: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
     let mut pumps = Vec::new();
     for p in &plans {

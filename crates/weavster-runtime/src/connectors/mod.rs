@@ -138,6 +138,10 @@ pub trait Family: Send + Sync {
         Reading::Exclusive
     }
 
+    /// Called for every flow's input before any source starts (a webhook
+    /// path is then answered "starting", not "not found").
+    fn announce(&self) {}
+
     /// Connects and returns the source, starting from `positions` (the
     /// stored ones of this flow).
     fn source<'a>(

@@ -45,6 +45,10 @@ impl Family for HttpConnector {
         Reading::PerProcess
     }
 
+    fn announce(&self) {
+        source::announce(self);
+    }
+
     fn source<'a>(
         &'a self,
         cx: &'a Context,

@@ -81,6 +81,23 @@ struct Server {
     tls: Option<(PathBuf, PathBuf)>,
 }
 
+/// Paths of this run's inputs whose source has not registered yet: a
+/// request to one is told to come back (503), not that nothing is there
+/// (404) — flows on one address start one after the other.
+fn starting() -> &'static Mutex<std::collections::HashSet<String>> {
+    static STARTING: OnceLock<Mutex<std::collections::HashSet<String>>> = OnceLock::new();
+    STARTING.get_or_init(Default::default)
+}
+
+/// Says that an input will listen on its path (before any source starts).
+pub(crate) fn announce(spec: &HttpConnector) {
+    if spec.listen.is_some()
+        && let Ok(mut s) = starting().lock()
+    {
+        s.insert(spec.path.clone().unwrap_or_else(|| "/".into()));
+    }
+}
+
 fn servers() -> &'static Mutex<HashMap<SocketAddr, Arc<Server>>> {
     static SERVERS: OnceLock<Mutex<HashMap<SocketAddr, Arc<Server>>>> = OnceLock::new();
     SERVERS.get_or_init(Default::default)
@@ -265,6 +282,9 @@ impl HttpSource {
             }
             routes.insert(path.clone(), route);
         }
+        if let Ok(mut s) = starting().lock() {
+            s.remove(&path);
+        }
         Ok(HttpSource {
             rx,
             limits: cx.limits,
@@ -362,6 +382,15 @@ async fn handle(
         Err(_) => None,
     };
     let Some(route) = route else {
+        if starting().lock().is_ok_and(|s| s.contains(&path)) {
+            return retry_after(
+                refuse(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "this input is starting; retry",
+                ),
+                1,
+            );
+        }
         return refuse(StatusCode::NOT_FOUND, "no input on this path");
     };
     if request.method() != Method::POST && request.method() != Method::PUT {
