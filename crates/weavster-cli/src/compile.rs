@@ -8,10 +8,9 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Serialize;
 use weavster_build::{Built, Event, Profile};
-use weavster_project::report::render;
 use weavster_project::{Loaded, Manifest};
 
-use crate::{Global, color_stderr};
+use crate::Global;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -65,12 +64,7 @@ pub fn compile_loaded(
     args: &Args,
     quiet: bool,
 ) -> anyhow::Result<Option<(Loaded, Compiled)>> {
-    if !loaded.is_valid() {
-        eprint!(
-            "{}",
-            render(&loaded.diagnostics, &loaded.sources, color_stderr())
-        );
-        eprintln!("✘ the project is invalid; nothing was compiled");
+    if crate::report_invalid(&loaded, "nothing was compiled") {
         return Ok(None);
     }
     let project = &loaded.project;

@@ -12,9 +12,8 @@ use anyhow::Context;
 use serde_json::Value;
 use weavster_docs::{Inputs, Module, Site, TestResults};
 use weavster_project::Loaded;
-use weavster_project::report::render;
 
-use crate::{Global, color_stderr};
+use crate::Global;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -63,12 +62,7 @@ pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
 /// invalid (its diagnostics are printed).
 fn build(g: &Global) -> anyhow::Result<Option<(PathBuf, Site)>> {
     let loaded = g.load()?;
-    if !loaded.is_valid() {
-        eprint!(
-            "{}",
-            render(&loaded.diagnostics, &loaded.sources, color_stderr())
-        );
-        eprintln!("✘ the project is invalid; no docs were generated");
+    if crate::report_invalid(&loaded, "no docs were generated") {
         return Ok(None);
     }
     let site = site(&loaded)?;

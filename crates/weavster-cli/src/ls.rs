@@ -3,9 +3,8 @@
 use std::process::ExitCode;
 
 use weavster_project::Manifest;
-use weavster_project::report::render;
 
-use crate::{Format, Global, color_stderr};
+use crate::{Format, Global};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -16,12 +15,7 @@ pub struct Args {
 
 pub fn run(g: &Global, args: &Args) -> anyhow::Result<ExitCode> {
     let loaded = g.load()?;
-    if !loaded.is_valid() {
-        eprint!(
-            "{}",
-            render(&loaded.diagnostics, &loaded.sources, color_stderr())
-        );
-        eprintln!("✘ the project is invalid; run `weavster validate` for details");
+    if crate::report_invalid(&loaded, "run `weavster validate` for details") {
         return Ok(ExitCode::from(1));
     }
     let m = Manifest::new(&loaded.project);

@@ -220,6 +220,20 @@ pub fn write_schemas(root: &std::path::Path) {
     }
 }
 
+/// Prints an invalid project's diagnostics and `verdict` (what was not
+/// done) on stderr; `true` when the project is invalid.
+pub fn report_invalid(loaded: &Loaded, verdict: &str) -> bool {
+    if loaded.is_valid() {
+        return false;
+    }
+    eprint!(
+        "{}",
+        weavster_project::report::render(&loaded.diagnostics, &loaded.sources, color_stderr())
+    );
+    eprintln!("✘ the project is invalid; {verdict}");
+    true
+}
+
 /// Colours on stderr: only on a terminal, and never with NO_COLOR set.
 pub fn color_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
