@@ -709,8 +709,11 @@ fn producer_backpressure_and_broker_faults_lose_nothing() {
         "in:\n  type: file\n  path: in.jsonl\nout:\n  type: kafka\n  brokers: {}\n  topic: faults\n  key: id\n",
         mock.bootstrap_servers()
     );
+    // Batches of 1,000 records: many produce rounds, so that the run
+    // lasts long enough for the faults below.
+    let project_file = format!("{PROJECT}runtime: {{ batch_size: 1000 }}\n");
     let (tmp, env) = project(&[
-        ("weavster.yaml", PROJECT),
+        ("weavster.yaml", &project_file),
         ("profiles.yaml", PROFILES),
         ("connectors/k.yaml", &connectors),
         ("in.jsonl", &input),

@@ -613,3 +613,72 @@ fn regex_groups_without_into_reach_the_output() {
     let days: Vec<&str> = got.iter().filter_map(|r| r["day"].as_str()).collect();
     assert_eq!(days, ["2026-01-02", "2026-02-03"], "{got:?}");
 }
+
+/// A file input's jobs hold byte ranges (issue 17): a range rewritten
+/// after it was enqueued is never run as whatever it holds now. The job
+/// (a copy of the first run's, queued again through the database) becomes
+/// one dead letter naming the file and the range, with the bytes found;
+/// the records appended after it are read and delivered.
+#[test]
+fn a_rewritten_range_is_one_dead_letter_naming_the_file() {
+    let (tmp, env) = project(&[
+        ("weavster.yaml", "name: ranges\n"),
+        ("connectors/files.yaml", FILES),
+        ("flows/copy.yaml", COPY),
+        ("data/in.jsonl", "{\"id\":1}\n{\"id\":2}\n"),
+    ]);
+    let dir = tmp.path();
+    let queue = common::Queue::hold(dir);
+    assert_eq!(run_once(dir, &env).0, 0);
+    assert_eq!(ids(&dir.join("out/out.jsonl")), once(&[1, 2]));
+    let job = queue
+        .sql("SELECT convert_from(job, 'UTF8') FROM apalis.jobs WHERE job_type = 'weavster:copy'")
+        .expect("the job");
+    let job: Value = serde_json::from_str(&job).expect("job json");
+    assert_eq!(
+        job["records"],
+        Value::Null,
+        "a range job holds no records: {job}"
+    );
+    assert_eq!(
+        (
+            &job["range"]["file"],
+            &job["range"]["start"],
+            &job["range"]["end"]
+        ),
+        (
+            &Value::from("data/in.jsonl"),
+            &Value::from(0),
+            &Value::from(18)
+        ),
+        "{job}"
+    );
+    // Queued again, and the file rewritten (same length) and appended to.
+    queue
+        .sql(
+            "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+             SELECT apalis.generate_ulid(), job_type, job, 'Pending', 0, max_attempts, now(), 0, ''::hstore
+             FROM apalis.jobs WHERE job_type = 'weavster:copy'",
+        )
+        .expect("requeued");
+    write(
+        dir,
+        "data/in.jsonl",
+        b"{\"id\":7}\n{\"id\":8}\n{\"id\":3}\n",
+    );
+    let (code, stderr) = run_once(dir, &env);
+    assert_eq!(code, 1, "dead letters: exit 1\n{stderr}");
+    assert_eq!(ids(&dir.join("out/out.jsonl")), once(&[1, 2, 3]));
+    let dead = dead_letters(dir, &env);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    assert_eq!(d["stage"], "input", "{d}");
+    assert_eq!(d["source"], "data/in.jsonl@0..18", "{d}");
+    assert_eq!(dead_record(d), b"{\"id\":7}\n{\"id\":8}\n");
+    let reason = d["message"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("the 2 records of this batch are lost to this run")
+            && reason.contains("data/in.jsonl: bytes 0..18 changed since they were read"),
+        "{reason}"
+    );
+}

@@ -117,6 +117,25 @@ impl Db {
         Ok(())
     }
 
+    /// Where the database's write-ahead log is (to measure how much a run
+    /// wrote: [`Db::wal_since`]).
+    pub async fn wal_lsn(&self) -> Result<String, DbError> {
+        let (lsn,): (String,) = sqlx::query_as("SELECT pg_current_wal_lsn()::text")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(lsn)
+    }
+
+    /// Bytes of write-ahead log written since `lsn` (by every session).
+    pub async fn wal_since(&self, lsn: &str) -> Result<u64, DbError> {
+        let (n,): (f64,) =
+            sqlx::query_as("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::pg_lsn)::float8")
+                .bind(lsn)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(n.max(0.0) as u64)
+    }
+
     /// The stored positions of a flow's input streams.
     pub async fn offsets(&self, flow: &str) -> Result<crate::source::Positions, DbError> {
         let rows: Vec<(String, sqlx::types::Json<serde_json::Value>)> =

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +32,28 @@ pub struct DeadLabel {
     pub stage: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub flow: String,
+    pub stage: &'static str,
+}
+
+/// Where a run spends its time (`weavster_stage_seconds_total`): each
+/// stage's seconds summed over the tasks doing it (two workers busy for a
+/// second count two). What the queue itself takes (apalis fetching and
+/// acknowledging jobs) is the rest of the workers' time.
+pub const STAGES: [&str; 6] = [
+    // The source: reading its input and splitting it into records.
+    "read",
+    // The enqueue transaction (job, rejects, position; synchronous commit),
+    // backpressure waits excluded.
+    "enqueue", // A worker reading a job's records (a file range, checked).
+    "load", // Encoding the batch for the guest, running it, decoding its outcomes.
+    "guest", // Sinks writing.
+    "write", // Dead letters and the marks of written outputs.
+    "mark",
+];
+
 fn batch_histogram() -> Histogram {
     // 1 ms … ~16 s.
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
@@ -51,6 +73,8 @@ pub struct Metrics {
     pub(crate) traps: Family<FlowLabel, Counter>,
     pub(crate) latency: Family<FlowLabel, Histogram, fn() -> Histogram>,
     pub(crate) queue_depth: Family<FlowLabel, Gauge>,
+    pub(crate) stage_seconds: Family<StageLabel, Counter<f64, AtomicU64>>,
+    pub(crate) queue_bytes: Family<FlowLabel, Counter>,
     ready: AtomicBool,
     flows: Vec<(String, Vec<String>)>,
 }
@@ -71,6 +95,10 @@ pub struct FlowCounts {
     pub batches: u64,
     pub failed_batches: u64,
     pub traps: u64,
+    /// Seconds spent by stage (see [`STAGES`]).
+    pub stage_seconds: BTreeMap<String, f64>,
+    /// Bytes of jobs written to the queue (payloads or file ranges).
+    pub queue_bytes: u64,
 }
 
 impl FlowCounts {
@@ -99,6 +127,8 @@ impl Metrics {
             traps: Family::default(),
             latency: Family::new_with_constructor(batch_histogram),
             queue_depth: Family::default(),
+            stage_seconds: Family::default(),
+            queue_bytes: Family::default(),
             ready: AtomicBool::new(false),
             flows,
             registry: Registry::default(),
@@ -138,6 +168,16 @@ impl Metrics {
             "Unfinished jobs of a flow",
             m.queue_depth.clone(),
         );
+        registry.register(
+            "stage_seconds",
+            "Seconds spent by stage, summed over the tasks doing it",
+            m.stage_seconds.clone(),
+        );
+        registry.register(
+            "queue_bytes",
+            "Bytes of jobs written to the queue",
+            m.queue_bytes.clone(),
+        );
         Arc::new(Metrics { registry, ..m })
     }
 
@@ -151,6 +191,16 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Adds the time since `since` to `stage` of `flow`.
+    pub(crate) fn time(&self, flow: &str, stage: &'static str, since: std::time::Instant) {
+        self.stage_seconds
+            .get_or_create(&StageLabel {
+                flow: flow.to_string(),
+                stage,
+            })
+            .inc_by(since.elapsed().as_secs_f64());
     }
 
     pub(crate) fn flow(name: &str) -> FlowLabel {
@@ -187,8 +237,19 @@ impl Metrics {
                 batches: self.batches.get_or_create(&l).get(),
                 failed_batches: self.failed_batches.get_or_create(&l).get(),
                 traps: self.traps.get_or_create(&l).get(),
+                queue_bytes: self.queue_bytes.get_or_create(&l).get(),
                 ..FlowCounts::default()
             };
+            for stage in STAGES {
+                let s = self
+                    .stage_seconds
+                    .get_or_create(&StageLabel {
+                        flow: flow.clone(),
+                        stage,
+                    })
+                    .get();
+                c.stage_seconds.insert(stage.to_string(), s);
+            }
             for o in outputs {
                 let n = self
                     .out

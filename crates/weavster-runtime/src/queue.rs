@@ -10,29 +10,160 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Db, DbError, RuntimeError, queue_name};
 
-/// One batch: its records, one JSON text per line (never parsed by the host).
+/// One batch: its records, one JSON text per line (never parsed by the
+/// host), or the byte range of a file holding them (read by the worker:
+/// the queue then stores ~100 bytes instead of the records).
 /// A record never holds a line break: sources and the guest guarantee it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+///
+/// A range job has no `records` field, so a binary that predates ranges
+/// refuses it (its job fails to decode) rather than running it as empty.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Job {
-    pub records: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub records: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<FileRange>,
 }
 
 impl Job {
     pub fn new(records: &[String]) -> Job {
         Job {
-            records: records.join("\n"),
+            records: Some(records.join("\n")),
+            range: None,
         }
     }
 
     pub fn from_records(records: &[&str]) -> Job {
         Job {
-            records: records.join("\n"),
+            records: Some(records.join("\n")),
+            range: None,
         }
     }
 
-    pub fn lines(&self) -> Vec<&str> {
-        self.records.split('\n').filter(|l| !l.is_empty()).collect()
+    pub fn of_range(range: FileRange) -> Job {
+        Job {
+            records: None,
+            range: Some(range),
+        }
     }
+
+    /// The records of a payload job (none for a range job).
+    pub fn lines(&self) -> Vec<&str> {
+        self.records
+            .as_deref()
+            .unwrap_or_default()
+            .split('\n')
+            .filter(|l| !l.is_empty())
+            .collect()
+    }
+}
+
+/// Records as a byte range of a JSON-lines file: `[start, end)` of `file`
+/// (relative to the project dir, as the input's stream is named), holding
+/// `records` records, with the XXH3-64 checksum of its bytes. The range
+/// ends after a line feed (or at the end of a finished file) and holds no
+/// line a source would reject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRange {
+    pub file: String,
+    pub start: u64,
+    pub end: u64,
+    pub records: u32,
+    pub xxh3: u64,
+}
+
+/// A range that no longer holds what was read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RangeError {
+    /// It cannot be read now (the file is missing or unreadable): another
+    /// attempt (or process) may.
+    #[error("{file}: {message}")]
+    Unreadable { file: String, message: String },
+    /// Its bytes changed since they were read (the file was rewritten,
+    /// truncated or replaced): no attempt can recover them.
+    #[error(
+        "{file}: bytes {start}..{end} changed since they were read ({message}); \
+         the file was rewritten, truncated or replaced in place — append to input files, \
+         never rewrite them"
+    )]
+    Changed {
+        file: String,
+        start: u64,
+        end: u64,
+        message: String,
+        /// What the range holds now (its first bytes).
+        found: Vec<u8>,
+    },
+}
+
+impl FileRange {
+    /// Where it is, as a dead letter's `source` names it.
+    pub fn at(&self) -> String {
+        format!("{}@{}..{}", self.file, self.start, self.end)
+    }
+
+    /// Reads the range from `root` (the project dir) and checks it.
+    pub fn read(&self, root: &std::path::Path) -> Result<String, RangeError> {
+        use std::io::{Read as _, Seek as _};
+        let path = root.join(&self.file);
+        let unreadable = |e: std::io::Error| RangeError::Unreadable {
+            file: self.file.clone(),
+            message: e.to_string(),
+        };
+        let len = self.end.saturating_sub(self.start);
+        let mut f = std::fs::File::open(&path).map_err(unreadable)?;
+        f.seek(std::io::SeekFrom::Start(self.start))
+            .map_err(unreadable)?;
+        let mut buf = Vec::with_capacity(len as usize);
+        f.take(len).read_to_end(&mut buf).map_err(unreadable)?;
+        let changed = |message: String, found: &[u8]| RangeError::Changed {
+            file: self.file.clone(),
+            start: self.start,
+            end: self.end,
+            message,
+            found: found[..found.len().min(crate::source::KEEP_BYTES)].to_vec(),
+        };
+        if (buf.len() as u64) < len {
+            return Err(changed(
+                format!(
+                    "the file now ends at byte {}",
+                    self.start + buf.len() as u64
+                ),
+                &buf,
+            ));
+        }
+        let sum = xxhash_rust::xxh3::xxh3_64(&buf);
+        if sum != self.xxh3 {
+            return Err(changed(
+                format!("checksum {sum:016x}, read as {:016x}", self.xxh3),
+                &buf,
+            ));
+        }
+        let text = String::from_utf8(buf)
+            .map_err(|e| changed("not UTF-8 any more".into(), e.as_bytes()))?;
+        let n = range_lines(&text, self.start == 0).count();
+        if n != self.records as usize {
+            return Err(changed(
+                format!("{n} records, read as {}", self.records),
+                text.as_bytes(),
+            ));
+        }
+        Ok(text)
+    }
+}
+
+/// The records of a range's text, as the file source splits them: lines
+/// trimmed of ASCII whitespace, blank ones skipped, a byte-order mark at
+/// the start of the file dropped.
+pub fn range_lines(text: &str, file_start: bool) -> impl Iterator<Item = &str> {
+    let text = if file_start {
+        text.strip_prefix('\u{feff}').unwrap_or(text)
+    } else {
+        text
+    };
+    text.split('\n')
+        .map(str::trim_ascii)
+        .filter(|l| !l.is_empty())
 }
 
 /// How often workers report they are alive (by default); a job held by a
@@ -114,29 +245,28 @@ pub fn storage(db: &Db, flow: &str, fetch: usize, heartbeat: Duration) -> Postgr
 /// caller's transaction can hold it with the source position it reached,
 /// or with the dead letters it replays. The row is the one apalis writes
 /// itself (JSON-encoded job, ULID id, `Pending`); its insert trigger wakes
-/// the workers. Returns the job id.
+/// the workers. Returns the bytes stored.
 pub async fn push<'c, E>(
     conn: E,
     flow: &str,
     job: &Job,
     max_attempts: u32,
-) -> Result<String, RuntimeError>
+) -> Result<usize, RuntimeError>
 where
     E: sqlx::Executor<'c, Database = sqlx::Postgres>,
 {
     let bytes = serde_json::to_vec(job).map_err(|e| RuntimeError::Queue(e.to_string()))?;
-    let (id,): (String,) = sqlx::query_as(
+    sqlx::query(
         "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
-         VALUES (apalis.generate_ulid(), $1, $2, 'Pending', 0, $3, now(), 0, ''::hstore)
-         RETURNING id",
+         VALUES (apalis.generate_ulid(), $1, $2, 'Pending', 0, $3, now(), 0, ''::hstore)",
     )
     .bind(queue_name(flow))
-    .bind(bytes)
+    .bind(&bytes)
     .bind(max_attempts.min(i32::MAX as u32) as i32)
-    .fetch_one(conn)
+    .execute(conn)
     .await
     .map_err(|e| RuntimeError::Db(DbError::Query(e)))?;
-    Ok(id)
+    Ok(bytes.len())
 }
 
 /// Wakes `flow`'s workers for job `id` (as apalis's insert trigger does):

@@ -49,6 +49,9 @@ pub struct RunReport {
     pub flows: BTreeMap<String, FlowReport>,
     /// The address `/metrics` was served on.
     pub metrics_addr: Option<String>,
+    /// Bytes of write-ahead log the queue database wrote during the run
+    /// (by every process using it).
+    pub queue_wal_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -117,6 +120,7 @@ pub async fn run(
     }
     let mode = if opts.once { "once" } else { "continuous" };
     let run_id = db.start_run(mode, &names).await?;
+    let wal = db.wal_lsn().await.ok();
     if opts.from_start {
         for n in &names {
             db.reset_offsets(n).await?;
@@ -326,6 +330,10 @@ pub async fn run(
         elapsed_s: started.elapsed().as_secs_f64(),
         flows,
         metrics_addr,
+        queue_wal_bytes: match &wal {
+            Some(lsn) => db.wal_since(lsn).await.ok(),
+            None => None,
+        },
     };
     let summary = serde_json::to_value(&report).unwrap_or_default();
     db.finish_run(run_id, report.status(), &summary).await?;
@@ -428,6 +436,7 @@ async fn build_workers(
             max_attempts: s.max_attempts,
             metrics: opts.metrics.clone(),
             run_id,
+            root: opts.root.clone(),
             halt: halt.clone(),
         }));
     }
@@ -595,10 +604,12 @@ impl Pump {
         mut stop: watch::Receiver<bool>,
     ) -> Result<(), String> {
         loop {
+            let asked = Instant::now();
             let next = tokio::select! {
                 _ = stop.wait_for(|s| *s) => return Ok(()),
                 b = source.next_batch() => b,
             };
+            self.metrics.time(&self.flow, "read", asked);
             let batch = match next {
                 Ok(Some(b)) => b,
                 Ok(None) => return Ok(()),
@@ -674,7 +685,11 @@ impl Pump {
                 d
             })
             .collect();
-        let job = (!batch.records.is_empty()).then(|| Job::new(&batch.records));
+        let job = match &batch.range {
+            Some(r) => Some(Job::of_range(r.clone())),
+            None => (!batch.records.is_empty()).then(|| Job::new(&batch.records)),
+        };
+        let enqueuing = Instant::now();
         let mut pause = Duration::from_millis(100);
         let give_up = tokio::time::Instant::now() + STDIN_GRACE;
         loop {
@@ -686,7 +701,7 @@ impl Pump {
                     let replayable = self.reading != Reading::PerProcess;
                     if stopping && (replayable || tokio::time::Instant::now() >= give_up) {
                         if !replayable {
-                            tracing::error!(flow = %self.flow, "standard input: {} records could not be enqueued before stopping: {e}", batch.records.len() + batch.rejects.len());
+                            tracing::error!(flow = %self.flow, "standard input: {} records could not be enqueued before stopping: {e}", batch.len());
                         }
                         return Enqueued::Stopped;
                     }
@@ -699,11 +714,12 @@ impl Pump {
                 }
             }
         }
+        self.metrics.time(&self.flow, "enqueue", enqueuing);
         self.metrics.count_dead(&self.flow, &dead);
         self.metrics
             .read
             .get_or_create(&Metrics::flow(&self.flow))
-            .inc_by(batch.records.len() as u64 + batch.rejects.len() as u64);
+            .inc_by(batch.len() as u64);
         Enqueued::Done
     }
 
@@ -748,10 +764,15 @@ impl Pump {
             deduped = deliveries(&mut tx, &self.flow, batch).await?;
             deduped.as_ref()
         };
+        let mut bytes = 0;
         if let Some(job) = job {
-            queue::push(&mut *tx, &self.flow, job, self.max_attempts).await?;
+            bytes = queue::push(&mut *tx, &self.flow, job, self.max_attempts).await?;
         }
         tx.commit().await.map_err(DbError::from)?;
+        self.metrics
+            .queue_bytes
+            .get_or_create(&Metrics::flow(&self.flow))
+            .inc_by(bytes as u64);
         Ok(true)
     }
 }

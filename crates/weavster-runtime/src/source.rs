@@ -77,6 +77,22 @@ pub struct SourceBatch {
     /// (a range of `records`): a delivery stored before (or earlier in the
     /// batch) is not stored again — checked in the enqueue transaction.
     pub deliveries: Vec<(String, std::ops::Range<usize>)>,
+    /// The records as a file range instead (`records` is then empty): the
+    /// job holds the range and the worker reads it.
+    pub range: Option<crate::queue::FileRange>,
+}
+
+impl SourceBatch {
+    /// Records and rejects, however held.
+    pub fn len(&self) -> usize {
+        self.records.len()
+            + self.rejects.len()
+            + self.range.as_ref().map_or(0, |r| r.records as usize)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// How big records and batches may get.
@@ -107,8 +123,13 @@ impl Limits {
 }
 
 /// A batch is cut once its records hold this many bytes (a job is one
-/// batch, stored in PostgreSQL and handed to the guest whole).
-pub const MAX_BATCH_BYTES: usize = 8 << 20;
+/// batch, stored in PostgreSQL — or as a file range — and handed to the
+/// guest whole). With `batch_size` (records, default 10,000) it makes
+/// batches adaptive to record size: ~8,000 records of 130 bytes, ~4,500 of
+/// 230, 1,000 of 1 KiB. Measured (docs/dev/benchmarks.md): per-job costs
+/// (the enqueue's synchronous commit, fetching, marking) dominated at
+/// 1,000 records of 230 bytes.
+pub const MAX_BATCH_BYTES: usize = 1 << 20;
 /// The most of an over-long record a dead letter keeps.
 pub const KEEP_BYTES: usize = 16 << 20;
 /// How much a file reader reads at first.

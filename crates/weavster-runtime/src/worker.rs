@@ -19,7 +19,7 @@ use weavster_host::{FlowModule, HostError, Instance};
 
 use crate::dead_letter::{self, NewDeadLetter, Stage};
 use crate::metrics::{Metrics, OutputLabel};
-use crate::queue::{self, Job};
+use crate::queue::{self, FileRange, Job, RangeError, range_lines};
 use crate::sink::{Failed, Sink};
 use crate::{Db, DbError};
 
@@ -36,6 +36,8 @@ pub(crate) struct FlowWorker {
     pub max_attempts: u32,
     pub metrics: Arc<Metrics>,
     pub run_id: i64,
+    /// The project dir (file ranges are read from it).
+    pub root: std::path::PathBuf,
     /// Where a flow that must stop says why (the run then stops).
     pub halt: Arc<Halt>,
 }
@@ -60,12 +62,53 @@ impl Halt {
 /// What one batch produced.
 #[derive(Default)]
 struct Executed {
-    /// Record texts by output, with their item (index in the job).
-    routed: Vec<Vec<(usize, String)>>,
+    /// The guest's answers (one per guest call), which routed records are
+    /// spans of: sinks write from them, no record is copied.
+    answers: Vec<String>,
+    /// Records by output: their item (index in the job) and span.
+    routed: Vec<Vec<(usize, Span)>>,
     dead: Vec<NewDeadLetter>,
     filtered: u64,
     unrouted: u64,
     traps: u64,
+}
+
+/// Where a routed record is: `answers[answer][start..end]`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    answer: usize,
+    start: usize,
+    end: usize,
+}
+
+impl Executed {
+    fn text(&self, s: Span) -> &str {
+        &self.answers[s.answer][s.start..s.end]
+    }
+}
+
+/// A routed record's line as the guest writes it,
+/// `{"i":N,"o":[a,b,…],"r":{…}}`: its index, routes and the record's span
+/// in `line`. `None` for any other line (read by serde instead). The
+/// record's text is the guest's serialization of validated input, so only
+/// its framing is checked here (an object, on one line).
+fn routed_line(line: &str) -> Option<(usize, Vec<u32>, std::ops::Range<usize>)> {
+    let rest = line.strip_prefix("{\"i\":")?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let i: usize = rest[..digits].parse().ok()?;
+    let rest = rest[digits..].strip_prefix(",\"o\":[")?;
+    let close = rest.find(']')?;
+    let mut routes = Vec::new();
+    for r in rest[..close].split(',').filter(|r| !r.is_empty()) {
+        routes.push(r.parse().ok()?);
+    }
+    let rest = rest[close + 1..].strip_prefix(",\"r\":")?;
+    let record = rest.strip_suffix('}')?;
+    if !(record.starts_with('{') && record.ends_with('}')) {
+        return None;
+    }
+    let start = line.len() - rest.len();
+    Some((i, routes, start..start + record.len()))
 }
 
 /// One line of the guest's answer (ABI v1): item `i`, then routes and a
@@ -103,6 +146,9 @@ enum Failure {
     /// An output's configuration cannot work: the run stops; the job stays
     /// queued without using up an attempt.
     Stop(String),
+    /// The job's file range changed since it was read: dead-lettered,
+    /// never retried.
+    Changed(RangeError),
 }
 
 /// The batch the guest reads: the guest's own encoding of records that
@@ -130,57 +176,103 @@ impl FlowWorker {
         result
     }
 
-    /// Decodes the guest's outcome lines into `ex`; `index` maps an outcome's
-    /// record index to the batch's. `Err`: an invalid answer.
+    /// Decodes the guest's outcome lines into `ex` (keeping the answer);
+    /// `index` maps an outcome's record index to the batch's. `Err`: an
+    /// invalid answer.
     fn collect(
         &self,
-        out: &[u8],
+        out: Vec<u8>,
         records: &[&str],
         index: impl Fn(usize) -> usize,
         ex: &mut Executed,
     ) -> Result<(), String> {
-        for line in out.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-            let l: Outcome =
-                serde_json::from_slice(line).map_err(|e| format!("bad outcome line: {e}"))?;
-            let i = index(l.i);
+        let out = String::from_utf8(out).map_err(|e| format!("answer is not UTF-8: {e}"))?;
+        let answer = ex.answers.len();
+        let mut at = 0;
+        for line in out.split('\n') {
+            let line_start = at;
+            at += line.len() + 1;
+            if line.is_empty() {
+                continue;
+            }
+            // The guest's own framing, read without a parse; any other line
+            // (filtered, errors, or routed written otherwise) through serde.
+            let (i, routed) = match routed_line(line) {
+                Some((i, routes, span)) => (i, Some((routes, span))),
+                None => {
+                    let l: Outcome =
+                        serde_json::from_str(line).map_err(|e| format!("bad outcome line: {e}"))?;
+                    let Some(r) = l.r else {
+                        self.outcome(l, records, &index, ex)?;
+                        continue;
+                    };
+                    let text = r.get();
+                    if !text.starts_with('{') {
+                        return Err(format!("outcome record is not a JSON object: {text}"));
+                    }
+                    // `text` borrows from `line`: its offset there.
+                    let start = text.as_ptr() as usize - line.as_ptr() as usize;
+                    let routed = (l.o.unwrap_or_default(), start..start + text.len());
+                    (l.i, Some(routed))
+                }
+            };
+            let i = index(i);
             if i >= records.len() {
                 return Err(format!(
                     "outcome for record {i} of a batch of {}",
                     records.len()
                 ));
             }
-            if let Some(r) = l.r {
-                let text = r.get();
-                if text.contains('\n') || !text.starts_with('{') {
-                    return Err(format!(
-                        "outcome record is not one-line JSON object: {text}"
-                    ));
-                }
-                let routes = l.o.unwrap_or_default();
+            if let Some((routes, span)) = routed {
                 if routes.is_empty() {
                     ex.unrouted += 1;
                 }
+                let span = Span {
+                    answer,
+                    start: line_start + span.start,
+                    end: line_start + span.end,
+                };
                 for o in routes {
                     let list = ex
                         .routed
                         .get_mut(o as usize)
                         .ok_or_else(|| format!("outcome routed to output {o}, which is not one"))?;
-                    list.push((i, text.to_string()));
+                    list.push((i, span));
                 }
-            } else if l.f.is_some() {
-                ex.filtered += 1;
-            } else if let Some(e) = l.e {
-                let mut d = NewDeadLetter::new(
-                    records[i].as_bytes(),
-                    Stage::from_guest(&e.stage),
-                    e.message,
-                )
-                .item(i);
-                d.path = e.path;
-                ex.dead.push(d);
-            } else {
-                return Err("outcome line without an outcome".into());
             }
+        }
+        ex.answers.push(out);
+        Ok(())
+    }
+
+    /// A filtered record or a record error.
+    fn outcome(
+        &self,
+        l: Outcome<'_>,
+        records: &[&str],
+        index: impl Fn(usize) -> usize,
+        ex: &mut Executed,
+    ) -> Result<(), String> {
+        let i = index(l.i);
+        if i >= records.len() {
+            return Err(format!(
+                "outcome for record {i} of a batch of {}",
+                records.len()
+            ));
+        }
+        if l.f.is_some() {
+            ex.filtered += 1;
+        } else if let Some(e) = l.e {
+            let mut d = NewDeadLetter::new(
+                records[i].as_bytes(),
+                Stage::from_guest(&e.stage),
+                e.message,
+            )
+            .item(i);
+            d.path = e.path;
+            ex.dead.push(d);
+        } else {
+            return Err("outcome line without an outcome".into());
         }
         Ok(())
     }
@@ -195,7 +287,7 @@ impl FlowWorker {
         };
         match self.run_guest(&encode_batch(now, seed, records)) {
             Ok(out) => self
-                .collect(&out, records, |i| i, &mut ex)
+                .collect(out, records, |i| i, &mut ex)
                 .map_err(Failure::Internal)?,
             Err(e) if e.ends_instance() => {
                 ex.traps += 1;
@@ -204,7 +296,7 @@ impl FlowWorker {
                     let one = [*rec];
                     match self.run_guest(&encode_batch(now, seed, &one)) {
                         Ok(out) => self
-                            .collect(&out, records, |_| k, &mut ex)
+                            .collect(out, records, |_| k, &mut ex)
                             .map_err(Failure::Internal)?,
                         Err(e) if e.ends_instance() => {
                             ex.traps += 1;
@@ -257,13 +349,36 @@ impl FlowWorker {
         Ok(())
     }
 
+    /// The text of a range job's records, read and checked (`None` for a
+    /// payload job).
+    fn load(&self, job: &Job) -> Result<Option<String>, RangeError> {
+        let Some(r) = &job.range else {
+            return Ok(None);
+        };
+        let t = Instant::now();
+        let text = tokio::task::block_in_place(|| r.read(&self.root))?;
+        self.metrics.time(&self.name, "load", t);
+        Ok(Some(text))
+    }
+
     /// One attempt at a job: guest, dead letters, sinks, counters.
     async fn process(&self, job: &Job, id: &str, attempt: u32, seed: u64) -> Result<(), Failure> {
         let started = Instant::now();
-        let records = job.lines();
+        let text = self.load(job).map_err(|e| match e {
+            RangeError::Unreadable { .. } => Failure::Retry(e.to_string()),
+            RangeError::Changed { .. } => Failure::Changed(e),
+        })?;
+        let records: Vec<&str> = match (&text, &job.range) {
+            (Some(t), Some(r)) => range_lines(t, r.start == 0).collect(),
+            _ => job.lines(),
+        };
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let m = &self.metrics;
+        let t = Instant::now();
         let ex = tokio::task::block_in_place(|| self.execute(&records, seed, &now))?;
+        m.time(&self.name, "guest", t);
         let retry = |e: DbError| Failure::Retry(e.to_string());
+        let t = Instant::now();
         // Dead letters before any output: a failure here has written nothing.
         dead_letter::insert(
             self.db.pool(),
@@ -280,28 +395,30 @@ impl FlowWorker {
         } else {
             BTreeSet::new()
         };
-        let m = &self.metrics;
+        m.time(&self.name, "mark", t);
         let mut refused_total = Vec::new();
         for (o, list) in ex.routed.iter().enumerate() {
             if list.is_empty() || done.contains(&o) {
                 continue;
             }
-            let refs: Vec<&str> = list.iter().map(|(_, r)| r.as_str()).collect();
+            let refs: Vec<&str> = list.iter().map(|(_, s)| ex.text(*s)).collect();
             let sink = self
                 .sinks
                 .get(o)
                 .ok_or_else(|| Failure::Internal(format!("no sink for output {o}")))?;
+            let t = Instant::now();
             let refused = sink.write(id, &refs).await.map_err(|e| match e.failed() {
                 Failed::Retry => Failure::Retry(e.to_string()),
                 Failed::Later(d) => Failure::Later(e.to_string(), d),
                 Failed::Stop => Failure::Stop(format!("output {}: {e}", self.outputs[o])),
             })?;
+            m.time(&self.name, "write", t);
             let refused: Vec<NewDeadLetter> = refused
                 .into_iter()
                 .filter_map(|(k, message)| {
-                    let (item, text) = list.get(k)?;
+                    let (item, span) = list.get(k)?;
                     let mut d = NewDeadLetter::new(
-                        text.as_bytes(),
+                        ex.text(*span).as_bytes(),
                         Stage::Output,
                         format!("{}: {message}", self.outputs[o]),
                     )
@@ -316,7 +433,9 @@ impl FlowWorker {
                     output: self.outputs[o].clone(),
                 })
                 .inc_by((list.len() - refused.len()) as u64);
+            let t = Instant::now();
             self.mark_written(id, o, &refused).await.map_err(retry)?;
+            m.time(&self.name, "mark", t);
             refused_total.extend(refused);
         }
         // Counted once the job succeeded (a retried attempt counts once).
@@ -344,7 +463,18 @@ impl FlowWorker {
         stage: Stage,
         message: &str,
     ) -> Result<(), DbError> {
-        let lines = job.lines();
+        let text = match self.load(job) {
+            Ok(t) => t,
+            Err(e) => {
+                return self
+                    .dead_letter_range(job, id, attempts, stage, message, e)
+                    .await;
+            }
+        };
+        let lines: Vec<&str> = match (&text, &job.range) {
+            (Some(t), Some(r)) => range_lines(t, r.start == 0).collect(),
+            _ => job.lines(),
+        };
         let have: Vec<(i32,)> = sqlx::query_as(
             "SELECT DISTINCT item FROM weavster.dead_letters WHERE job_id = $1 AND item IS NOT NULL",
         )
@@ -358,6 +488,42 @@ impl FlowWorker {
             .filter(|(i, _)| !have.contains(i))
             .map(|(i, r)| NewDeadLetter::new(r.as_bytes(), stage, message).item(i))
             .collect();
+        dead_letter::insert(
+            self.db.pool(),
+            &self.name,
+            self.run_id,
+            attempts as i32,
+            Some(id),
+            &dead,
+        )
+        .await?;
+        self.metrics.count_dead(&self.name, &dead);
+        Ok(())
+    }
+
+    /// The one dead letter of a range job whose range cannot be read any
+    /// more: it holds what the range holds now, and says where it was.
+    async fn dead_letter_range(
+        &self,
+        job: &Job,
+        id: &str,
+        attempts: u32,
+        stage: Stage,
+        message: &str,
+        e: RangeError,
+    ) -> Result<(), DbError> {
+        let (found, why) = match &e {
+            RangeError::Changed { found, .. } => (found.clone(), e.to_string()),
+            RangeError::Unreadable { .. } => (Vec::new(), e.to_string()),
+        };
+        let records = job.range.as_ref().map_or(0, |r| r.records);
+        let mut d = NewDeadLetter::new(
+            found,
+            stage,
+            format!("{message}: the {records} records of this batch are lost to this run: {why}"),
+        );
+        d.source = job.range.as_ref().map(FileRange::at);
+        let dead = [d];
         dead_letter::insert(
             self.db.pool(),
             &self.name,
@@ -393,6 +559,12 @@ pub(crate) async fn handle(
             );
             tracing::error!(flow = %w.name, job = %id, "{message}");
             w.dead_letter_rest(&job, &id, n, Stage::Internal, &message)
+                .await?;
+            return Ok(());
+        }
+        Err(Failure::Changed(e)) => {
+            tracing::error!(flow = %w.name, job = %id, "{e}");
+            w.dead_letter_rest(&job, &id, n, Stage::Input, "input changed")
                 .await?;
             return Ok(());
         }
@@ -452,6 +624,28 @@ mod tests {
             String::from_utf8_lossy(&b),
             "{\"now\":\"2000-01-01T00:00:00Z\",\"seed\":7}\n{\"a\":1}\n{}"
         );
+    }
+
+    proptest::proptest! {
+        /// The fast read of a routed line agrees with serde on every line
+        /// the guest writes, and declines (leaving it to serde) the rest.
+        #[test]
+        fn routed_lines_read_as_serde_reads_them(
+            i in 0usize..100_000,
+            routes in proptest::collection::vec(0u32..40, 0..4),
+            fields in proptest::collection::btree_map(r#"[a-z"\\}\]]{0,4}"#, r#"[ -~é\n]{0,6}"#, 0..4),
+        ) {
+            let record = serde_json::to_string(&fields).expect("record");
+            let list: Vec<String> = routes.iter().map(u32::to_string).collect();
+            let line = format!("{{\"i\":{i},\"o\":[{}],\"r\":{record}}}", list.join(","));
+            let (fi, fo, span) = routed_line(&line).expect("a routed line");
+            let l: Outcome = serde_json::from_str(&line).expect("serde");
+            proptest::prop_assert_eq!((fi, fo), (l.i, l.o.unwrap_or_default()));
+            proptest::prop_assert_eq!(&line[span], l.r.map(RawValue::get).unwrap_or_default());
+            for other in [format!("{{\"i\":{i},\"f\":1}}"), format!("{{\"i\":{i},\"o\":[],\"r\":[1]}}")] {
+                proptest::prop_assert!(routed_line(&other).is_none());
+            }
+        }
     }
 
     #[test]

@@ -71,7 +71,8 @@ pub struct RuntimeConfig {
     /// `embedded` (a local PostgreSQL under `.weavster/`) or a `postgres://` URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
-    /// Maximum records per queue job (default 1000).
+    /// Maximum records per queue job (default 10000; a job is also cut at
+    /// 1 MiB of records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<u32>,
     /// Maximum wait in milliseconds to fill a batch (default 50).
@@ -1067,7 +1068,7 @@ impl Default for Runtime {
     fn default() -> Self {
         Runtime {
             queue: "embedded".into(),
-            batch_size: 1000,
+            batch_size: 10_000,
             linger_ms: 50,
             workers: 2,
             max_attempts: 5,

@@ -236,6 +236,7 @@ impl StdinSource {
             start: 0,
             limits,
             final_: true,
+            ranges: false,
         }
         .json();
         let _ = std::fs::remove_file(&path);
@@ -266,7 +267,10 @@ impl Source for StdinSource {
             }
             let mut batch = SourceBatch::default();
             let mut deadline = None;
-            while batch.records.len() + batch.rejects.len() < self.limits.batch_size {
+            let mut bytes = 0usize;
+            while batch.records.len() + batch.rejects.len() < self.limits.batch_size
+                && bytes < self.limits.max_batch_bytes
+            {
                 let next = match deadline {
                     None => self.rx.recv().await,
                     Some(d) => match tokio::time::timeout_at(d, self.rx.recv()).await {
@@ -280,7 +284,9 @@ impl Source for StdinSource {
                         break;
                     }
                     Some(line) => {
+                        let had = batch.records.len();
                         self.take(line.map_err(SourceError::Stdin)?, &mut batch);
+                        bytes += batch.records[had..].iter().map(String::len).sum::<usize>();
                         if deadline.is_none()
                             && !(batch.records.is_empty() && batch.rejects.is_empty())
                         {

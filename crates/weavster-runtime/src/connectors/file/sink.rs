@@ -28,37 +28,50 @@ pub struct FileSink {
 }
 
 /// A line file whose last line has no line break was cut mid-append by a
-/// killed process: that batch was not marked written and will be written
-/// again whole, so its fragment is removed. Under an exclusive lock:
-/// appenders hold a shared one while they write, so a live process's
-/// append is never taken for a torn one.
-fn cut_torn_tail(file: &File) -> std::io::Result<()> {
+/// killed process (a `write(2)` of a batch stops at a page boundary when
+/// the process is killed): that batch was not marked written and will be
+/// written again whole, so its fragment is removed. Appenders hold an
+/// exclusive lock while they write and call this first, so a live
+/// process's append is never taken for a torn one, and a fragment is cut
+/// before anything is appended after it (it would otherwise spoil the
+/// next process's first record).
+fn cut_torn_tail(file: &File, name: &str) -> std::io::Result<()> {
     file.lock()?;
-    let result = (|| {
-        let len = file.metadata()?.len();
-        if len == 0 {
-            return Ok(());
-        }
-        let mut f = file;
-        let mut at = len;
-        let mut buf = vec![0u8; 64 * 1024];
-        while at > 0 {
-            let start = at.saturating_sub(buf.len() as u64);
-            let n = (at - start) as usize;
-            f.seek(SeekFrom::Start(start))?;
-            f.read_exact(&mut buf[..n])?;
-            if at == len && buf[n - 1] == b'\n' {
-                return Ok(());
-            }
-            if let Some(i) = buf[..n].iter().rposition(|b| *b == b'\n') {
-                return file.set_len(start + i as u64 + 1);
-            }
-            at = start;
-        }
-        file.set_len(0)
-    })();
+    let result = cut_torn_tail_locked(file, name);
     file.unlock()?;
     result
+}
+
+/// [`cut_torn_tail`], the lock already held.
+fn cut_torn_tail_locked(file: &File, name: &str) -> std::io::Result<()> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(());
+    }
+    let mut f = file;
+    let mut at = len;
+    let mut buf = vec![0u8; 64 * 1024];
+    // The last byte first: the common case reads one.
+    let mut last = [0u8; 1];
+    f.seek(SeekFrom::Start(len - 1))?;
+    f.read_exact(&mut last)?;
+    if last[0] == b'\n' {
+        return Ok(());
+    }
+    while at > 0 {
+        let start = at.saturating_sub(buf.len() as u64);
+        let n = (at - start) as usize;
+        f.seek(SeekFrom::Start(start))?;
+        f.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().rposition(|b| *b == b'\n') {
+            let cut = len - (start + i as u64 + 1);
+            tracing::warn!(output = %name, "cutting a torn last line ({cut} bytes) left by a killed writer");
+            return file.set_len(start + i as u64 + 1);
+        }
+        at = start;
+    }
+    tracing::warn!(output = %name, "cutting a torn last line ({len} bytes) left by a killed writer");
+    file.set_len(0)
 }
 
 impl FileSink {
@@ -105,7 +118,7 @@ impl FileSink {
         if mode == WriteMode::Overwrite {
             file.set_len(0).map_err(err)?;
         } else if format != Format::Json {
-            cut_torn_tail(&file).map_err(err)?;
+            cut_torn_tail(&file, &display).map_err(err)?;
         }
         let mut columns = Vec::new();
         if format == Format::Csv {
@@ -135,15 +148,16 @@ impl FileSink {
     fn write_locked(
         guard: &mut FileState,
         format: Format,
+        display: &str,
         bytes: &[u8],
     ) -> Result<(), std::io::Error> {
         let file = &mut guard.file;
         let len = file.seek(SeekFrom::End(0))?;
         if format != Format::Json {
-            // Shared with other appenders; `open` waits for none to be
-            // mid-write before cutting a torn tail.
-            file.lock_shared()?;
-            let written = file.write_all(bytes);
+            // Exclusive among appenders (of every process): none is
+            // mid-write, so a line without its line break is torn.
+            file.lock()?;
+            let written = cut_torn_tail_locked(file, display).and_then(|()| file.write_all(bytes));
             file.unlock()?;
             return written;
         }
@@ -215,7 +229,7 @@ impl Sink for FileSink {
                     &mut bytes,
                 );
                 if !bytes.is_empty() {
-                    Self::write_locked(&mut guard, self.format, &bytes)
+                    Self::write_locked(&mut guard, self.format, &self.display, &bytes)
                         .map_err(|e| err(e.to_string()))?;
                 }
                 Ok(refused)
@@ -279,5 +293,29 @@ mod tests {
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].0, 1);
         assert!(refused[0].1.contains("`z`"), "{}", refused[0].1);
+    }
+
+    /// Another process killed mid-append after this sink opened the file:
+    /// its fragment is cut before the next append, never glued to it.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_torn_tail_left_after_open_is_cut_before_appending() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("o.jsonl");
+        let sink = FileSink::open(
+            p.clone(),
+            "o.jsonl".into(),
+            Format::Jsonl,
+            WriteMode::Append,
+            b',',
+        )
+        .expect("open");
+        sink.write("j", &["{\"a\":1}"]).await.expect("write");
+        let mut other = OpenOptions::new().append(true).open(&p).expect("open");
+        other.write_all(b"{\"a\":2}\n{\"a\":").expect("torn write");
+        sink.write("j", &["{\"a\":3}"]).await.expect("write");
+        assert_eq!(
+            std::fs::read_to_string(&p).expect("read"),
+            "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n"
+        );
     }
 }

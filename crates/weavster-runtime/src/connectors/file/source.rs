@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::Format;
 use crate::dead_letter::Stage;
+use crate::queue::FileRange;
 use crate::source::{
     KEEP_BYTES, Limits, MAX_BATCH_BYTES, Position, Positions, READ_AHEAD, Reject, Source,
     SourceBatch, SourceError,
@@ -162,6 +163,7 @@ impl FileSource {
                 start,
                 limits: self.limits,
                 final_: !self.follow,
+                ranges: true,
             };
             let chunk = match format {
                 Format::Jsonl => read.jsonl(),
@@ -172,7 +174,11 @@ impl FileSource {
                 path: stream.clone(),
                 message,
             })?;
-            if chunk.records.is_empty() && chunk.rejects.is_empty() && chunk.end == start {
+            if chunk.records.is_empty()
+                && chunk.rejects.is_empty()
+                && chunk.range.is_none()
+                && chunk.end == start
+            {
                 if !self.follow && chunk.at_end {
                     self.done.insert(path, true);
                 }
@@ -181,6 +187,7 @@ impl FileSource {
             return Ok(Some(SourceBatch {
                 records: chunk.records,
                 rejects: chunk.rejects,
+                range: chunk.range,
                 position: Some(Position {
                     stream,
                     start: Some(start.into()),
@@ -233,6 +240,8 @@ pub(crate) struct Chunk {
     pub(crate) end: i64,
     /// Nothing left after `end` (for now).
     pub(crate) at_end: bool,
+    /// The records as the range they came from (`records` is then empty).
+    pub(crate) range: Option<FileRange>,
 }
 
 impl Chunk {
@@ -349,6 +358,17 @@ impl Scan {
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// `buf[a..b]` without leading and trailing ASCII whitespace, as indices.
+fn trim_span(buf: &[u8], mut a: usize, mut b: usize) -> (usize, usize) {
+    while a < b && buf[a].is_ascii_whitespace() {
+        a += 1;
+    }
+    while b > a && buf[b - 1].is_ascii_whitespace() {
+        b -= 1;
+    }
+    (a, b)
+}
+
 /// One read of one file from a stored position.
 pub(crate) struct Reader<'a> {
     pub(crate) path: &'a Path,
@@ -358,6 +378,9 @@ pub(crate) struct Reader<'a> {
     /// The file is complete (`--once`): a last line without a line feed is
     /// a record, and a JSON file that ends early is an error.
     pub(crate) final_: bool,
+    /// JSON lines: a chunk without rejects is returned as its file range
+    /// (the job then holds the range, not the records).
+    pub(crate) ranges: bool,
 }
 
 impl Reader<'_> {
@@ -498,7 +521,7 @@ impl Reader<'_> {
     }
 
     /// JSON lines: one record per line, blank lines skipped.
-    fn jsonl(&self) -> Result<Chunk, String> {
+    pub(crate) fn jsonl(&self) -> Result<Chunk, String> {
         let (buf, eof) = self.read(Unit::Line)?;
         let mut out = Chunk::default();
         let mut pos = if self.start == 0 && buf.starts_with(BOM) {
@@ -506,11 +529,17 @@ impl Reader<'_> {
         } else {
             0
         };
+        // The records, as spans of `buf` (copied once the chunk is known
+        // to have no rejects, or not at all when it becomes a range).
+        let mut spans: Vec<(usize, usize)> = Vec::new();
         let mut bytes = 0usize;
         let max = self.limits.max_record_bytes;
-        while pos < buf.len() && !out.full(&self.limits, bytes) {
-            let (line, next) = match memchr::memchr(b'\n', &buf[pos..]) {
-                Some(n) => (&buf[pos..pos + n], pos + n + 1),
+        let full = |spans: &Vec<(usize, usize)>, rejects: usize, bytes: usize| {
+            spans.len() + rejects >= self.limits.batch_size || bytes >= self.limits.max_batch_bytes
+        };
+        while pos < buf.len() && !full(&spans, out.rejects.len(), bytes) {
+            let (end, next) = match memchr::memchr(b'\n', &buf[pos..]) {
+                Some(n) => (pos + n, pos + n + 1),
                 None if buf.len() - pos > max => {
                     // Longer than a record may be, and not ended in the window.
                     if let Some((reject, next)) =
@@ -521,17 +550,18 @@ impl Reader<'_> {
                     }
                     break;
                 }
-                None if eof && self.final_ => (&buf[pos..], buf.len()),
+                None if eof && self.final_ => (buf.len(), buf.len()),
                 None => break,
             };
-            let text = line.trim_ascii();
+            let (a, b) = trim_span(&buf, pos, end);
+            let text = &buf[a..b];
             if text.len() > max {
                 out.rejects.push(self.over_long(text, pos));
             } else if !text.is_empty() {
                 match std::str::from_utf8(text) {
-                    Ok(t) => {
-                        bytes += t.len();
-                        out.records.push(t.to_string());
+                    Ok(_) => {
+                        bytes += text.len();
+                        spans.push((a, b));
                     }
                     Err(e) => out.rejects.push(self.not_utf8(text, pos, e)),
                 }
@@ -540,6 +570,20 @@ impl Reader<'_> {
         }
         out.end = self.start + pos as i64;
         out.at_end = eof && pos >= buf.len();
+        if self.ranges && out.rejects.is_empty() && !spans.is_empty() {
+            out.range = Some(FileRange {
+                file: self.stream.to_string(),
+                start: self.start as u64,
+                end: out.end as u64,
+                records: spans.len() as u32,
+                xxh3: xxhash_rust::xxh3::xxh3_64(&buf[..pos]),
+            });
+        } else {
+            out.records = spans
+                .iter()
+                .map(|&(a, b)| String::from_utf8_lossy(&buf[a..b]).into_owned())
+                .collect();
+        }
         Ok(out)
     }
 
@@ -970,6 +1014,7 @@ pub(crate) fn csv_record(header: &CsvHeader, row: &[&[u8]]) -> Result<String, (S
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::{RangeError, range_lines};
 
     fn limits(batch: usize, max_record: usize) -> Limits {
         Limits::new(batch, max_record)
@@ -990,6 +1035,7 @@ mod tests {
             start,
             limits,
             final_,
+            ranges: false,
         };
         let c = match format_of(&p, None) {
             Some(Format::Jsonl) => r.jsonl(),
@@ -997,8 +1043,34 @@ mod tests {
             _ => r.json(),
         }
         .expect("read");
+        if format_of(&p, None) == Some(Format::Jsonl) {
+            same_as_range(dir.path(), &r, &c);
+        }
         let rejects = c.rejects.into_iter().map(|r| (r.stage, r.record)).collect();
         (c.records, rejects, c.end, c.at_end)
+    }
+
+    /// The same read as a range (what a job holds) gives the same records,
+    /// rejects and end once the worker reads the range back.
+    fn same_as_range(root: &Path, plain: &Reader<'_>, c: &Chunk) {
+        let ranged = Reader {
+            ranges: true,
+            ..*plain
+        }
+        .jsonl()
+        .expect("ranged read");
+        assert_eq!((ranged.end, ranged.at_end), (c.end, c.at_end));
+        assert_eq!(ranged.rejects, c.rejects);
+        match &ranged.range {
+            None => assert_eq!(ranged.records, c.records),
+            Some(range) => {
+                assert!(ranged.records.is_empty() && c.rejects.is_empty());
+                assert_eq!((range.start, range.end), (plain.start as u64, c.end as u64));
+                let text = range.read(root).expect("range reads back");
+                let back: Vec<&str> = range_lines(&text, range.start == 0).collect();
+                assert_eq!(back, c.records);
+            }
+        }
     }
 
     /// Reads a whole file batch by batch, as a source does.
@@ -1022,6 +1094,83 @@ mod tests {
             assert!(progress || at_end, "no progress at {start}");
         }
         panic!("did not finish");
+    }
+
+    /// One generated line of a JSON-lines file: records, blank and padded
+    /// lines, CRLF, NUL bytes, invalid UTF-8, over-long lines.
+    fn any_line() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => "[a-z0-9 ]{0,12}".prop_map(|v| format!("{{\"v\":\"{v}\"}}").into_bytes()),
+            1 => Just(Vec::new()),
+            1 => "[ \t]{1,3}".prop_map(String::into_bytes),
+            1 => "[a-z]{0,5}".prop_map(|v| format!("  {{\"p\":\"{v}\"}}\r").into_bytes()),
+            1 => Just(b"{\"nul\":\"a\0b\"}".to_vec()),
+            1 => proptest::collection::vec(any::<u8>(), 1..6)
+                .prop_map(|b| b.into_iter().filter(|c| *c != b'\n').collect()),
+            1 => Just(vec![b'x'; 40]),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// Reading a file batch by batch as ranges and reading the ranges
+        /// back gives every record a plain read gives, in order (`check`
+        /// compares each batch).
+        #[test]
+        fn ranges_read_back_as_the_records(
+            bom in proptest::prelude::any::<bool>(),
+            lines in proptest::collection::vec(any_line(), 0..40),
+            last_lf in proptest::prelude::any::<bool>(),
+            batch in 1usize..6,
+        ) {
+            let mut content = if bom { BOM.to_vec() } else { Vec::new() };
+            content.extend(lines.join(&b'\n'));
+            if last_lf {
+                content.push(b'\n');
+            }
+            let (records, rejects) = read_all("in.jsonl", &content, limits(batch, 30));
+            // Every line that is not blank is a record or a reject.
+            let expected = lines.iter().filter(|l| !l.trim_ascii().is_empty()).count();
+            proptest::prop_assert_eq!(records.len() + rejects.len(), expected);
+        }
+    }
+
+    #[test]
+    fn a_changed_range_is_refused_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("in.jsonl");
+        std::fs::write(&p, b"{\"a\":1}\n{\"a\":2}\n").expect("write");
+        let r = Reader {
+            path: &p,
+            stream: "in.jsonl",
+            start: 0,
+            limits: limits(10, 100),
+            final_: false,
+            ranges: true,
+        };
+        let range = r.jsonl().expect("read").range.expect("a range");
+        assert_eq!((range.start, range.end, range.records), (0, 16, 2));
+        range.read(dir.path()).expect("unchanged");
+        // Rewritten in place, same length.
+        std::fs::write(&p, b"{\"a\":3}\n{\"a\":4}\n").expect("write");
+        let e = range.read(dir.path()).expect_err("changed");
+        let RangeError::Changed { found, .. } = &e else {
+            panic!("{e}")
+        };
+        assert_eq!(found, b"{\"a\":3}\n{\"a\":4}\n");
+        assert!(
+            e.to_string().starts_with("in.jsonl: bytes 0..16 changed"),
+            "{e}"
+        );
+        // Truncated.
+        std::fs::write(&p, b"{\"a\":1}\n").expect("write");
+        let e = range.read(dir.path()).expect_err("truncated");
+        assert!(e.to_string().contains("the file now ends at byte 8"), "{e}");
+        // Gone: maybe not for good (another attempt may read it).
+        std::fs::remove_file(&p).expect("rm");
+        let e = range.read(dir.path()).expect_err("gone");
+        assert!(matches!(e, RangeError::Unreadable { .. }), "{e}");
     }
 
     #[test]
@@ -1165,6 +1314,7 @@ mod tests {
                 start,
                 limits: limits(10, 1 << 20),
                 final_: false,
+                ranges: false,
             }
             .json()
             .expect("read")
@@ -1187,6 +1337,7 @@ mod tests {
             start: 100,
             limits: limits(10, 100),
             final_: true,
+            ranges: false,
         };
         let e = r.jsonl().expect_err("shorter than position");
         assert!(e.contains("--from-start"), "{e}");
