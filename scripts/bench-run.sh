@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# End-to-end benchmark of `weavster run --once` (issue 4): file → queue
+# End-to-end benchmark of `weavster run --once` (issue 4): first
+# scripts/bench-sizes.sh (issue 17), then file → queue
 # (embedded PostgreSQL) → wasm → file on generated records, beside jq doing
 # the same transform, the Kafka paths (file → Kafka, Kafka → Kafka,
 # Kafka → file, against the tansu broker installed by setup.sh) and the
@@ -16,6 +17,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
 scripts/setup.sh >&2
 command -v jq >/dev/null || { echo "jq is missing (apt-get install jq)" >&2; exit 2; }
 [ -x /usr/bin/time ] || { echo "/usr/bin/time is missing (apt-get install time)" >&2; exit 2; }
+# Throughput by record size (130 B / 230 B / 1 KiB) beside jq and jaq,
+# with the per-stage breakdown: its own script, run first.
+scripts/bench-sizes.sh "$n"
+echo
 cargo build --release --locked -q -p weavster-cli
 weavster="$CARGO_TARGET_DIR/release/weavster"
 export WEAVSTER_CARGO_TARGET_DIR="$CARGO_TARGET_DIR/weavster-flows"
