@@ -42,17 +42,16 @@ pub struct StageLabel {
 /// stage's seconds summed over the tasks doing it (two workers busy for a
 /// second count two). What the queue itself takes (apalis fetching and
 /// acknowledging jobs) is the rest of the workers' time.
-pub const STAGES: [&str; 6] = [
-    // The source: reading its input and splitting it into records.
-    "read",
-    // The enqueue transaction (job, rejects, position; synchronous commit),
-    // backpressure waits excluded.
-    "enqueue", // A worker reading a job's records (a file range, checked).
-    "load", // Encoding the batch for the guest, running it, decoding its outcomes.
-    "guest", // Sinks writing.
-    "write", // Dead letters and the marks of written outputs.
-    "mark",
-];
+///
+/// - `read`: the source reading its input and splitting it into records;
+/// - `enqueue`: the enqueue transaction (job, rejects, position;
+///   synchronous commit), backpressure waits excluded;
+/// - `load`: a worker reading a job's records back (a file range, checked);
+/// - `guest`: encoding the batch for the guest, running it, reading its
+///   answer;
+/// - `write`: sinks writing;
+/// - `mark`: dead letters and the marks of written outputs.
+pub const STAGES: [&str; 6] = ["read", "enqueue", "load", "guest", "write", "mark"];
 
 fn batch_histogram() -> Histogram {
     // 1 ms … ~16 s.
