@@ -681,4 +681,16 @@ fn a_rewritten_range_is_one_dead_letter_naming_the_file() {
             && reason.contains("data/in.jsonl: bytes 0..18 changed since they were read"),
         "{reason}"
     );
+    // The same job run again (as after a crash before it was marked done):
+    // its dead letter is not written twice.
+    queue
+        .sql(
+            "UPDATE apalis.jobs SET status = 'Pending', attempts = 0, run_at = now(), lock_by = NULL, lock_at = NULL
+             WHERE id = (SELECT job_id FROM weavster.dead_letters LIMIT 1)",
+        )
+        .expect("run again");
+    let (code, stderr) = run_once(dir, &env);
+    assert!(code == 0 || code == 1, "{stderr}");
+    assert_eq!(dead_letters(dir, &env).len(), 1, "{stderr}");
+    assert_eq!(ids(&dir.join("out/out.jsonl")), once(&[1, 2, 3]));
 }

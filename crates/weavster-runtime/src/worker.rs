@@ -517,11 +517,14 @@ impl FlowWorker {
             RangeError::Unreadable { .. } => (Vec::new(), e.to_string()),
         };
         let records = job.range.as_ref().map_or(0, |r| r.records);
+        // Item 0: keyed like any other, so a re-run job (after a crash)
+        // does not write it twice.
         let mut d = NewDeadLetter::new(
             found,
             stage,
             format!("{message}: the {records} records of this batch are lost to this run: {why}"),
-        );
+        )
+        .item(0);
         d.source = job.range.as_ref().map(FileRange::at);
         let dead = [d];
         dead_letter::insert(
