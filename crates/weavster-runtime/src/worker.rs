@@ -488,16 +488,26 @@ impl FlowWorker {
             .filter(|(i, _)| !have.contains(i))
             .map(|(i, r)| NewDeadLetter::new(r.as_bytes(), stage, message).item(i))
             .collect();
+        self.insert_dead(id, attempts, &dead).await
+    }
+
+    /// Inserts dead letters of job `id` and counts them.
+    async fn insert_dead(
+        &self,
+        id: &str,
+        attempts: u32,
+        dead: &[NewDeadLetter],
+    ) -> Result<(), DbError> {
         dead_letter::insert(
             self.db.pool(),
             &self.name,
             self.run_id,
             attempts as i32,
             Some(id),
-            &dead,
+            dead,
         )
         .await?;
-        self.metrics.count_dead(&self.name, &dead);
+        self.metrics.count_dead(&self.name, dead);
         Ok(())
     }
 
@@ -527,17 +537,7 @@ impl FlowWorker {
         .item(0);
         d.source = job.range.as_ref().map(FileRange::at);
         let dead = [d];
-        dead_letter::insert(
-            self.db.pool(),
-            &self.name,
-            self.run_id,
-            attempts as i32,
-            Some(id),
-            &dead,
-        )
-        .await?;
-        self.metrics.count_dead(&self.name, &dead);
-        Ok(())
+        self.insert_dead(id, attempts, &dead).await
     }
 }
 
@@ -567,7 +567,8 @@ pub(crate) async fn handle(
         }
         Err(Failure::Changed(e)) => {
             tracing::error!(flow = %w.name, job = %id, "{e}");
-            w.dead_letter_rest(&job, &id, n, Stage::Input, "input changed")
+            // The range was just read and refused: not read again.
+            w.dead_letter_range(&job, &id, n, Stage::Input, "input changed", e)
                 .await?;
             return Ok(());
         }
