@@ -107,6 +107,25 @@ pub fn generate(flow: &Flow, origin: &str) -> Result<Generated, CodegenError> {
         }
         None => quote! { ::weavster_guest::Touch::Write },
     };
+    // Only for flows reading some field by member: the default (`None`,
+    // read whole) otherwise.
+    let reads = flow
+        .fields
+        .as_ref()
+        .filter(|f| !f.members.is_empty())
+        .map(|f| {
+            let arms = f.members.iter().map(|(k, m)| {
+                quote! { #k => Some(matches!(member, #(#m)|*)), }
+            });
+            quote! {
+                fn reads(&self, key: &str, member: &str) -> Option<bool> {
+                    match key {
+                        #(#arms)*
+                        _ => None,
+                    }
+                }
+            }
+        });
     // A flow without regexes or templates does not link the regex engine or
     // MiniJinja: smaller modules, faster to build and to load.
     let (regex_field, regex_init) = if flow.regexes.is_empty() {
@@ -171,6 +190,8 @@ pub fn generate(flow: &Flow, origin: &str) -> Result<Generated, CodegenError> {
             fn touch(&self, key: &str) -> ::weavster_guest::Touch {
                 #touch
             }
+
+            #reads
         }
 
         #[cfg(target_arch = "wasm32")]

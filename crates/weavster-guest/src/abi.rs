@@ -46,15 +46,20 @@ pub fn process_batch<F: Flow + ?Sized>(
         .ok_or("batch header has no `seed`")?;
     let ctx = Ctx::new(now, seed, vars);
     let touch = |k: &str| flow.touch(k);
+    let reads = |k: &str, member: &str| flow.reads(k, member);
     let mut outcomes = Vec::new();
+    let mut raws = Raws::default();
     let mut index = 0u64;
     for line in lines {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
         outcomes.clear();
-        let mut raws = Raws::default();
-        match decode_record(line, touch, &mut raws) {
+        let decoded = match std::str::from_utf8(line) {
+            Ok(line) => decode_with(line, &touch, &reads, &mut raws, true),
+            Err(_) => serde_json::from_slice(line),
+        };
+        match decoded {
             Ok(record @ Value::Object(_)) => flow.run(record, &ctx, &mut outcomes),
             Ok(other) => outcomes.push(Outcome::Error(RecordError {
                 stage: "decode",
@@ -78,85 +83,329 @@ pub fn process_batch<F: Flow + ?Sized>(
     Ok(())
 }
 
-/// The input text of the fields a flow only reads, by key (last wins, as
-/// for duplicate keys in a decode).
+/// What a partial decode keeps of the input line for the encoder: the
+/// text of the fields a flow only reads, and of the runs of untouched
+/// fields. Borrowed from the line, so it lives as long as the batch input.
 #[derive(Debug, Default)]
-pub struct Raws<'a>(Vec<(String, &'a str)>);
+pub struct Raws<'a> {
+    /// Read-only fields' input text, by key (last wins, as for duplicate
+    /// keys in a decode).
+    read: Vec<(Key<'a>, &'a str)>,
+    /// Runs of untouched fields, in the record under the key [`run_key`]`(n)`.
+    runs: Vec<&'a str>,
+    /// Scratch: the untouched keys of the record being decoded.
+    untouched: Vec<&'a str>,
+}
 
 impl<'a> Raws<'a> {
     fn get(&self, key: &str) -> Option<&'a str> {
-        self.0.iter().rev().find(|(k, _)| k == key).map(|(_, r)| *r)
+        self.read
+            .iter()
+            .rev()
+            .find(|(k, _)| k.as_str() == key)
+            .map(|(_, r)| *r)
+    }
+
+    fn clear(&mut self) {
+        self.read.clear();
+        self.runs.clear();
     }
 }
 
-/// The marker of a field kept as its input text.
+/// The marker of a field kept as its input text, and the first character
+/// of a run's key. No JSON text starts with a NUL, and a key holding one is
+/// written escaped, so never borrowed from the line.
 const RAW: char = '\0';
+
+/// The key of run `n` in a partially decoded record: NUL, then `n`.
+fn run_key(n: usize) -> String {
+    let mut k = String::with_capacity(4);
+    k.push(RAW);
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for d in &digits[i..] {
+        k.push(char::from(*d));
+    }
+    k
+}
+
+/// Which run a record key names, if it is a run's.
+fn run_index(key: &str) -> Option<usize> {
+    key.strip_prefix(RAW)?.parse().ok()
+}
+
+/// A key as it came: borrowed from the line when it has no escapes.
+#[derive(Debug)]
+enum Key<'a> {
+    Borrowed(&'a str),
+    Owned(String),
+}
+
+impl Key<'_> {
+    fn as_str(&self) -> &str {
+        match self {
+            Key::Borrowed(s) => s,
+            Key::Owned(s) => s,
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key::Owned(v.to_string()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key::Owned(v))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
 
 /// Decodes one input record, parsing only the top-level fields `touch`
 /// says the flow uses, and keeping the input text of those it only reads
-/// in `raws` (see the module documentation).
+/// and of runs of those it never touches in `raws` (see the module
+/// documentation).
 pub fn decode_record<'a>(
     line: &'a [u8],
     touch: impl Fn(&str) -> Touch,
     raws: &mut Raws<'a>,
 ) -> serde_json::Result<Value> {
-    if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-        // Not an object: decoded whole, for the error message.
-        return serde_json::from_slice(line);
+    match std::str::from_utf8(line) {
+        // Validated once here: the parser then borrows without checking
+        // each piece again.
+        Ok(line) => decode_with(line, &touch, &|_, _| None, raws, true),
+        Err(_) => serde_json::from_slice(line),
     }
-    let mut de = serde_json::Deserializer::from_slice(line);
-    let partial = Partial { touch, raws }
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|()| v));
-    // A rejected record is decoded whole: the same error as a full decode.
-    partial.or_else(|_| serde_json::from_slice(line))
 }
 
-/// Deserializes an object, parsing only the touched fields.
-struct Partial<'r, 'a, T> {
-    touch: T,
+/// [`decode_record`], merging untouched neighbours into runs or not (the
+/// reference the runs are tested against).
+fn decode_with<'a>(
+    line: &'a str,
+    touch: &dyn Fn(&str) -> Touch,
+    reads: &dyn Fn(&str, &str) -> Option<bool>,
+    raws: &mut Raws<'a>,
+    runs: bool,
+) -> serde_json::Result<Value> {
+    if line.bytes().find(|b| !b.is_ascii_whitespace()) != Some(b'{') {
+        // Not an object: decoded whole, for the error message.
+        return serde_json::from_str(line);
+    }
+    raws.clear();
+    let mut de = serde_json::Deserializer::from_str(line);
+    let partial = Partial {
+        touch,
+        reads,
+        raws: &mut *raws,
+        line,
+        runs,
+    }
+    .deserialize(&mut de)
+    .and_then(|v| de.end().map(|()| v));
+    match partial {
+        Ok(Some(v)) => Ok(v),
+        // Runs could not keep a full decode's meaning (a duplicate or
+        // escaped untouched key): decoded field by field instead.
+        Ok(None) => {
+            raws.clear();
+            decode_with(line, touch, reads, raws, false)
+        }
+        // A rejected record is decoded whole: the same error as a full decode.
+        Err(_) => serde_json::from_str(line),
+    }
+}
+
+/// Deserializes an object, parsing only the touched fields. `None` when
+/// runs were asked for but would change the record's meaning.
+struct Partial<'r, 'a, 't> {
+    touch: &'t dyn Fn(&str) -> Touch,
+    reads: &'t dyn Fn(&str, &str) -> Option<bool>,
     raws: &'r mut Raws<'a>,
+    line: &'a str,
+    runs: bool,
 }
 
-impl<'de, T: Fn(&str) -> Touch> DeserializeSeed<'de> for Partial<'_, 'de, T> {
-    type Value = Value;
+/// Byte offset of `s`, a slice of `line`, in it.
+fn offset(line: &str, s: &str) -> usize {
+    s.as_ptr() as usize - line.as_ptr() as usize
+}
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+/// Whether an untouched field's text in `line`, key at `key` (its text,
+/// inside the quotes) and value `raw`, is written `"key":value` exactly.
+fn compact_field(line: &str, key: &str, raw: &str) -> bool {
+    let end = offset(line, key) + key.len();
+    line.as_bytes().get(end..end + 2) == Some(b"\":") && offset(line, raw) == end + 2
+}
+
+impl<'de> DeserializeSeed<'de> for Partial<'_, 'de, '_> {
+    type Value = Option<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
         d.deserialize_map(self)
     }
 }
 
-impl<'de, T: Fn(&str) -> Touch> Visitor<'de> for Partial<'_, 'de, T> {
-    type Value = Value;
+impl<'de> Visitor<'de> for Partial<'_, 'de, '_> {
+    type Value = Option<Value>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        // Sized once for typical records instead of growing 4 → 8 → 16.
-        let mut m = Map::with_capacity(16);
-        while let Some(key) = map.next_key::<String>()? {
-            let v = match (self.touch)(&key) {
-                Touch::Write => map.next_value::<Value>()?,
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+        let line = self.line;
+        let mut m = Map::with_capacity(8);
+        // The run being extended: (start, end) byte offsets in the line.
+        let mut run: Option<(usize, usize)> = None;
+        // Untouched keys: merged into runs, they must be unique (a full
+        // decode keeps a duplicate's first place and last value) and
+        // unescaped (to compare them as written).
+        let Raws {
+            read,
+            runs,
+            untouched,
+        } = &mut *self.raws;
+        untouched.clear();
+        let mut escaped = false;
+        let close = |run: &mut Option<(usize, usize)>, m: &mut Map<String, Value>, runs: &mut Vec<&'de str>| {
+            if let Some((start, end)) = run.take() {
+                // In bounds and on char boundaries: both ends are a JSON
+                // token's.
+                let text = line.get(start..end).unwrap_or_default();
+                m.insert(run_key(runs.len()), Value::Null);
+                runs.push(text);
+            }
+        };
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let touch = (self.touch)(key.as_str());
+            if touch != Touch::None {
+                close(&mut run, &mut m, runs);
+                // Could be taken for a run's key.
+                escaped |= key.as_str().starts_with(RAW);
+            }
+            match touch {
+                Touch::Write => {
+                    let v = map.next_value::<Value>()?;
+                    m.insert(key.as_str().to_owned(), v);
+                }
                 Touch::Read => {
                     let raw = map.next_value::<&'de RawValue>()?.get();
-                    let v = serde_json::from_str(raw).map_err(serde::de::Error::custom)?;
-                    self.raws.0.push((key.clone(), raw));
-                    v
+                    let v = read_only(key.as_str(), raw, self.reads)
+                        .map_err(serde::de::Error::custom)?;
+                    m.insert(key.as_str().to_owned(), v);
+                    read.push((key, raw));
                 }
                 Touch::None => {
                     let raw = map.next_value::<&'de RawValue>()?.get();
-                    let mut s = String::with_capacity(raw.len() + 1);
-                    s.push(RAW);
-                    s.push_str(raw);
-                    Value::String(s)
+                    match key {
+                        Key::Borrowed(k) if self.runs && compact_field(line, k, raw) => {
+                            untouched.push(k);
+                            let key_start = offset(line, k) - 1;
+                            let raw_end = offset(line, raw) + raw.len();
+                            run = match run {
+                                // The next field right after a comma.
+                                Some((start, end))
+                                    if key_start == end + 1 && line.as_bytes().get(end) == Some(&b',') =>
+                                {
+                                    Some((start, raw_end))
+                                }
+                                mut other => {
+                                    close(&mut other, &mut m, runs);
+                                    Some((key_start, raw_end))
+                                }
+                            };
+                        }
+                        key => {
+                            close(&mut run, &mut m, runs);
+                            match &key {
+                                Key::Borrowed(k) => untouched.push(k),
+                                Key::Owned(_) => escaped = true,
+                            }
+                            let mut s = String::with_capacity(raw.len() + 1);
+                            s.push(RAW);
+                            s.push_str(raw);
+                            m.insert(key.as_str().to_owned(), Value::String(s));
+                        }
+                    }
                 }
-            };
-            m.insert(key, v);
+            }
         }
-        Ok(Value::Object(m))
+        close(&mut run, &mut m, runs);
+        if !runs.is_empty() && (escaped || has_duplicate(untouched)) {
+            return Ok(None);
+        }
+        Ok(Some(Value::Object(m)))
     }
+}
+
+/// Parses a read-only field's text: only the members the flow reads when
+/// it reads the field by member and the field is an object (the others are
+/// skipped, as untouched fields are), whole otherwise.
+fn read_only(
+    key: &str,
+    raw: &str,
+    reads: &dyn Fn(&str, &str) -> Option<bool>,
+) -> serde_json::Result<Value> {
+    if reads(key, "").is_none() || !raw.starts_with('{') {
+        return serde_json::from_str(raw);
+    }
+    struct Members<'r> {
+        key: &'r str,
+        reads: &'r dyn Fn(&str, &str) -> Option<bool>,
+    }
+    impl<'de> Visitor<'de> for Members<'_> {
+        type Value = Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut m = Map::new();
+            while let Some(member) = map.next_key::<Key<'de>>()? {
+                if (self.reads)(self.key, member.as_str()) == Some(true) {
+                    m.insert(member.as_str().to_owned(), map.next_value::<Value>()?);
+                } else {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+            Ok(Value::Object(m))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(raw);
+    let v = de.deserialize_map(Members { key, reads })?;
+    de.end()?;
+    Ok(v)
+}
+
+/// Whether `keys` holds a key twice (reorders them).
+fn has_duplicate(keys: &mut [&str]) -> bool {
+    if keys.len() <= 16 {
+        return keys
+            .iter()
+            .enumerate()
+            .any(|(i, k)| keys[..i].contains(k));
+    }
+    keys.sort_unstable();
+    keys.windows(2).any(|w| w[0] == w[1])
 }
 
 /// Writes a record decoded by [`decode_record`]: untouched and read-only
@@ -175,6 +424,10 @@ pub fn encode_record(
     for (n, (k, v)) in m.iter().enumerate() {
         if n > 0 {
             out.push(b',');
+        }
+        if let Some(run) = run_index(k).and_then(|i| raws.runs.get(i)) {
+            out.extend_from_slice(run.as_bytes());
+            continue;
         }
         let _ = serde_json::to_writer(&mut *out, k);
         out.push(b':');
@@ -429,6 +682,8 @@ macro_rules! export_flow {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
 
     /// The runtime's records (JSON text) and the tests' (values) make the
@@ -573,6 +828,111 @@ mod tests {
             partial.starts_with("error: number out of range"),
             "{partial}"
         );
+    }
+
+    /// A generated record's text: keys from a small set (so duplicates
+    /// happen), some written escaped, values of every kind (some a full
+    /// decode rejects), compact or spaced separators.
+    fn record_text() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("\"a\"".to_string()),
+            Just("\"b\"".to_string()),
+            Just("\"c\"".to_string()),
+            Just("\"d\"".to_string()),
+            Just("\"\\u0061\"".to_string()), // "a", escaped
+            Just("\"\\u00000\"".to_string()), // NUL then 0: a run's key
+            Just("\"e\\\"q\"".to_string()),
+        ];
+        let value = prop_oneof![
+            Just("1.50"),
+            Just("-0"),
+            Just("1e400"),
+            Just("\"s\\n\\u00e9\""),
+            Just("\"é\""),
+            Just("[1, {\"x\" : null}]"),
+            Just("{\"a\":{\"b\":[]}}"),
+            Just("true"),
+            Just("null"),
+        ];
+        let sep = prop_oneof![Just(""), Just(" "), Just("\t ")];
+        proptest::collection::vec((key, sep.clone(), value, sep), 0..8).prop_map(|fields| {
+            let body: Vec<String> = fields
+                .into_iter()
+                .map(|(k, s1, v, s2)| format!("{s1}{k}{s2}:{s1}{v}"))
+                .collect();
+            format!("{{{}}}", body.join(","))
+        })
+    }
+
+    /// Decodes and encodes `line` with `touch`, after `edit` (none, set,
+    /// remove, remove then set again) on `key`.
+    fn round_trip(line: &str, touch: &dyn Fn(&str) -> Touch, runs: bool, edit: u8, key: &str) -> String {
+        let mut raws = Raws::default();
+        let mut v = match decode_with(line, touch, &|_, _| None, &mut raws, runs) {
+            Ok(v) => v,
+            Err(e) => return format!("error: {e}"),
+        };
+        if let Value::Object(m) = &mut v {
+            match edit {
+                1 => {
+                    m.insert(key.into(), Value::from(7));
+                }
+                2 => {
+                    m.shift_remove(key);
+                }
+                3 => {
+                    m.shift_remove(key);
+                    m.insert(key.into(), Value::from("x"));
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        encode_record(&mut out, &v, touch, &raws);
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    proptest::proptest! {
+        /// Merging untouched neighbours into runs writes exactly what the
+        /// field-by-field decode writes, whatever the record and the flow.
+        #[test]
+        fn runs_write_what_field_by_field_writes(
+            line in record_text(),
+            touches in proptest::collection::vec(0u8..3, 4),
+            edit in 0u8..4,
+            edited in 0usize..4,
+        ) {
+            let keys = ["a", "b", "c", "d"];
+            let touch = |k: &str| match keys.iter().position(|x| *x == k).map(|i| touches[i]) {
+                Some(1) => Touch::Read,
+                Some(2) => Touch::Write,
+                _ => Touch::None,
+            };
+            // Only written fields are edited, as a flow would.
+            let key = keys[edited];
+            let edit = if touch(key) == Touch::Write { edit } else { 0 };
+            let runs = round_trip(&line, &touch, true, edit, key);
+            let fields = round_trip(&line, &touch, false, edit, key);
+            proptest::prop_assert_eq!(runs, fields, "{}", line);
+        }
+    }
+
+    #[test]
+    fn a_field_read_by_member_holds_only_those_members() {
+        let line = r#"{"user":{"name":"a","n":1e400,"name":"b","x":[1]},"id":7}"#;
+        let touch = |k: &str| if k == "user" { Touch::Read } else { Touch::None };
+        let reads = |k: &str, m: &str| (k == "user").then_some(m == "name");
+        let mut raws = Raws::default();
+        let v = decode_with(line, &touch, &reads, &mut raws, true).expect("decodes");
+        // The last duplicate's value; a member out of range is not parsed.
+        assert_eq!(v["user"], serde_json::json!({"name": "b"}));
+        let mut out = Vec::new();
+        encode_record(&mut out, &v, touch, &raws);
+        assert_eq!(String::from_utf8_lossy(&out), line);
+        // Not an object: parsed whole.
+        let line = r#"{"user":[1,2]}"#;
+        let v = decode_with(line, &touch, &reads, &mut raws, true).expect("decodes");
+        assert_eq!(v["user"], serde_json::json!([1, 2]));
     }
 
     #[test]

@@ -130,6 +130,16 @@ pub trait Flow {
         let _ = key;
         Touch::Write
     }
+
+    /// For a field the flow only reads ([`Touch::Read`]): `None` (whatever
+    /// `member` is) when it may read the field whole, else whether it reads
+    /// the field's member `member` (or below it). A decoder keeps only the
+    /// members read; the field is written back as its input text anyway.
+    /// By default a flow may read every field whole.
+    fn reads(&self, key: &str, member: &str) -> Option<bool> {
+        let _ = (key, member);
+        None
+    }
 }
 
 /// How a flow uses a top-level record field.

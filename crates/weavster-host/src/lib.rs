@@ -89,6 +89,10 @@ pub struct Host {
     pub batch_deadline: Duration,
 }
 
+/// `WEAVSTER_WASM_PERF_MAP=1` writes `/tmp/perf-<pid>.map`, so that `perf
+/// report` names the guest's functions (a profiling aid; off by default).
+pub const PERF_MAP_ENV: &str = "WEAVSTER_WASM_PERF_MAP";
+
 /// How often the engine's epoch advances: the deadline's resolution.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -106,6 +110,10 @@ impl Host {
         let mut config = Config::new();
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         config.epoch_interruption(deadline);
+        if std::env::var_os(PERF_MAP_ENV).is_some_and(|v| v == "1") {
+            // Names guest functions for `perf` (docs/dev/benchmarks.md).
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| HostError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         add_wasi_imports(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
@@ -147,11 +155,16 @@ impl Host {
         wasm.with_extension(format!("{:016x}.cwasm", h.finish()))
     }
 
-    /// Compiles `wasm` to native code and caches it, unless already cached.
+    /// Compiles `wasm` to native code and caches it, unless already cached
+    /// from this very file (a module rebuilt in place, as `compile --force`
+    /// does, is compiled again).
     pub fn precompile(&self, wasm: &Path) -> Result<PathBuf, HostError> {
         let cwasm = self.precompiled_path(wasm);
-        if cwasm.is_file() {
-            return Ok(cwasm);
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        match (modified(&cwasm), modified(wasm)) {
+            (Some(native), Some(module)) if native >= module => return Ok(cwasm),
+            (Some(_), None) => return Ok(cwasm),
+            _ => {}
         }
         let bytes = std::fs::read(wasm).map_err(|e| HostError::Load {
             path: wasm.to_path_buf(),

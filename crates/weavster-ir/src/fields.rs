@@ -10,7 +10,7 @@
 //! field in any way — set, remove, rename, reshape, or write regex groups
 //! into the record — counts as writing it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::ir::*;
 
@@ -29,9 +29,18 @@ pub fn touched(flow: &Flow) -> Option<Fields> {
     if acc.whole {
         return None;
     }
+    let read_only: Vec<String> = acc.read.difference(&acc.written).cloned().collect();
+    let members = read_only
+        .iter()
+        .filter_map(|k| match acc.members.get(k) {
+            Some(Some(m)) => Some((k.clone(), m.iter().cloned().collect())),
+            _ => None,
+        })
+        .collect();
     Some(Fields {
-        read_only: acc.read.difference(&acc.written).cloned().collect(),
+        read_only,
         written: acc.written.into_iter().collect(),
+        members,
     })
 }
 
@@ -40,6 +49,9 @@ struct Acc<'a> {
     regexes: &'a [String],
     read: BTreeSet<String>,
     written: BTreeSet<String>,
+    /// By top-level field read: the members read, or `None` when the field
+    /// may be read whole.
+    members: BTreeMap<String, Option<BTreeSet<String>>>,
     whole: bool,
 }
 
@@ -57,7 +69,23 @@ impl Acc<'_> {
     fn read(&mut self, p: &[Seg]) {
         if let Some(k) = self.top(p) {
             self.read.insert(k.clone());
+            let members = self
+                .members
+                .entry(k.clone())
+                .or_insert_with(|| Some(BTreeSet::new()));
+            match (members, p.get(1)) {
+                (Some(m), Some(Seg::Key(member))) => {
+                    m.insert(member.clone());
+                }
+                (members, _) => *members = None,
+            }
         }
+    }
+
+    /// A top-level field read in a way not bounded by members.
+    fn read_whole(&mut self, k: &str) {
+        self.read.insert(k.to_string());
+        self.members.insert(k.to_string(), None);
     }
 
     fn write(&mut self, p: &[Seg]) {
@@ -98,7 +126,9 @@ impl Acc<'_> {
                 if vars.contains("debug") {
                     self.whole = true;
                 }
-                self.read.extend(vars);
+                for v in vars {
+                    self.read_whole(&v);
+                }
             }
             Err(_) => self.whole = true,
         }
@@ -202,11 +232,9 @@ mod tests {
         let flow = crate::lower("f", &spec, &BTreeMap::<String, crate::LookupData>::new())
             .expect("flow lowers");
         let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let expected = expected.map(|(r, w)| crate::ir::Fields {
-            read_only: strings(r),
-            written: strings(w),
-        });
-        assert_eq!(flow.fields, expected, "{transforms}");
+        let found = flow.fields.map(|f| (f.read_only, f.written));
+        let expected = expected.map(|(r, w)| (strings(r), strings(w)));
+        assert_eq!(found, expected, "{transforms}");
     }
 
     #[test]
@@ -247,6 +275,47 @@ mod tests {
         check(
             "  - regex: { field: note, replace: 'a', with: 'b' }",
             Some((&["out_flag"], &["note"])),
+        );
+    }
+
+    /// The read-only fields read by member only, with their members.
+    fn check_members(transforms: &str, expected: &[(&str, &[&str])]) {
+        let src = format!("input: files.x\ntransforms:\n{transforms}\noutputs:\n  - to: files.y\n");
+        let spec: weavster_spec::types::FlowFile =
+            weavster_spec::yaml::from_str(&src).expect("flow parses");
+        let flow = crate::lower("f", &spec, &BTreeMap::<String, crate::LookupData>::new())
+            .expect("flow lowers");
+        let found = flow.fields.map(|f| f.members).unwrap_or_default();
+        let expected: Vec<(String, Vec<String>)> = expected
+            .iter()
+            .map(|(k, m)| (k.to_string(), m.iter().map(|s| s.to_string()).collect()))
+            .collect();
+        assert_eq!(found, expected, "{transforms}");
+    }
+
+    #[test]
+    fn fields_read_by_member_name_their_members() {
+        check_members(
+            "  - set: { n: \"upper(user.name) ~ user.id\", t: tags }\n  - filter: exists(user.email.x)",
+            &[("user", &["email", "id", "name"])],
+        );
+        // Read whole somewhere (itself, indexed, in a template, written):
+        // no members.
+        check_members("  - set: { n: user.name, m: user }", &[]);
+        check_members("  - set: { n: \"user.name ~ user[0]\" }", &[]);
+        check_members(
+            "  - set: { n: user.name }\n  - template: { t: \"{{ user.id | upper }}\" }",
+            &[],
+        );
+        // A plain template interpolates paths: members.
+        check_members(
+            "  - template: { t: \"{{ user.id }}\" }",
+            &[("user", &["id"])],
+        );
+        check_members("  - set: { n: user.name }\n  - set: { user.x: 1 }", &[]);
+        check_members(
+            "  - regex: { field: a.b, pattern: '(?P<d>x)' }",
+            &[("a", &["b"])],
         );
     }
 

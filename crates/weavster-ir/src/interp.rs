@@ -431,4 +431,8 @@ impl weavster_guest::Flow for Interpreter {
             None => weavster_guest::Touch::Write,
         }
     }
+
+    fn reads(&self, key: &str, member: &str) -> Option<bool> {
+        self.flow.fields.as_ref()?.reads(key, member)
+    }
 }

@@ -202,6 +202,9 @@ pub struct Fields {
     pub read_only: Vec<String>,
     /// Sorted: fields a step may set, change or remove.
     pub written: Vec<String>,
+    /// Sorted: read-only fields the flow reads only by member (`user.name`,
+    /// never `user` itself), with the members it reads, sorted.
+    pub members: Vec<(String, Vec<String>)>,
 }
 
 impl Fields {
@@ -215,6 +218,15 @@ impl Fields {
         } else {
             weavster_guest::Touch::None
         }
+    }
+
+    /// See [`weavster_guest::Flow::reads`].
+    pub fn reads(&self, key: &str, member: &str) -> Option<bool> {
+        let i = self
+            .members
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()?;
+        Some(self.members[i].1.binary_search_by(|m| m.as_str().cmp(member)).is_ok())
     }
 }
 
