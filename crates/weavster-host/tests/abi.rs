@@ -44,10 +44,15 @@ fn a_module_rebuilt_in_place_is_compiled_again() {
     let wasm = dir.path().join("flow.wasm");
     let host = Host::new().expect("host");
     let v = |n: u32| {
-        format!(r#"(module (func (export "weavster_abi_version") (result i32) i32.const {n}) (memory (export "memory") 1))"#)
+        format!(
+            r#"(module (func (export "weavster_abi_version") (result i32) i32.const {n}) (memory (export "memory") 1))"#
+        )
     };
     std::fs::write(&wasm, v(2)).expect("write");
-    assert!(matches!(host.load(&wasm), Err(HostError::AbiVersion { found: 2, .. })));
+    assert!(matches!(
+        host.load(&wasm),
+        Err(HostError::AbiVersion { found: 2, .. })
+    ));
     // Rebuilt under the same name (`compile --force`), a moment later.
     std::fs::write(&wasm, v(1)).expect("write");
     let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
@@ -56,5 +61,6 @@ fn a_module_rebuilt_in_place_is_compiled_again() {
         .open(&wasm)
         .and_then(|f| f.set_modified(later))
         .expect("set mtime");
-    host.load(&wasm).expect("the new module, not the cached one");
+    host.load(&wasm)
+        .expect("the new module, not the cached one");
 }

@@ -226,7 +226,12 @@ impl Fields {
             .members
             .binary_search_by(|(k, _)| k.as_str().cmp(key))
             .ok()?;
-        Some(self.members[i].1.binary_search_by(|m| m.as_str().cmp(member)).is_ok())
+        Some(
+            self.members[i]
+                .1
+                .binary_search_by(|m| m.as_str().cmp(member))
+                .is_ok(),
+        )
     }
 }
 
