@@ -8,13 +8,24 @@
 //!
 //! Records are decoded partially, by how the flow uses each top-level field
 //! ([`Flow::touch`]): a field it never touches is validated but kept as its
-//! input text (in a string value marked with a leading NUL, which no JSON
-//! text starts with) and written back verbatim, in its place; a field it
-//! only reads is parsed for the flow, and written back as the text it came
-//! with (so `1.50`, `1e400` or a 30-digit integer are not reformatted);
-//! fields it writes are parsed and serialized. Key order is the same as
-//! with a full decode. Any record a partial decode rejects is decoded whole
-//! to report the error, so error messages are a full decode's.
+//! input text and written back verbatim, in its place; a field it only
+//! reads is parsed for the flow (only the members it reads, when it reads
+//! the field by member: [`Flow::reads`]), and written back as the text it
+//! came with (so `1.50`, `1e400` or a 30-digit integer are not
+//! reformatted); fields it writes are parsed and serialized. Key order is
+//! the same as with a full decode. Any record a partial decode rejects is
+//! decoded whole to report the error, so error messages are a full
+//! decode's.
+//!
+//! Untouched fields written compactly (`"k":v,"k2":v2`) next to each other
+//! are one *run*: one record entry, under the key NUL + run number, whose
+//! text [`Raws`] holds — fewer map entries and no per-field copies. A run
+//! cannot keep a full decode's meaning when an untouched key appears twice
+//! (a full decode keeps the first place and the last value) or is written
+//! with escapes, so such a record is decoded again field by field: each
+//! untouched field its own entry, a string value marked with a leading NUL
+//! (which no JSON text starts with). The property test
+//! `runs_write_what_field_by_field_writes` holds the two to the same bytes.
 
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
