@@ -89,10 +89,6 @@ pub struct Host {
     pub batch_deadline: Duration,
 }
 
-/// `WEAVSTER_WASM_PERF_MAP=1` writes `/tmp/perf-<pid>.map`, so that `perf
-/// report` names the guest's functions (a profiling aid; off by default).
-pub const PERF_MAP_ENV: &str = "WEAVSTER_WASM_PERF_MAP";
-
 /// How often the engine's epoch advances: the deadline's resolution.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
 
@@ -110,10 +106,6 @@ impl Host {
         let mut config = Config::new();
         config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         config.epoch_interruption(deadline);
-        if std::env::var_os(PERF_MAP_ENV).is_some_and(|v| v == "1") {
-            // Names guest functions for `perf` (docs/dev/benchmarks.md).
-            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
-        }
         let engine = Engine::new(&config).map_err(|e| HostError::Engine(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         add_wasi_imports(&mut linker).map_err(|e| HostError::Engine(e.to_string()))?;
