@@ -105,6 +105,8 @@ pub struct Limits {
     pub max_record_bytes: usize,
     /// A batch is cut once its records hold this many bytes.
     pub max_batch_bytes: usize,
+    /// The same for a batch queued as a file range ([`MAX_RANGE_BYTES`]).
+    pub max_range_bytes: usize,
 }
 
 impl Limits {
@@ -113,6 +115,7 @@ impl Limits {
             batch_size: batch_size.max(1),
             max_record_bytes: max_record_bytes.max(1),
             max_batch_bytes: MAX_BATCH_BYTES,
+            max_range_bytes: MAX_RANGE_BYTES,
         }
     }
 
@@ -130,6 +133,15 @@ impl Limits {
 /// (the enqueue's synchronous commit, fetching, marking) dominated at
 /// 1,000 records of 230 bytes.
 pub const MAX_BATCH_BYTES: usize = 1 << 20;
+/// A batch queued as a file range may hold more: its job is ~110 bytes
+/// whatever it covers, so the 1 MiB cut above only multiplied per-job
+/// costs (1 KiB records: 936 jobs for 1M records, each a synchronous
+/// commit, a fetch and a mark). 8 MiB bounds what a worker holds at once
+/// (the range, the encoded batch and the guest's answer, each about this
+/// size) and a batch's guest time (tens of milliseconds, far from the
+/// per-call deadline). A chunk with rejects is queued as its records, so
+/// it is cut at [`MAX_BATCH_BYTES`] again.
+pub const MAX_RANGE_BYTES: usize = 8 << 20;
 /// The most of an over-long record a dead letter keeps.
 pub const KEEP_BYTES: usize = 16 << 20;
 /// How much a file reader reads at first.

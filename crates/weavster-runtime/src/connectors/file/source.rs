@@ -19,8 +19,8 @@ use crate::Format;
 use crate::dead_letter::Stage;
 use crate::queue::FileRange;
 use crate::source::{
-    KEEP_BYTES, Limits, MAX_BATCH_BYTES, Position, Positions, READ_AHEAD, Reject, Source,
-    SourceBatch, SourceError,
+    KEEP_BYTES, Limits, MAX_BATCH_BYTES, MAX_RANGE_BYTES, Position, Positions, READ_AHEAD, Reject,
+    Source, SourceBatch, SourceError,
 };
 
 /// Stored positions of files are byte offsets.
@@ -409,9 +409,15 @@ impl Reader<'_> {
     /// Reads from the start position: a small read first, the whole window
     /// when no unit ends in it.
     fn read(&self, unit: Unit) -> Result<(Vec<u8>, bool), String> {
+        self.read_first(unit, READ_AHEAD)
+    }
+
+    /// [`Reader::read`], reading `first` bytes (at least [`READ_AHEAD`]) at first.
+    fn read_first(&self, unit: Unit, first: usize) -> Result<(Vec<u8>, bool), String> {
         let start = self.start as u64;
-        let (buf, eof) = self.read_at(start, READ_AHEAD)?;
-        if eof || self.limits.window() <= READ_AHEAD {
+        let first = first.max(READ_AHEAD);
+        let (buf, eof) = self.read_at(start, first)?;
+        if eof || self.limits.window() <= first {
             return Ok((buf, eof));
         }
         let mut from = if start == 0 && buf.starts_with(BOM) {
@@ -520,9 +526,23 @@ impl Reader<'_> {
         }
     }
 
-    /// JSON lines: one record per line, blank lines skipped.
+    /// JSON lines: one record per line, blank lines skipped. A chunk that
+    /// becomes a range is cut at `max_range_bytes`; one with rejects, queued
+    /// as its records, at `max_batch_bytes` (read again to that cut).
     pub(crate) fn jsonl(&self) -> Result<Chunk, String> {
-        let (buf, eof) = self.read(Unit::Line)?;
+        let (range, payload) = (self.limits.max_range_bytes, self.limits.max_batch_bytes);
+        if self.ranges && range > payload {
+            let chunk = self.jsonl_upto(range)?;
+            if chunk.rejects.is_empty() {
+                return Ok(chunk);
+            }
+        }
+        self.jsonl_upto(payload)
+    }
+
+    /// [`Reader::jsonl`], cutting the batch once its records hold `cut` bytes.
+    fn jsonl_upto(&self, cut: usize) -> Result<Chunk, String> {
+        let (buf, eof) = self.read_first(Unit::Line, cut.min(MAX_RANGE_BYTES))?;
         let mut out = Chunk::default();
         let mut pos = if self.start == 0 && buf.starts_with(BOM) {
             BOM.len()
@@ -535,7 +555,7 @@ impl Reader<'_> {
         let mut bytes = 0usize;
         let max = self.limits.max_record_bytes;
         let full = |spans: &Vec<(usize, usize)>, rejects: usize, bytes: usize| {
-            spans.len() + rejects >= self.limits.batch_size || bytes >= self.limits.max_batch_bytes
+            spans.len() + rejects >= self.limits.batch_size || bytes >= cut
         };
         while pos < buf.len() && !full(&spans, out.rejects.len(), bytes) {
             let (end, next) = match memchr::memchr(b'\n', &buf[pos..]) {
@@ -1050,11 +1070,66 @@ mod tests {
         (c.records, rejects, c.end, c.at_end)
     }
 
+    #[test]
+    fn a_range_is_cut_at_range_bytes_and_a_chunk_with_rejects_at_batch_bytes() {
+        // 200 lines of 50 bytes (49 without the line feed, which the cut
+        // counts); payload batches cut at 1,000 bytes, ranges at 5,000.
+        let line = |i: usize| format!("{{\"id\":\"{i:05}\",\"pad\":\"{}\"}}\n", "x".repeat(26));
+        assert_eq!(line(0).len(), 50);
+        let lines: Vec<Vec<u8>> = (0..200).map(|i| line(i).into_bytes()).collect();
+        let limits = Limits {
+            batch_size: 100_000,
+            max_record_bytes: 1000,
+            max_batch_bytes: 1000,
+            max_range_bytes: 5000,
+        };
+        let read = |content: &[u8]| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let p = dir.path().join("in.jsonl");
+            std::fs::write(&p, content).expect("write");
+            Reader {
+                path: &p,
+                stream: "in.jsonl",
+                start: 0,
+                limits,
+                final_: true,
+                ranges: true,
+            }
+            .jsonl()
+            .expect("read")
+        };
+        // Clean: one range, cut once its records hold 5,000 bytes.
+        let c = read(&lines.concat());
+        let range = c.range.expect("a range");
+        assert_eq!((range.records, range.end), (103, 103 * 50));
+        // A bad line past the payload cut: the chunk is cut there, as a range.
+        let mut bad = lines.clone();
+        bad[60] = b"{\"id\":\"\xff\"}\n".to_vec();
+        let c = read(&bad.concat());
+        let range = c.range.expect("a range");
+        assert!(c.rejects.is_empty());
+        assert_eq!((range.records, range.end), (21, 21 * 50));
+        // A bad line before it: its records and the reject, cut at 1,000 bytes.
+        let mut bad = lines.clone();
+        bad[5] = b"{\"id\":\"\xff\"}\n".to_vec();
+        let c = read(&bad.concat());
+        assert!(c.range.is_none());
+        assert_eq!(c.rejects.len(), 1);
+        assert_eq!(c.records.len(), 21);
+    }
+
     /// The same read as a range (what a job holds) gives the same records,
     /// rejects and end once the worker reads the range back.
     fn same_as_range(root: &Path, plain: &Reader<'_>, c: &Chunk) {
+        // Cut where the plain read cuts (a range may hold more: tested in
+        // `a_range_is_cut_at_range_bytes_and_a_chunk_with_rejects_at_batch_bytes`).
+        let limits = Limits {
+            max_range_bytes: plain.limits.max_batch_bytes,
+            ..plain.limits
+        };
         let ranged = Reader {
             ranges: true,
+            limits,
             ..*plain
         }
         .jsonl()
@@ -1241,6 +1316,7 @@ mod tests {
             batch_size: 10,
             max_record_bytes: 1000,
             max_batch_bytes: MAX_BATCH_BYTES,
+            max_range_bytes: MAX_RANGE_BYTES,
         };
         let (records, rejects) = read_all("in.jsonl", &content, l);
         assert_eq!(records, ["{\"id\":1}", "{\"id\":2}"]);
