@@ -72,7 +72,8 @@ pub struct RuntimeConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
     /// Maximum records per queue job (default 10000; a job is also cut at
-    /// 1 MiB of records).
+    /// 1 MiB of records, 8 MiB for a JSON-lines file batch queued as its
+    /// byte range).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<u32>,
     /// Maximum wait in milliseconds to fill a batch (default 50).
