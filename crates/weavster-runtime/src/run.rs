@@ -259,10 +259,12 @@ pub async fn run(
                     let _ = h.await;
                 }
             }
-            // Drained: no unfinished job, twice in a row.
+            // Drained: no unfinished job, twice in a row. Checked often (an
+            // indexed count): the wait after the last job is part of every
+            // `--once` run's time.
             let mut idle = 0;
             while idle < 2 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(25)).await;
                 match db.unfinished_jobs(&names).await {
                     Ok(0) => idle += 1,
                     Ok(_) => idle = 0,
