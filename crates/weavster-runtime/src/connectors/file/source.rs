@@ -1211,6 +1211,111 @@ mod tests {
         }
     }
 
+    /// A change made to an input file after its ranges were queued.
+    #[derive(Debug, Clone)]
+    enum Change {
+        /// One byte replaced (maybe by itself: no change).
+        Set(usize, u8),
+        Truncate(usize),
+        Append(Vec<u8>),
+        /// The same length, other lines (a file replaced in place).
+        Replace(Vec<u8>),
+        Remove,
+    }
+
+    fn any_change() -> impl proptest::strategy::Strategy<Value = Change> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => (any::<usize>(), any::<u8>()).prop_map(|(at, b)| Change::Set(at, b)),
+            2 => any::<usize>().prop_map(Change::Truncate),
+            1 => proptest::collection::vec(any::<u8>(), 1..20).prop_map(Change::Append),
+            1 => any::<u64>().prop_map(|seed| Change::Replace(seed.to_le_bytes().to_vec())),
+            1 => Just(Change::Remove),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Whatever happens to a file after its batches were queued as
+        /// ranges, reading a range back gives exactly the bytes the source
+        /// read, or is refused: `Changed` with what the range holds now, or
+        /// `Unreadable` when the file is gone — never other records.
+        #[test]
+        fn a_changed_range_never_reads_as_records(
+            lines in proptest::collection::vec("[a-z0-9]{0,12}", 1..40),
+            batch in 1usize..6,
+            change in any_change(),
+        ) {
+            let content: Vec<u8> = lines
+                .iter()
+                .map(|v| format!("{{\"v\":\"{v}\"}}\n"))
+                .collect::<String>()
+                .into_bytes();
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("in.jsonl");
+            std::fs::write(&path, &content).expect("write");
+            // Queue the whole file as ranges.
+            let mut ranges = Vec::new();
+            let mut start = 0i64;
+            loop {
+                let c = Reader {
+                    path: &path,
+                    stream: "in.jsonl",
+                    start,
+                    limits: limits(batch, 100),
+                    final_: true,
+                    ranges: true,
+                }
+                .jsonl()
+                .expect("read");
+                ranges.extend(c.range);
+                if c.end == start {
+                    break;
+                }
+                start = c.end;
+            }
+            proptest::prop_assert_eq!(ranges.iter().map(|r| r.records as usize).sum::<usize>(), lines.len());
+            let mut now = content.clone();
+            match &change {
+                Change::Set(at, b) => now[at % content.len()] = *b,
+                Change::Truncate(at) => now.truncate(at % content.len()),
+                Change::Append(more) => now.extend(more),
+                Change::Replace(seed) => {
+                    for (i, b) in now.iter_mut().enumerate() {
+                        if *b != b'\n' {
+                            *b = b'a' + (seed[i % seed.len()].wrapping_add(i as u8) % 26);
+                        }
+                    }
+                }
+                Change::Remove => {}
+            }
+            if matches!(change, Change::Remove) {
+                std::fs::remove_file(&path).expect("remove");
+            } else {
+                std::fs::write(&path, &now).expect("rewrite");
+            }
+            for r in &ranges {
+                let (a, b) = (r.start as usize, r.end as usize);
+                let was = &content[a..b];
+                let is = now.get(a..b.min(now.len())).unwrap_or_default();
+                match r.read(dir.path()) {
+                    Ok(text) => {
+                        proptest::prop_assert!(!matches!(change, Change::Remove));
+                        proptest::prop_assert_eq!(text.as_bytes(), was);
+                    }
+                    Err(RangeError::Changed { found, start, end, .. }) => {
+                        proptest::prop_assert_eq!((start, end), (r.start, r.end));
+                        proptest::prop_assert_ne!(is, was, "refused an unchanged range");
+                        proptest::prop_assert_eq!(found.as_slice(), is);
+                    }
+                    Err(RangeError::Unreadable { .. }) => {
+                        proptest::prop_assert!(matches!(change, Change::Remove));
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_changed_range_is_refused_naming_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
