@@ -272,14 +272,24 @@ struct Partial<'r, 'a, 't> {
     runs: bool,
 }
 
-/// Byte offset of `s`, a slice of `line`, in it.
+/// Byte offset of `s`, a slice of `line`, in it (only called once
+/// [`compact_field`] checked both slices lie in it).
 fn offset(line: &str, s: &str) -> usize {
-    s.as_ptr() as usize - line.as_ptr() as usize
+    (s.as_ptr() as usize).wrapping_sub(line.as_ptr() as usize)
 }
 
 /// Whether an untouched field's text in `line`, key at `key` (its text,
 /// inside the quotes) and value `raw`, is written `"key":value` exactly.
+/// Both are slices of the line as serde_json borrows them; anything else
+/// (were it ever to copy one) is simply not compact.
 fn compact_field(line: &str, key: &str, raw: &str) -> bool {
+    let inside = |s: &str| {
+        let at = offset(line, s);
+        at <= line.len() && s.len() <= line.len() - at
+    };
+    if !inside(key) || !inside(raw) || offset(line, key) == 0 {
+        return false;
+    }
     let end = offset(line, key) + key.len();
     line.as_bytes().get(end..end + 2) == Some(b"\":") && offset(line, raw) == end + 2
 }
