@@ -64,6 +64,7 @@ const GUEST_FILES: &[(&str, &str)] = &[
 /// (a test keeps them equal).
 pub const GUEST_DEPENDENCIES: &str = r#"serde = "1"
 serde_json = { version = "1", features = ["preserve_order", "raw_value", "float_roundtrip"] }
+itoa = "1"
 regex = "1"
 minijinja = { version = "3", features = ["serde"] }
 sha2 = "0.10"

@@ -140,29 +140,14 @@ const RAW: char = '\0';
 fn run_key(n: usize) -> String {
     let mut k = String::with_capacity(4);
     k.push(RAW);
-    let mut buf = [0u8; 20];
-    k.extend(decimal(n as u64, &mut buf).iter().map(|d| char::from(*d)));
+    k.push_str(itoa::Buffer::new().format(n));
     k
 }
 
-/// `n` in decimal, written at the end of `buf` (without `core::fmt`'s
-/// machinery, which showed in profiles at two numbers per record).
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
-}
-
+/// `n` in decimal (itoa: `core::fmt`'s machinery showed in profiles at two
+/// numbers per record).
 fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    let mut buf = [0u8; 20];
-    out.extend_from_slice(decimal(n, &mut buf));
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Which run a record key names, if it is a run's.
