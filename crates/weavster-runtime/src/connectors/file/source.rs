@@ -1070,6 +1070,69 @@ mod tests {
         (c.records, rejects, c.end, c.at_end)
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+        /// With range batches cut later than payload batches, reading a
+        /// generated file chunk by chunk (ranges read back as the worker
+        /// does) gives every record a plain read gives, in order, and every
+        /// reject once; a range holds no reject and a payload chunk is cut
+        /// at the payload size.
+        #[test]
+        fn range_and_payload_cuts_account_for_every_record(
+            lines in proptest::collection::vec(any_line(), 0..60),
+            batch in 1usize..50,
+            payload in 1usize..200,
+            more in 0usize..400,
+        ) {
+            let mut content: Vec<u8> = lines.join(&b'\n');
+            content.push(b'\n');
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("in.jsonl");
+            std::fs::write(&path, &content).expect("write");
+            let limits = Limits {
+                batch_size: batch,
+                max_record_bytes: 30,
+                max_batch_bytes: payload,
+                max_range_bytes: payload + more,
+            };
+            let (plain, plain_rejects) = read_all("in.jsonl", &content, limits);
+            let (mut records, mut rejects) = (Vec::new(), Vec::new());
+            let mut start = 0i64;
+            for _ in 0..10_000 {
+                let c = Reader {
+                    path: &path,
+                    stream: "in.jsonl",
+                    start,
+                    limits,
+                    final_: true,
+                    ranges: true,
+                }
+                .jsonl()
+                .expect("read");
+                match &c.range {
+                    Some(r) => {
+                        proptest::prop_assert!(c.rejects.is_empty() && c.records.is_empty());
+                        let text = r.read(dir.path()).expect("range reads back");
+                        records.extend(range_lines(&text, r.start == 0).map(str::to_string));
+                    }
+                    None => {
+                        let bytes: usize = c.records.iter().map(String::len).sum();
+                        let last = c.records.last().map_or(0, String::len);
+                        proptest::prop_assert!(bytes < payload + last.max(1), "payload chunk of {bytes} bytes");
+                        records.extend(c.records.iter().cloned());
+                    }
+                }
+                rejects.extend(c.rejects.into_iter().map(|r| (r.stage, r.record)));
+                if c.end == start && c.at_end {
+                    break;
+                }
+                start = c.end;
+            }
+            proptest::prop_assert_eq!(records, plain);
+            proptest::prop_assert_eq!(rejects, plain_rejects);
+        }
+    }
+
     #[test]
     fn a_range_is_cut_at_range_bytes_and_a_chunk_with_rejects_at_batch_bytes() {
         // 200 lines of 50 bytes (49 without the line feed, which the cut
