@@ -2,7 +2,8 @@
 //!
 //! One [`Host`] (a shared `Engine` and `Linker`) loads modules through a
 //! cache of natively precompiled code beside each `.wasm`
-//! (`<name>.<compat>.cwasm`, keyed by `Engine::precompile_compatibility_hash`,
+//! (`<name>.<compat>-<sha256>.cwasm`, keyed by `Engine::precompile_compatibility_hash`
+//! and the module's content,
 //! loaded with `Module::deserialize_file`), checks the exported ABI version,
 //! and makes [`Instance`]s from an `InstancePre`: one warm instance is meant
 //! to serve many batches. Guests get the five WASI preview-1 imports they use
@@ -139,29 +140,37 @@ impl Host {
         &self.engine
     }
 
-    /// Where the precompiled native code of `wasm` is cached.
-    pub fn precompiled_path(&self, wasm: &Path) -> PathBuf {
+    /// Where the precompiled native code of these module bytes (read from
+    /// `wasm`) is cached: beside the module, keyed by the engine's
+    /// compatibility hash and the module's own SHA-256, so a module
+    /// rebuilt in place (as `compile --force` does) never meets the native
+    /// code of the old one, whatever the files' modification times say.
+    pub fn precompiled_path(&self, wasm: &Path, bytes: &[u8]) -> PathBuf {
+        use sha2::Digest;
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut h);
-        wasm.with_extension(format!("{:016x}.cwasm", h.finish()))
+        let content = sha2::Sha256::digest(bytes);
+        let content: String = content[..8].iter().map(|b| format!("{b:02x}")).collect();
+        wasm.with_extension(format!("{:016x}-{content}.cwasm", h.finish()))
     }
 
-    /// Compiles `wasm` to native code and caches it, unless already cached
-    /// from this very file (a module rebuilt in place, as `compile --force`
-    /// does, is compiled again).
+    /// Compiles `wasm` to native code and caches it, unless its native code
+    /// is cached already; the native code of other contents of the same
+    /// file (an earlier build) is removed. Returns the cache file.
     pub fn precompile(&self, wasm: &Path) -> Result<PathBuf, HostError> {
-        let cwasm = self.precompiled_path(wasm);
-        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-        match (modified(&cwasm), modified(wasm)) {
-            (Some(native), Some(module)) if native >= module => return Ok(cwasm),
-            (Some(_), None) => return Ok(cwasm),
-            _ => {}
+        let load = |path: &Path| {
+            let path = path.to_path_buf();
+            move |e: std::io::Error| HostError::Load {
+                path,
+                message: e.to_string(),
+            }
+        };
+        let bytes = std::fs::read(wasm).map_err(load(wasm))?;
+        let cwasm = self.precompiled_path(wasm, &bytes);
+        if cwasm.is_file() {
+            return Ok(cwasm);
         }
-        let bytes = std::fs::read(wasm).map_err(|e| HostError::Load {
-            path: wasm.to_path_buf(),
-            message: e.to_string(),
-        })?;
         let native = self
             .engine
             .precompile_module(&bytes)
@@ -169,13 +178,11 @@ impl Host {
                 path: wasm.to_path_buf(),
                 message: e.to_string(),
             })?;
-        let tmp = cwasm.with_extension("tmp");
+        let tmp = cwasm.with_extension(format!("{}.tmp", std::process::id()));
         std::fs::write(&tmp, native)
             .and_then(|()| std::fs::rename(&tmp, &cwasm))
-            .map_err(|e| HostError::Load {
-                path: cwasm.clone(),
-                message: e.to_string(),
-            })?;
+            .map_err(load(&cwasm))?;
+        remove_stale(wasm, &cwasm);
         Ok(cwasm)
     }
 
@@ -545,4 +552,29 @@ fn add_wasi_imports(linker: &mut Linker<StoreState>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// Removes the cached native code of earlier contents of `wasm`
+/// (`<stem>.*.cwasm` other than `keep`). Best effort: a file another
+/// process still has mapped stays readable to it until it unmaps it.
+fn remove_stale(wasm: &Path, keep: &Path) {
+    let (Some(dir), Some(stem)) = (wasm.parent(), wasm.file_stem().and_then(|s| s.to_str())) else {
+        return;
+    };
+    let prefix = format!("{stem}.");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if path != keep
+            && name.starts_with(&prefix)
+            && name.ends_with(".cwasm")
+            && !name[prefix.len()..name.len() - ".cwasm".len()].contains('.')
+        {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
 }
