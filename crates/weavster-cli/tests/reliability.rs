@@ -335,7 +335,8 @@ fn wait_for_output(out: &Path) {
 
 /// SIGTERM in the middle of `run --once` stops it gracefully (exit 0,
 /// `stopped`, the embedded server stopped); it used to hang. A second
-/// signal stops at once (exit 130). A later run delivers the rest.
+/// signal stops at once (exit 130), even with a batch that cannot finish
+/// (its sink blocked). A later run delivers the rest.
 #[test]
 fn once_stops_on_a_signal_and_a_second_signal_forces() {
     const N: usize = 150_000;
@@ -365,25 +366,37 @@ fn once_stops_on_a_signal_and_a_second_signal_forces() {
         "the embedded PostgreSQL was left running:\n{text}"
     );
 
+    // The second signal matters when the graceful stop cannot finish: a
+    // flow writing to a standard output nobody reads blocks in its sink
+    // once the pipe is full, and so does its batch in flight.
+    write(dir, "connectors/io.yaml", b"output: { type: stdout }\n");
+    write(
+        dir,
+        "flows/pipe.yaml",
+        b"input: files.input\noutputs:\n  - to: io.output\n",
+    );
+    assert_eq!(weavster(dir, &["compile"], &env).code, 0);
     let log = dir.join("force.log");
-    let mut child = command(dir, &["run", "--once"], &env)
-        .stdout(Stdio::null())
+    let mut child = command(dir, &["run", "--once", "--flow", "pipe"], &env)
+        .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).expect("log"))
         .spawn()
         .expect("spawn");
-    let before = common::records_lines(&out);
-    let started = std::time::Instant::now();
-    while common::records_lines(&out) == before && started.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut piped = child.stdout.take().expect("stdout");
+    // A byte read: the flow is writing; then nobody reads, and its batches
+    // (15 KB each, 4.5 MB in all) fill the 64 KiB pipe.
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut piped, &mut first).expect("the flow's first output");
+    std::thread::sleep(Duration::from_secs(1));
     signal(child.id(), "-INT");
-    std::thread::sleep(Duration::from_millis(50));
+    std::thread::sleep(Duration::from_millis(200));
     signal(child.id(), "-INT");
     let status = wait_bounded(
         &mut child,
         Duration::from_secs(30),
         "run --once after two SIGINTs",
     );
+    drop(piped);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(status.code(), Some(130), "{text}");
 
