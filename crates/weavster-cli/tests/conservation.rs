@@ -12,9 +12,14 @@
 //! exactly once (after a kill, outputs may hold duplicates, as
 //! docs/guarantees.md allows; dead letters never). Nothing may hang.
 //!
-//! `WEAVSTER_CONSERVATION_CASES` (default 9) and
-//! `WEAVSTER_CONSERVATION_SEED` set the run; `scripts/conservation.sh`
-//! runs a long one.
+//! A second generated test changes an input file under its queued range
+//! jobs (bytes set, lines replaced in place, records appended) and accounts
+//! for every range: delivered again unchanged, or one dead letter naming
+//! it, never records that were not read.
+//!
+//! `WEAVSTER_CONSERVATION_CASES` (default 9), `WEAVSTER_CHANGED_CASES`
+//! (default 8) and `WEAVSTER_CONSERVATION_SEED` set the run;
+//! `scripts/conservation.sh` runs a long one.
 
 mod common;
 
@@ -614,4 +619,214 @@ fn every_record_is_accounted_for_under_generated_bad_input() {
         assert_eq!(purge.code, 0, "{}", purge.stderr);
     }
     eprintln!("conservation: {cases} cases, records by fate: {totals:?}");
+}
+
+/// The input file of the changed-ranges test, and what each line is.
+struct Lines {
+    bytes: Vec<u8>,
+    /// `(start, end, id)` of every line.
+    at: Vec<(usize, usize, i64)>,
+}
+
+fn line(id: i64, pad: usize) -> String {
+    format!("{{\"id\":{id},\"pad\":\"{}\"}}\n", "x".repeat(pad))
+}
+
+/// Generated end to end: a JSON-lines file is run (its batches queued as
+/// byte ranges), every range is queued again, and the file is changed under
+/// them — bytes set, lines replaced in place by other records of the same
+/// length, records appended. The next `run --once` must account for every
+/// range: one whose bytes are unchanged delivers its records again, once;
+/// one whose bytes changed is exactly one dead letter naming the file and
+/// the range, and none of its records, old or new, reaches the output;
+/// appended records are read once. Nothing else is written.
+#[test]
+fn a_file_changed_under_queued_ranges_gives_dead_letters_never_other_records() {
+    let cases: u64 = std::env::var("WEAVSTER_CHANGED_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    let seed: u64 = std::env::var("WEAVSTER_CONSERVATION_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_2026);
+    let (tmp, env) = project(&[
+        ("weavster.yaml", "name: changed\n"),
+        (
+            "connectors/files.yaml",
+            "input: { type: file, path: data/in.jsonl }\noutput: { type: file, path: out/out.jsonl }\n",
+        ),
+        (
+            "flows/copy.yaml",
+            "input: files.input\noutputs:\n  - to: files.output\n",
+        ),
+        ("data/in.jsonl", ""),
+    ]);
+    let dir = tmp.path();
+    let compiled = weavster(dir, &["compile"], &env);
+    assert_eq!(compiled.code, 0, "{}", compiled.stderr);
+    let queue = common::Queue::hold(dir);
+    let out = dir.join("out/out.jsonl");
+    let ids = |path: &Path| -> BTreeMap<i64, usize> {
+        let mut m = BTreeMap::new();
+        for r in common::records(path) {
+            *m.entry(r["id"].as_i64().expect("id")).or_default() += 1;
+        }
+        m
+    };
+    let mut totals = (0usize, 0usize, 0usize); // ranges kept, ranges changed, records appended
+    for case in 0..cases {
+        let mut rng = Rng(seed ^ (0xC4A9_6E00 + case));
+        let batch = 1 + rng.below(40);
+        write(
+            dir,
+            "weavster.yaml",
+            format!("name: changed\nruntime: {{ batch_size: {batch} }}\n").as_bytes(),
+        );
+        let mut file = Lines {
+            bytes: Vec::new(),
+            at: Vec::new(),
+        };
+        for id in 0..(20 + rng.below(300)) as i64 {
+            let l = line(id, 8 + rng.below(50) as usize);
+            let start = file.bytes.len();
+            file.bytes.extend_from_slice(l.as_bytes());
+            file.at.push((start, file.bytes.len(), id));
+        }
+        write(dir, "data/in.jsonl", &file.bytes);
+        // Earlier cases' jobs out of the way (never fetched, never requeued);
+        // before the first run there is no queue table yet.
+        if case > 0 {
+            queue
+                .sql("UPDATE apalis.jobs SET job_type = 'weavster:earlier' WHERE job_type = 'weavster:copy'")
+                .expect("earlier jobs");
+        }
+        let _ = std::fs::remove_dir_all(dir.join("out"));
+        let purge = weavster(dir, &["dlq", "purge", "--all"], &env);
+        assert_eq!(purge.code, 0, "{}", purge.stderr);
+        let (code, log) = run_once(dir, &env, &["run", "--once", "--from-start"]);
+        let what = format!(
+            "case {case} (seed {seed}, {} records, batch {batch})",
+            file.at.len()
+        );
+        assert_eq!(code, 0, "{what}\n{log}");
+        let all: Vec<i64> = file.at.iter().map(|l| l.2).collect();
+        assert_eq!(
+            ids(&out),
+            all.iter().map(|i| (*i, 1)).collect(),
+            "{what}\n{log}"
+        );
+
+        // The ranges queued: they cover the file, in order, with no gap.
+        let text = queue
+            .sql(
+                "SELECT j->'range'->>'start', j->'range'->>'end' FROM \
+                 (SELECT convert_from(job, 'UTF8')::jsonb AS j FROM apalis.jobs \
+                  WHERE job_type = 'weavster:copy') s ORDER BY (j->'range'->>'start')::bigint",
+            )
+            .expect("ranges");
+        let ranges: Vec<(usize, usize)> = text
+            .lines()
+            .map(|l| {
+                let (s, e) = l.split_once('|').expect("start|end");
+                (
+                    s.parse()
+                        .unwrap_or_else(|_| panic!("{what}: a job without a range: {l}")),
+                    e.parse().expect("end"),
+                )
+            })
+            .collect();
+        let mut next = 0;
+        for (s, e) in &ranges {
+            assert_eq!(*s, next, "{what}: ranges {ranges:?}");
+            next = *e;
+        }
+        assert_eq!(next, file.bytes.len(), "{what}: ranges {ranges:?}");
+        queue
+            .sql(
+                "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+                 SELECT apalis.generate_ulid(), job_type, job, 'Pending', 0, max_attempts, now(), 0, ''::hstore
+                 FROM apalis.jobs WHERE job_type = 'weavster:copy'",
+            )
+            .expect("queued again");
+
+        // The file changed under them, in place.
+        let mut changed = file.bytes.clone();
+        for edit in 0..1 + rng.below(4) {
+            if rng.chance(50) {
+                let at = rng.below(changed.len() as u64) as usize;
+                let to = b"0x}{\"\n"[rng.below(6) as usize];
+                changed[at] = to;
+            } else {
+                let (s, e, _) = file.at[rng.below(file.at.len() as u64) as usize];
+                let id = 1_000_000 + (case as i64) * 100 + edit as i64;
+                let bare = line(id, 0).len();
+                let other = line(id, e - s - bare);
+                changed[s..e].copy_from_slice(other.as_bytes());
+            }
+        }
+        let mut appended = Vec::new();
+        if rng.chance(50) {
+            for k in 0..1 + rng.below(20) as i64 {
+                let id = 2_000_000 + (case as i64) * 100 + k;
+                changed.extend_from_slice(line(id, 8).as_bytes());
+                appended.push(id);
+            }
+        }
+        write(dir, "data/in.jsonl", &changed);
+        let _ = std::fs::remove_dir_all(dir.join("out"));
+        let (code, log) = run_once(dir, &env, &["run", "--once"]);
+
+        let mut want: Vec<i64> = appended.clone();
+        let mut want_dead = BTreeMap::new();
+        for (s, e) in &ranges {
+            if changed[*s..*e] == file.bytes[*s..*e] {
+                want.extend(
+                    file.at
+                        .iter()
+                        .filter(|l| l.0 >= *s && l.1 <= *e)
+                        .map(|l| l.2),
+                );
+                totals.0 += 1;
+            } else {
+                want_dead.insert(format!("data/in.jsonl@{s}..{e}"), 1usize);
+                totals.1 += 1;
+            }
+        }
+        totals.2 += appended.len();
+        let what = format!(
+            "{what}, {} of {} ranges changed",
+            want_dead.len(),
+            ranges.len()
+        );
+        assert_eq!(
+            ids(&out),
+            want.iter().map(|i| (*i, 1)).collect(),
+            "{what}: the records written\n{log}"
+        );
+        let mut dead = BTreeMap::new();
+        for d in common::dead_letters(dir, &env) {
+            assert_eq!(d["stage"], "input", "{what}: {d}");
+            let reason = d["message"].as_str().unwrap_or_default();
+            assert!(
+                reason.contains("data/in.jsonl: bytes")
+                    && reason.contains("changed since they were read"),
+                "{what}: {reason}"
+            );
+            *dead
+                .entry(d["source"].as_str().unwrap_or_default().to_string())
+                .or_default() += 1;
+        }
+        assert_eq!(dead, want_dead, "{what}: the dead letters\n{log}");
+        assert_eq!(
+            code,
+            if want_dead.is_empty() { 0 } else { 1 },
+            "{what}: exit code\n{log}"
+        );
+        eprintln!("{what}: accounted");
+    }
+    eprintln!(
+        "changed ranges: {cases} cases, {} ranges delivered again, {} changed ranges dead-lettered, {} records appended",
+        totals.0, totals.1, totals.2
+    );
 }
