@@ -667,13 +667,7 @@ fn a_file_changed_under_queued_ranges_gives_dead_letters_never_other_records() {
     assert_eq!(compiled.code, 0, "{}", compiled.stderr);
     let queue = common::Queue::hold(dir);
     let out = dir.join("out/out.jsonl");
-    let ids = |path: &Path| -> BTreeMap<i64, usize> {
-        let mut m = BTreeMap::new();
-        for r in common::records(path) {
-            *m.entry(r["id"].as_i64().expect("id")).or_default() += 1;
-        }
-        m
-    };
+    let ids = common::ids;
     let mut totals = (0usize, 0usize, 0usize); // ranges kept, ranges changed, records appended
     for case in 0..cases {
         let mut rng = Rng(seed ^ (0xC4A9_6E00 + case));
@@ -742,13 +736,7 @@ fn a_file_changed_under_queued_ranges_gives_dead_letters_never_other_records() {
             next = *e;
         }
         assert_eq!(next, file.bytes.len(), "{what}: ranges {ranges:?}");
-        queue
-            .sql(
-                "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
-                 SELECT apalis.generate_ulid(), job_type, job, 'Pending', 0, max_attempts, now(), 0, ''::hstore
-                 FROM apalis.jobs WHERE job_type = 'weavster:copy'",
-            )
-            .expect("queued again");
+        queue.requeue_all("copy");
 
         // The file changed under them, in place.
         let mut changed = file.bytes.clone();

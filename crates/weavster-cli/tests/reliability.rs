@@ -10,7 +10,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{command, dead_letters, dead_record, project, records, wait_bounded, weavster, write};
+use common::{
+    command, dead_letters, dead_record, ids, project, records, wait_bounded, weavster, write,
+};
 use serde_json::Value;
 
 const COPY: &str = "input: files.input\noutputs:\n  - to: files.output\n";
@@ -29,15 +31,6 @@ fn run_once(dir: &Path, env: &[(String, String)]) -> (i32, String) {
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(!text.contains("panicked"), "{text}");
     (status.code().unwrap_or(-1), text)
-}
-
-/// Output records by `id` → how many times each was written.
-fn ids(path: &Path) -> BTreeMap<i64, usize> {
-    let mut m = BTreeMap::new();
-    for r in records(path) {
-        *m.entry(r["id"].as_i64().expect("id")).or_default() += 1;
-    }
-    m
 }
 
 /// Dead letters as (stage, record bytes), sorted.
@@ -667,13 +660,7 @@ fn a_rewritten_range_is_one_dead_letter_naming_the_file() {
         "{job}"
     );
     // Queued again, and the file rewritten (same length) and appended to.
-    queue
-        .sql(
-            "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
-             SELECT apalis.generate_ulid(), job_type, job, 'Pending', 0, max_attempts, now(), 0, ''::hstore
-             FROM apalis.jobs WHERE job_type = 'weavster:copy'",
-        )
-        .expect("requeued");
+    queue.requeue_all("copy");
     write(
         dir,
         "data/in.jsonl",

@@ -111,6 +111,15 @@ pub fn records(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// How many times each `id` occurs in a JSON-lines file.
+pub fn ids(path: &Path) -> std::collections::BTreeMap<i64, usize> {
+    let mut m = std::collections::BTreeMap::new();
+    for r in records(path) {
+        *m.entry(r["id"].as_i64().expect("id")).or_default() += 1;
+    }
+    m
+}
+
 pub fn records_lines(path: &Path) -> usize {
     std::fs::read_to_string(path).map_or(0, |t| t.lines().count())
 }
@@ -255,6 +264,18 @@ impl Queue {
             }
         }
         pids
+    }
+
+    /// Every job of `flow` enqueued so far queued once more, as a new
+    /// pending job (what a crash between a batch's work and its mark
+    /// leaves to do again).
+    pub fn requeue_all(&self, flow: &str) {
+        self.sql(&format!(
+            "INSERT INTO apalis.jobs (id, job_type, job, status, attempts, max_attempts, run_at, priority, metadata)
+             SELECT apalis.generate_ulid(), job_type, job, 'Pending', 0, max_attempts, now(), 0, ''::hstore
+             FROM apalis.jobs WHERE job_type = 'weavster:{flow}'"
+        ))
+        .expect("queued again");
     }
 
     /// The records of every job of `flow` ever enqueued (done ones are
