@@ -333,7 +333,11 @@ impl Embedded {
             if setup {
                 pg.setup().await.map_err(err("initialized"))?;
             }
-            self.start_server().await?;
+            pg.start().await.map_err(|e| PgError::Server {
+                data_dir: data_dir.clone(),
+                action: "started",
+                message: format!("{e} (server log: {})", data_dir.join("start.log").display()),
+            })?;
             if !pg.database_exists(DATABASE).await.map_err(err("queried"))? {
                 pg.create_database(DATABASE)
                     .await
@@ -345,47 +349,6 @@ impl Embedded {
         // Its Drop would stop the server: who stops it is decided here.
         std::mem::forget(pg);
         result
-    }
-
-    /// Starts the server with `pg_ctl start -w` (which reports a server
-    /// that fails to start), and goes on as soon as `postmaster.pid` says
-    /// a live postmaster of this data dir is ready — checked every 5 ms,
-    /// where `pg_ctl -w` checks every 100 ms (docs/dev/benchmarks.md);
-    /// `pg_ctl` then ends on its own.
-    async fn start_server(&self) -> Result<(), PgError> {
-        let data_dir = self.settings.data_dir.clone();
-        let settings = self.settings.clone();
-        let mut pg_ctl = tokio::spawn(async move {
-            let mut pg = PostgreSQL::new(settings);
-            let result = pg.start().await;
-            // Its Drop would stop the server.
-            std::mem::forget(pg);
-            result
-        });
-        let failed = |message: String| PgError::Server {
-            data_dir: data_dir.clone(),
-            action: "started",
-            message: format!(
-                "{message} (server log: {})",
-                data_dir.join("start.log").display()
-            ),
-        };
-        loop {
-            tokio::select! {
-                done = &mut pg_ctl => {
-                    return match done {
-                        Ok(Ok(())) => Ok(()),
-                        Ok(Err(e)) => Err(failed(e.to_string())),
-                        Err(e) => Err(failed(e.to_string())),
-                    };
-                }
-                () = tokio::time::sleep(Duration::from_millis(5)) => {
-                    if ready_postmaster(&data_dir) {
-                        return Ok(());
-                    }
-                }
-            }
-        }
     }
 
     /// The connection URL of the queue's database (with the password).
@@ -536,15 +499,6 @@ fn port(root: &Path, may_change: bool) -> Result<u16, PgError> {
     drop(listener);
     std::fs::write(&path, format!("{p}\n")).map_err(io(&path))?;
     Ok(p)
-}
-
-/// A live postmaster of `data_dir` accepts connections: its
-/// `postmaster.pid` says `ready` (the status line `pg_ctl -w` waits for).
-fn ready_postmaster(data_dir: &Path) -> bool {
-    let Ok(text) = std::fs::read_to_string(data_dir.join("postmaster.pid")) else {
-        return false;
-    };
-    text.lines().nth(7).is_some_and(|l| l.trim() == "ready") && live_postmaster(data_dir).is_some()
 }
 
 /// The pid and port of `data_dir`'s running postmaster: the pid in its
