@@ -691,6 +691,58 @@ fn http_output_stops_on_refused_credentials_and_resumes_after_the_fix() {
     );
 }
 
+/// A redirect answering a write is never followed: a 302 (which a client
+/// following it would resend as a body-less GET) and a 307 to the same
+/// address (a loop) each stop the flow with one request sent, the error
+/// naming where it points, nothing counted written or dead-lettered; once
+/// the server accepts, the queued batch is delivered whole, once.
+#[test]
+fn http_output_never_follows_a_redirect_and_stops_instead() {
+    for (status, location) in [(302u16, "/elsewhere?api_key=k"), (307, "/ingest")] {
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let gate = open.clone();
+        let (port, seen) = scripted(move |_, _| {
+            if gate.load(std::sync::atomic::Ordering::SeqCst) {
+                (200, vec![], String::new())
+            } else {
+                (
+                    status,
+                    vec![("Location".into(), location.into())],
+                    String::new(),
+                )
+            }
+        });
+        let (tmp, env) = sink_project(port, "", 40);
+        let dir = tmp.path();
+        let out = weavster(dir, &["run", "--once"], &env);
+        assert_ne!(out.code, 0, "{status}: {}{}", out.stdout, out.stderr);
+        let path = location.split('?').next().expect("path");
+        assert!(
+            out.stderr.contains(&format!(
+                "HTTP {status} redirect to http://127.0.0.1:{port}{path}"
+            )),
+            "{status}: {}",
+            out.stderr
+        );
+        assert!(!out.stderr.contains("api_key=k"), "the query is not shown");
+        assert_eq!(
+            seen.lock().expect("lock").len(),
+            1,
+            "{status}: one request, not followed"
+        );
+        assert!(common::dead_letters(dir, &env).is_empty(), "{status}");
+        open.store(true, std::sync::atomic::Ordering::SeqCst);
+        let out = weavster(dir, &["run", "--once"], &env);
+        assert_eq!(out.code, 0, "{status}: {}{}", out.stdout, out.stderr);
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen.len(), 2, "{status}: {seen:#?}");
+        assert_eq!(
+            accepted_ids(&seen, |n| n == 1),
+            (0..40).collect::<Vec<i64>>()
+        );
+    }
+}
+
 /// `statuses` moves a status to another class (409: retried, not
 /// dead-lettered), and a `Retry-After` longer than `max_retry_after_s`
 /// sends the batch back to the queue due when the server asked (not after

@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use weavster_spec::diag::did_you_mean;
 use weavster_spec::types::{
-    Connector, FlowFile, Format, PostgresMode, RegexStep, RuntimeConfig, TestCase, Transform,
+    Connector, Direction, FlowFile, Format, PostgresMode, RegexStep, RuntimeConfig, TestCase,
+    Transform,
 };
 use weavster_spec::yaml::{DeError, DeErrorKind, Node, NodeKind, Step};
 use weavster_spec::{Diagnostic, Span};
@@ -60,6 +61,22 @@ pub(crate) fn de_diagnostic(file: &str, root: &Node, e: &DeError) -> Diagnostic 
         DeErrorKind::DuplicateField { field } => {
             Diagnostic::error("schema::duplicate-key", format!("duplicate key `{field}`"))
         }
+        DeErrorKind::NullForChoice { field, expected } => Diagnostic::error(
+            "schema::null-choice",
+            format!("`{field}` is YAML's null, which means \"not set\""),
+        )
+        .label("not set: the default would apply")
+        .expected(format!(
+            "one of {}",
+            quoted_list(&expected.iter().map(String::as_str).collect::<Vec<_>>())
+        ))
+        .hint(if expected.iter().any(|w| w == "null") {
+            format!(
+                "to choose `null`, quote it: `{field}: \"null\"`; to leave it unset, remove the key"
+            )
+        } else {
+            "remove the key to leave it unset".to_string()
+        }),
         DeErrorKind::Custom => Diagnostic::error("schema::invalid", e.message.clone()),
     };
     d.in_file(file).at(span)
@@ -484,30 +501,14 @@ pub(crate) fn connector(
                         .expected("PEM files of the certificate chain and its key"),
                     );
                 }
-                if serves && h.listen.is_none() {
-                    diags.push(err(
-                        "`tls.cert_file`/`key_file` are for an input (`listen`); an output's `https://` URL uses TLS already".into(),
-                        if tls.cert_file.is_some() { "tls.cert_file" } else { "tls.key_file" },
-                    ));
-                }
-                if tls.ca_file.is_some() && h.url.is_none() {
-                    diags.push(err(
-                        "`tls.ca_file` is for an output (`url`): the CAs its server certificates may be signed by".into(),
-                        "tls.ca_file",
-                    ));
-                }
             }
-            if let Some(statuses) = &h.statuses {
-                if h.url.is_none() {
-                    diags.push(err(
-                        "`statuses` is for an output (`url`)".into(),
-                        "statuses",
-                    ));
-                }
-                if let Err(problems) = statuses.table() {
-                    for (list, p) in problems {
-                        diags.push(err(p, &format!("statuses.{list}")));
-                    }
+            // Keys of the other direction: `one_way_keys`, by how the
+            // connector is used.
+            if let Some(statuses) = &h.statuses
+                && let Err(problems) = statuses.table()
+            {
+                for (list, p) in problems {
+                    diags.push(err(p, &format!("statuses.{list}")));
                 }
             }
         }
@@ -599,6 +600,136 @@ pub(crate) fn flows(diags: &mut Vec<Diagnostic>, project: &Project, flows: &[(Fl
         c.flow(&flow.spec, node);
     }
     bridge_cycles(diags, flows);
+}
+
+/// How the project's flows use each connector: the directions, and the
+/// first flow (name, file) using it each way.
+fn uses(flows: &[(FlowDef, Node)]) -> BTreeMap<&str, BTreeMap<Direction, &FlowDef>> {
+    let mut uses: BTreeMap<&str, BTreeMap<Direction, &FlowDef>> = BTreeMap::new();
+    for (flow, _) in flows {
+        uses.entry(flow.spec.input.as_str())
+            .or_default()
+            .entry(Direction::Input)
+            .or_insert(flow);
+        for o in &flow.spec.outputs {
+            uses.entry(o.to.as_str())
+                .or_default()
+                .entry(Direction::Output)
+                .or_insert(flow);
+        }
+    }
+    uses
+}
+
+/// A key that applies to one direction only, on a connector that no flow
+/// uses that way, is refused at the key: it would be silently ignored (an
+/// output's `token` on a webhook input leaves the webhook open to anyone).
+/// A connector no flow uses is not checked (it may be used by a selection
+/// or a later flow both ways).
+pub(crate) fn one_way_keys(
+    diags: &mut Vec<Diagnostic>,
+    project: &Project,
+    flows: &[(FlowDef, Node)],
+    nodes: &indexmap::IndexMap<String, Node>,
+) {
+    let uses = uses(flows);
+    for def in project.connectors.values() {
+        let Some(used) = uses.get(def.reference.as_str()) else {
+            continue;
+        };
+        let node = nodes.get(&def.reference);
+        for key in def.connector.one_way_keys() {
+            if used.contains_key(&key.direction) {
+                continue;
+            }
+            let (other, flow) = used.iter().next().expect("used one way at least");
+            // At the key itself (`token:`), else the connector.
+            let span = node
+                .and_then(|n| {
+                    let (parents, last) = key.key.rsplit_once('.').unwrap_or(("", &key.key));
+                    let parent = parents
+                        .split('.')
+                        .filter(|s| !s.is_empty())
+                        .try_fold(n, |n, seg| n.get(seg))?;
+                    parent.entry(last).map(|(k, _)| k)
+                })
+                .or(node)
+                .map(|n| n.span);
+            let d = Diagnostic::error(
+                "connector::wrong-direction-key",
+                format!(
+                    "connector `{}`: `{}` applies to an {} only, but `{}` is only used as an {} (by flow `{}`, {})",
+                    def.reference,
+                    key.key,
+                    key.direction.as_str(),
+                    def.reference,
+                    other.as_str(),
+                    flow.name,
+                    flow.file
+                ),
+            )
+            .in_file(&def.file)
+            .at(span.unwrap_or(Span {
+                line: 1,
+                col: 1,
+                ..Span::default()
+            }))
+            .label(format!("ignored on an {}", other.as_str()))
+            .hint(match &key.instead {
+                Some(instead) => format!("{instead}; remove `{}`", key.key),
+                None => format!(
+                    "remove `{}`, or use `{}` as an {} too",
+                    key.key,
+                    def.reference,
+                    key.direction.as_str()
+                ),
+            });
+            diags.push(d);
+        }
+    }
+}
+
+/// A flow whose input file is also one of its outputs would read its own
+/// output (nothing, or forever with `follow`): refused at the output.
+pub(crate) fn own_output(
+    diags: &mut Vec<Diagnostic>,
+    project: &Project,
+    flows: &[(FlowDef, Node)],
+) {
+    let path_of = |reference: &str| match project.connectors.get(reference).map(|d| &d.connector) {
+        Some(Connector::File(f)) => Some(f.path.as_str()),
+        _ => None,
+    };
+    for (flow, node) in flows {
+        let Some(input) = path_of(&flow.spec.input) else {
+            continue;
+        };
+        let within = |p: &str| normalize(&project.root.join(p));
+        let pattern = glob::Pattern::new(&within(input).display().to_string()).ok();
+        for (i, o) in flow.spec.outputs.iter().enumerate() {
+            let Some(output) = path_of(&o.to) else {
+                continue;
+            };
+            let out = within(output);
+            let same =
+                out == within(input) || pattern.as_ref().is_some_and(|p| p.matches_path(&out));
+            if same {
+                let at = node.find(&[Step::Key("outputs"), Step::Index(i), Step::Key("to")]);
+                diags.push(
+                    Diagnostic::error(
+                        "flow::reads-own-output",
+                        format!(
+                            "flow `{}` writes `{output}` (through `{}`), which its input `{}` reads (`{input}`): it would read its own output",
+                            flow.name, o.to, flow.spec.input
+                        ),
+                    )
+                    .in_file(&flow.file)
+                    .at(at.span)
+                    .hint("write to another file, or send records on to another flow with `to: bridge.<flow>`"),
+                );
+            }
+        }
+    }
 }
 
 /// Checks the parts of a flow file that could be read on their own (the

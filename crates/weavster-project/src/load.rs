@@ -104,7 +104,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
             );
         }
     }
-    let broken_flows = l.flows(&files, &flow_ctx, &mut project)?;
+    let broken_flows = l.flows(&files, &flow_ctx, &mut project, &connector_nodes)?;
     l.tests(&files, &ctx, &broken_flows, &mut project)?;
     Ok(l.finish(project, head.ok))
 }
@@ -574,6 +574,7 @@ impl Loader {
         files: &Files,
         flow_ctx: &RenderContext<'_>,
         project: &mut Project,
+        connector_nodes: &IndexMap<String, Node>,
     ) -> Result<Vec<String>, LoadError> {
         let mut flow_nodes: Vec<(FlowDef, Node)> = Vec::new();
         let mut broken = Vec::new();
@@ -632,6 +633,8 @@ impl Loader {
             ));
         }
         check::flows(&mut self.diags, project, &flow_nodes);
+        check::one_way_keys(&mut self.diags, project, &flow_nodes, connector_nodes);
+        check::own_output(&mut self.diags, project, &flow_nodes);
         for (name, rel, node) in &partial {
             check::partial_flow(&mut self.diags, project, &flow_nodes, name, rel, node);
         }
@@ -881,17 +884,30 @@ impl Loader {
     }
 
     /// Deserializes `T`, reporting every schema error of the node.
-    fn deserialize<T: DeserializeOwned>(&mut self, rel: &str, node: &Node) -> Option<T> {
+    fn deserialize<T: DeserializeOwned + schemars::JsonSchema>(
+        &mut self,
+        rel: &str,
+        node: &Node,
+    ) -> Option<T> {
         self.deserialize_skipping(rel, node, &[])
     }
 
-    fn deserialize_skipping<T: DeserializeOwned>(
+    /// Reads `node` as a `T`, every problem a diagnostic; an unquoted null
+    /// where `T` takes one of a list of words is one too (it would read as
+    /// "not set").
+    fn deserialize_skipping<T: DeserializeOwned + schemars::JsonSchema>(
         &mut self,
         rel: &str,
         node: &Node,
         skip: &[&str],
     ) -> Option<T> {
+        let nulls = yaml::null_choices(node, schemars::schema_for!(T).as_value());
+        let failed = !nulls.is_empty();
+        for e in &nulls {
+            self.push(de_diagnostic(rel, node, e));
+        }
         match yaml::from_node_all::<T>(node, skip) {
+            Ok(_) if failed => None,
             Ok(v) => Some(v),
             Err(errors) => {
                 for e in &errors {
@@ -987,7 +1003,13 @@ impl Loader {
     /// A flow file; on failure, every transform and output is also tried on
     /// its own so that all their errors are reported at once.
     fn flow(&mut self, rel: &str, node: &Node) -> Option<FlowFile> {
+        let nulls = yaml::null_choices(node, schemars::schema_for!(FlowFile).as_value());
+        for e in &nulls {
+            self.push(de_diagnostic(rel, node, e));
+        }
         match yaml::from_node::<FlowFile>(node) {
+            // Read, but a choice left null: the flow is not used as read.
+            Ok(_) if !nulls.is_empty() => None,
             Ok(f) => Some(f),
             Err(first) => {
                 self.push(de_diagnostic(rel, node, &first));

@@ -16,6 +16,12 @@ pub enum Failed {
     /// Transient (a timeout, a broker or the network): the batch is retried
     /// with backoff, then dead-lettered as `delivery` after `max_attempts`.
     Retry,
+    /// The remote cannot be reached or did not answer in time (a broker
+    /// down or paused, a connection refused or reset, a timeout): nothing
+    /// is wrong with the records, so the batch is retried with backoff (up
+    /// to a minute apart) for as long as the outage lasts, without using up
+    /// an attempt, and never dead-lettered for it.
+    Unavailable,
     /// Transient, and the remote said when to come back (an HTTP
     /// `Retry-After` too long to wait in place): retried from the queue no
     /// sooner than that (capped at an hour); it counts as an attempt.

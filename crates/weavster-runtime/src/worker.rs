@@ -140,6 +140,9 @@ enum Failure {
     /// sooner than the remote asked.
     Retry(String),
     Later(String, Duration),
+    /// The output is unreachable: retried with backoff without using up
+    /// an attempt ([`Failed::Unavailable`]).
+    Unavailable(String),
     /// The guest answered something invalid: its records are dead-lettered
     /// as `internal`, never retried (a retry would answer the same).
     Internal(String),
@@ -410,6 +413,7 @@ impl FlowWorker {
             let refused = sink.write(id, &refs).await.map_err(|e| match e.failed() {
                 Failed::Retry => Failure::Retry(e.to_string()),
                 Failed::Later(d) => Failure::Later(e.to_string(), d),
+                Failed::Unavailable => Failure::Unavailable(e.to_string()),
                 Failed::Stop => Failure::Stop(format!("output {}: {e}", self.outputs[o])),
             })?;
             m.time(&self.name, "write", t);
@@ -572,6 +576,17 @@ pub(crate) async fn handle(
                 .await?;
             return Ok(());
         }
+        Err(Failure::Unavailable(message)) => {
+            // An outage of any length ends in delivery (or a stop), never
+            // in dead letters: this attempt does not count.
+            let wait = queue::backoff(n);
+            let fl = Metrics::flow(&w.name);
+            w.metrics.failed_batches.get_or_create(&fl).inc();
+            tracing::warn!(flow = %w.name, job = %id, attempt = n, "{message}; the output is unavailable: retrying in {wait:?} (an outage never uses up attempts)");
+            queue::spare_attempt(&w.db, &id, wait).await?;
+            wake_after(w, &id, wait);
+            return Err(message.into());
+        }
         Err(Failure::Retry(message)) => (message, None),
         Err(Failure::Later(message, after)) => (message, Some(after)),
         Err(Failure::Stop(message)) => {
@@ -607,14 +622,19 @@ pub(crate) async fn handle(
         });
         tracing::warn!(flow = %w.name, job = %id, attempt = n, "{message}; retrying in {wait:?}");
         queue::delay(&w.db, &id, wait).await?;
-        // Wake a worker when the wait is over (else it waits for a poll).
-        let (db, flow) = (w.db.clone(), w.name.clone());
-        tokio::spawn(async move {
-            tokio::time::sleep(wait).await;
-            let _ = queue::notify(&db, &flow, &id).await;
-        });
+        wake_after(w, &id, wait);
         Err(message.into())
     }
+}
+
+/// Wakes a worker of `w`'s flow when job `id`'s wait is over (else it
+/// waits for a poll).
+fn wake_after(w: &FlowWorker, id: &str, wait: Duration) {
+    let (db, flow, id) = (w.db.clone(), w.name.clone(), id.to_string());
+    tokio::spawn(async move {
+        tokio::time::sleep(wait).await;
+        let _ = queue::notify(&db, &flow, &id).await;
+    });
 }
 
 #[cfg(test)]

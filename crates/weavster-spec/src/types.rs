@@ -181,6 +181,120 @@ impl Connector {
     pub fn can_be_output(&self) -> bool {
         !matches!(self, Connector::Stdin(_))
     }
+
+    /// The keys set on this connector that apply to one direction only
+    /// (dotted for nested ones: `tls.ca_file`), in the schema's order. The
+    /// direction of a key is written once, as `x-direction` on
+    /// its field (which is also in the JSON Schemas).
+    pub fn one_way_keys(&self) -> Vec<&'static OneWayKey> {
+        let value = match self {
+            Connector::File(c) => serde_json::to_value(c),
+            Connector::Stdin(c) => serde_json::to_value(c),
+            Connector::Stdout(c) => serde_json::to_value(c),
+            Connector::Kafka(c) => serde_json::to_value(c),
+            Connector::Postgres(c) => serde_json::to_value(c),
+            Connector::Http(c) => serde_json::to_value(c),
+        };
+        let Ok(value) = value else { return Vec::new() };
+        one_way_table(self.type_name())
+            .iter()
+            .filter(|k| {
+                k.key
+                    .split('.')
+                    .try_fold(&value, |v, seg| v.get(seg))
+                    .is_some()
+            })
+            .collect()
+    }
+}
+
+/// Which way a connector is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Direction {
+    Input,
+    Output,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Input => "input",
+            Direction::Output => "output",
+        }
+    }
+}
+
+/// A connector key that applies to one direction only, and what to use
+/// instead in the other (when there is an equivalent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneWayKey {
+    pub key: String,
+    pub direction: Direction,
+    pub instead: Option<String>,
+}
+
+/// The one-way keys of connector type `type_name`, read once from its
+/// JSON Schema's `x-direction` and `x-instead` annotations.
+pub fn one_way_table(type_name: &str) -> &'static [OneWayKey] {
+    static TABLE: std::sync::OnceLock<BTreeMap<&'static str, Vec<OneWayKey>>> =
+        std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let schemas = [
+            ("file", schemars::schema_for!(FileConnector)),
+            ("stdin", schemars::schema_for!(StdinConnector)),
+            ("stdout", schemars::schema_for!(StdoutConnector)),
+            ("kafka", schemars::schema_for!(KafkaConnector)),
+            ("postgres", schemars::schema_for!(PostgresConnector)),
+            ("http", schemars::schema_for!(HttpConnector)),
+        ];
+        schemas
+            .into_iter()
+            .map(|(name, schema)| {
+                let root = schema.as_value();
+                let mut keys = Vec::new();
+                one_way_keys_of(root, root, "", &mut keys);
+                (name, keys)
+            })
+            .collect()
+    });
+    table.get(type_name).map_or(&[], Vec::as_slice)
+}
+
+/// The `x-direction` properties of `schema` (an object schema, or a
+/// reference to one, possibly in an `anyOf` with null), prefixed.
+fn one_way_keys_of(root: &Value, schema: &Value, prefix: &str, out: &mut Vec<OneWayKey>) {
+    let resolve = |s: &'_ Value| -> Option<Value> {
+        let r = s.get("$ref")?.as_str()?.strip_prefix("#/$defs/")?;
+        root.get("$defs")?.get(r).cloned()
+    };
+    let Some(props) = schema.get("properties").and_then(Value::as_object) else {
+        return;
+    };
+    for (name, p) in props {
+        let key = format!("{prefix}{name}");
+        match p.get("x-direction").and_then(Value::as_str) {
+            Some(d) => out.push(OneWayKey {
+                key,
+                direction: if d == "input" {
+                    Direction::Input
+                } else {
+                    Direction::Output
+                },
+                instead: p
+                    .get("x-instead")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
+            }),
+            None => {
+                // A nested struct: its own keys may be one-way.
+                let inner = resolve(p)
+                    .or_else(|| p.get("anyOf")?.as_array()?.iter().find_map(&resolve));
+                if let Some(inner) = inner {
+                    one_way_keys_of(root, &inner, &format!("{key}."), out);
+                }
+            }
+        }
+    }
 }
 
 /// Record encoding of a file or stream.
@@ -218,9 +332,11 @@ pub struct FileConnector {
     pub format: Option<Format>,
     /// Input only: keep reading lines appended to the files (continuous
     /// `run`; ignored by `run --once`). Default true.
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub follow: Option<bool>,
     /// Output only: `append` (default) or `overwrite`.
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<WriteMode>,
     /// CSV field delimiter (one character, default `,`).
@@ -265,9 +381,11 @@ pub struct KafkaConnector {
     pub brokers: String,
     pub topic: String,
     /// Input only: consumer group (default: `weavster-<project>-<flow>`).
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
     /// Input only: where a partition never read before starts (default `earliest`).
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_from: Option<StartFrom>,
     /// How a message value becomes a record (input) and a record a value
@@ -277,25 +395,31 @@ pub struct KafkaConnector {
     pub format: Option<KafkaFormat>,
     /// Input only: put the message's coordinates into this record field
     /// (`{topic, partition, offset, timestamp, key, headers}`), e.g. `_kafka`.
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<String>,
     /// Output only: record path whose value becomes the message key (a
     /// string as is, any other value as its JSON text; missing or null: no key).
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<Path>,
     /// Output only: message headers, each a static text or `{path: a.b}`
     /// (the record value there, stringified like `key`).
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub headers: IndexMap<String, KafkaHeader>,
     /// Output only: `none` (default), `gzip`, `snappy`, `lz4` or `zstd`.
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<KafkaCompression>,
     /// Output only: how long the producer waits to fill a request (default 5).
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub linger_ms: Option<u64>,
     /// Output only: which partition a keyed message goes to:
     /// `murmur2_random` (default; where Java producers put the same key) or
     /// `consistent_random` (librdkafka's default).
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitioner: Option<KafkaPartitioner>,
     /// Extra librdkafka settings (`security.protocol`, `sasl.password`, …);
@@ -372,25 +496,31 @@ pub struct PostgresConnector {
     /// `postgres://user:password@host:port/db` (the password is never printed).
     pub url: String,
     /// Output: target table (`schema.table` allowed).
+    #[schemars(extend("x-direction" = "output", "x-instead" = "an input reads rows with `query` (or changes with `mode: cdc` and `publication`)"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub table: Option<String>,
     /// Input: `query` (default: rows of `query` by `cursor`) or `cdc`
     /// (inserts, updates and deletes of `publication`'s tables).
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<PostgresMode>,
     /// Input: a SELECT returning one record per row.
+    #[schemars(extend("x-direction" = "input", "x-instead" = "an output writes to `table`"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
     /// CDC input: the publication whose tables' changes are read
     /// (`CREATE PUBLICATION … FOR TABLE …`).
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publication: Option<String>,
     /// CDC input: the logical replication slot (created with `pgoutput` if
     /// missing; default `weavster_<publication>`).
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<String>,
     /// CDC input: read the tables' rows first (`op: snapshot`), consistently
     /// with the changes that follow (default true).
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<bool>,
     /// Connections to the database (default: 4 for an output, 2 for an input).
@@ -398,33 +528,41 @@ pub struct PostgresConnector {
     pub pool_size: Option<u32>,
     /// Input: the column(s) rows are read in order of and resumed after,
     /// with a unique tie-break last (`[updated_at, id]`).
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cursor: Option<Cursor>,
     /// Input: how often to poll when caught up, in milliseconds (default 1000).
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_interval_ms: Option<u64>,
     /// Input: with a timestamp first cursor column, read only rows older
     /// than this many milliseconds, so that a transaction committing late
     /// with an earlier timestamp is not skipped (default 5000).
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_ms: Option<u64>,
     /// Output: upsert on these key columns instead of plain inserts.
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upsert_keys: Vec<String>,
     /// Output: column → record path to write it from; only these columns
     /// are written (default: each column from the record field of its name).
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub columns: IndexMap<String, Path>,
     /// Output: a record field that is not a column: `error` (default: the
     /// record is dead-lettered, nothing is silently cut) or `ignore`.
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unknown_fields: Option<UnknownFields>,
     /// Output: write each whole record into this one `jsonb` (or `json`) column.
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jsonb_column: Option<String>,
     /// Output: record each written batch in `weavster_written` (created in
     /// the target database) in the transaction of its rows, so that a
     /// retried batch is never written twice (default true).
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exactly_once: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -473,80 +611,106 @@ pub enum UnknownFields {
 #[serde(deny_unknown_fields)]
 pub struct HttpConnector {
     /// Input: address to listen on, e.g. `127.0.0.1:8080`.
+    #[schemars(extend("x-direction" = "input", "x-instead" = "an output sends to `url`"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     /// Input: request path (default `/`).
+    #[schemars(extend("x-direction" = "input", "x-instead" = "an output sends to `url`"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Output: the URL requests are sent to.
+    #[schemars(extend("x-direction" = "output", "x-instead" = "an input listens on `listen` (and `path`)"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// Output: HTTP method (default `POST`).
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// Output: headers sent with each request (secret-named ones never
+    /// printed).
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    #[schemars(extend("x-direction" = "output", "x-instead" = "an input copies request headers into records with `metadata_headers`"))]
     pub headers: IndexMap<String, String>,
     /// Output: request timeout in milliseconds (default 10000).
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
-    /// Bearer token (never printed).
+    /// Output: a bearer token sent with each request (never printed). An
+    /// input says who may post with `auth: {bearer: [...]}`.
+    #[schemars(extend("x-direction" = "output", "x-instead" = "on an input, who may post is set by `auth: {bearer: [...]}` (or `basic`, `hmac`)"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// Input: the largest request body in bytes, as sent and once
     /// decompressed (default 10 MiB; 413 beyond).
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
     /// Input: who may post (checked before the body is parsed; 401).
+    #[schemars(extend("x-direction" = "input", "x-instead" = "an output sends credentials with `token` or `basic`"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<HttpAuth>,
     /// Input: the answer to a request whose records are stored (default
     /// 200 with `{"accepted": N}`).
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub response: Option<HttpResponse>,
     /// Input: a record field that receives `{method, path, headers, remote}`.
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<String>,
     /// Input: the request headers copied into `metadata` (default none).
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metadata_headers: Vec<String>,
     /// Input: at most this many requests per second (429 with
     /// `Retry-After` beyond).
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_requests_per_second: Option<u32>,
     /// Input: a header naming each delivery (`X-GitHub-Delivery`): a
     /// delivery stored before is acknowledged and not stored again.
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dedupe_header: Option<String>,
     /// Input: how long a request waits for its records to be stored before
     /// `503` (milliseconds, default 10000).
+    #[schemars(extend("x-direction" = "input"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub store_timeout_ms: Option<u64>,
     /// Output: `json` (an array per request, default), `ndjson`, or
     /// `single` (one request per record).
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoding: Option<HttpEncoding>,
     /// Output: gzip request bodies.
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gzip: Option<bool>,
     /// Output: a batch is split into requests of at most this many bytes
     /// (default 1 MiB; a single larger record is sent alone).
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_request_bytes: Option<u64>,
     /// Output: basic credentials (the password is never printed).
+    #[schemars(extend("x-direction" = "output", "x-instead" = "on an input, who may post is set by `auth: {basic: [...]}`"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic: Option<BasicAuth>,
     /// Output: requests in flight at once, across workers (default 4).
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
     /// Output: connect timeout in milliseconds (default 5000).
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_timeout_ms: Option<u64>,
     /// Output: attempts of a request within one try of the batch (default
     /// 3) before the batch goes back to the queue (backoff there).
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
     /// Output: the longest `Retry-After` waited in place, in seconds
     /// (default 30); longer: the batch goes back to the queue.
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_retry_after_s: Option<u64>,
     /// Input: serve HTTPS with `cert_file` and `key_file`. Output: also
@@ -555,6 +719,7 @@ pub struct HttpConnector {
     pub tls: Option<HttpTls>,
     /// Output: response statuses moved to another class than their default
     /// (e.g. `retry: [409]`, `success: [304]`).
+    #[schemars(extend("x-direction" = "output"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statuses: Option<HttpStatuses>,
 }
@@ -565,12 +730,15 @@ pub struct HttpConnector {
 #[serde(deny_unknown_fields)]
 pub struct HttpTls {
     /// Input: the server's certificate chain.
+    #[schemars(extend("x-direction" = "input", "x-instead" = "an output's `https://` URL uses TLS already"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cert_file: Option<String>,
     /// Input: the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    #[schemars(extend("x-direction" = "input", "x-instead" = "an output's `https://` URL uses TLS already"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_file: Option<String>,
     /// Output: CA certificates trusted besides the system's.
+    #[schemars(extend("x-direction" = "output", "x-instead" = "an input serves with `cert_file` and `key_file`"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<String>,
 }
@@ -579,8 +747,9 @@ pub struct HttpTls {
 /// (2xx success; 408, 429 and 5xx but 501 retry; 401, 403, 404, 405, 410
 /// and 501 stop the flow; other 4xx dead-letter the refused records).
 /// Each entry is a status (`409`), a class (`4xx`) or a range
-/// (`500-504`). 401 and 403 always stop the flow (a class or range
-/// leaves them out; naming one is an error).
+/// (`500-504`). 401 and 403, and the redirects 301, 302, 303, 307 and
+/// 308 (never followed), always stop the flow (a class or range leaves
+/// them out; naming one is an error).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpStatuses {
@@ -662,7 +831,8 @@ pub struct StatusTable([StatusClass; 500]);
 impl Default for StatusTable {
     /// 2xx success; 408, 429 and 5xx but 501 retry; 401, 403, 404, 405,
     /// 410 and 501 stop; other 4xx dead-letter; 1xx and 3xx stop (a
-    /// redirect is followed before its status is seen).
+    /// redirect is never followed: a write's body would be dropped or sent
+    /// where `url` does not say).
     fn default() -> Self {
         let mut t = [StatusClass::Stop; 500];
         for code in 100u16..=599 {
@@ -676,6 +846,12 @@ impl Default for StatusTable {
         }
         StatusTable(t)
     }
+}
+
+/// 301, 302, 303, 307 and 308: the statuses that send a client elsewhere.
+/// An HTTP output never follows one and always stops on one.
+pub fn is_redirect(status: u16) -> bool {
+    matches!(status, 301 | 302 | 303 | 307 | 308)
 }
 
 impl StatusTable {
@@ -712,6 +888,14 @@ impl HttpStatuses {
                 };
                 for code in a..=b {
                     let i = usize::from(code - 100);
+                    if is_redirect(code) && class != StatusClass::Stop {
+                        if a == b {
+                            problems.push((name, format!(
+                                "`statuses.{name}`: {code} is a redirect, which always stops the flow (a write is never followed to another address: set `url` to it)"
+                            )));
+                        }
+                        continue;
+                    }
                     if matches!(code, 401 | 403) && class != StatusClass::Stop {
                         // A class or range leaves them alone; naming one
                         // is a mistake worth saying.
@@ -1200,5 +1384,104 @@ mod status_tests {
                 "503 is in `statuses.stop` and `statuses.dead_letter`"
             ]
         );
+        // A redirect never counts as written, nor is it dead-lettered: it
+        // is named when listed alone, left alone inside a class.
+        let redirect = check("{success: [302, 3xx], dead_letter: [308]}").expect_err("refused");
+        assert_eq!(
+            redirect,
+            [
+                "`statuses.success`: 302 is a redirect, which always stops the flow (a write is never followed to another address: set `url` to it)",
+                "`statuses.dead_letter`: 308 is a redirect, which always stops the flow (a write is never followed to another address: set `url` to it)"
+            ]
+        );
+        let t = HttpStatuses {
+            success: vec![StatusCodes::Text("3xx".into())],
+            ..HttpStatuses::default()
+        }
+        .table()
+        .expect("a class is fine");
+        assert_eq!(t.class(301), StatusClass::Stop);
+        assert_eq!(t.class(304), StatusClass::Success);
+    }
+}
+
+#[cfg(test)]
+mod direction_tests {
+    use super::*;
+
+    /// Every field whose documentation starts "Input:" / "Output:" (or
+    /// "… only:", "CDC input:") carries that `x-direction`, and every
+    /// `x-direction` is documented so: the docs and the check agree.
+    #[test]
+    fn directions_agree_with_the_field_docs() {
+        for ty in Connector::TYPES {
+            let keys = one_way_table(ty);
+            let schema = match *ty {
+                "file" => schemars::schema_for!(FileConnector),
+                "stdin" => schemars::schema_for!(StdinConnector),
+                "stdout" => schemars::schema_for!(StdoutConnector),
+                "kafka" => schemars::schema_for!(KafkaConnector),
+                "postgres" => schemars::schema_for!(PostgresConnector),
+                _ => schemars::schema_for!(HttpConnector),
+            };
+            let root = schema.as_value();
+            let mut documented = Vec::new();
+            let mut walk = vec![(String::new(), root.clone())];
+            while let Some((prefix, s)) = walk.pop() {
+                let Some(props) = s.get("properties").and_then(Value::as_object) else {
+                    continue;
+                };
+                for (name, p) in props {
+                    let doc = p.get("description").and_then(Value::as_str).unwrap_or("");
+                    let d = if doc.starts_with("Input:")
+                        || doc.starts_with("Input only:")
+                        || doc.starts_with("CDC input:")
+                    {
+                        Some(Direction::Input)
+                    } else if doc.starts_with("Output:") || doc.starts_with("Output only:") {
+                        Some(Direction::Output)
+                    } else {
+                        None
+                    };
+                    if let (Some(d), false) = (d, doc.contains(". Output: also")) {
+                        documented.push((format!("{prefix}{name}"), d));
+                    }
+                    let r = p
+                        .get("anyOf")
+                        .and_then(|a| a.as_array()?.iter().find_map(|x| x.get("$ref")))
+                        .or_else(|| p.get("$ref"))
+                        .and_then(Value::as_str)
+                        .and_then(|r| r.strip_prefix("#/$defs/"));
+                    if let Some(inner) = r.and_then(|r| root.get("$defs")?.get(r)) {
+                        walk.push((format!("{prefix}{name}."), inner.clone()));
+                    }
+                }
+            }
+            let mut have: Vec<(String, Direction)> =
+                keys.iter().map(|k| (k.key.clone(), k.direction)).collect();
+            have.sort();
+            documented.sort();
+            assert_eq!(have, documented, "connector type `{ty}`");
+        }
+        // The one reported: `token` on an HTTP input.
+        let http = one_way_table("http");
+        let token = http.iter().find(|k| k.key == "token").expect("token");
+        assert_eq!(token.direction, Direction::Output);
+        assert!(token.instead.as_deref().is_some_and(|i| i.contains("auth")));
+        assert!(
+            http.iter()
+                .any(|k| k.key == "tls.ca_file" && k.direction == Direction::Output)
+        );
+        assert!(!http.iter().any(|k| k.key == "tls"), "tls serves both ways");
+    }
+
+    #[test]
+    fn one_way_keys_are_those_set() {
+        let c: Connector = crate::yaml::from_str(
+            "type: http\nlisten: 127.0.0.1:1\ntoken: x\ntls: {ca_file: a.pem}\n",
+        )
+        .expect("parses");
+        let keys: Vec<&str> = c.one_way_keys().iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(keys, ["listen", "token", "tls.ca_file"]);
     }
 }

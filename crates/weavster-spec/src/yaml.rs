@@ -509,6 +509,13 @@ pub enum DeErrorKind {
     DuplicateField {
         field: &'static str,
     },
+    /// An unquoted YAML null (`null`, `~`, nothing) where one of these
+    /// words is expected: YAML reads it as "not set", so the default would
+    /// silently apply.
+    NullForChoice {
+        field: String,
+        expected: Vec<String>,
+    },
     Custom,
 }
 
@@ -534,6 +541,131 @@ impl DeError {
             self.span = Some(span);
         }
         self
+    }
+}
+
+/// Keys of `node` whose value is an unquoted YAML null where `schema`
+/// (the JSON Schema of the type `node` is read as) expects one of a list of
+/// words: an error each, so that `on_no_match: null` is never read as "not
+/// set" (the word `null` must be quoted).
+pub fn null_choices(node: &Node, schema: &serde_json::Value) -> Vec<DeError> {
+    let mut out = Vec::new();
+    null_choices_at(node, schema, schema, &mut out);
+    // A key in several alternatives is reported once.
+    out.sort_by_key(|e| e.span.map(|s| s.start));
+    out.dedup();
+    out
+}
+
+/// The object and array schemas `schema` stands for: references resolved,
+/// `anyOf`/`oneOf`/`allOf` alternatives flattened.
+fn alternatives<'a>(
+    root: &'a serde_json::Value,
+    schema: &'a serde_json::Value,
+    out: &mut Vec<&'a serde_json::Value>,
+    depth: usize,
+) {
+    if depth > 16 {
+        return;
+    }
+    if let Some(r) = schema
+        .get("$ref")
+        .and_then(|r| r.as_str())
+        .and_then(|r| r.strip_prefix("#/$defs/"))
+        && let Some(target) = root.get("$defs").and_then(|d| d.get(r))
+    {
+        alternatives(root, target, out, depth + 1);
+    }
+    for key in ["anyOf", "oneOf", "allOf"] {
+        if let Some(list) = schema.get(key).and_then(|l| l.as_array()) {
+            for s in list {
+                alternatives(root, s, out, depth + 1);
+            }
+        }
+    }
+    out.push(schema);
+}
+
+/// The words a schema allows when it is a choice of strings.
+fn choice_words(root: &serde_json::Value, schema: &serde_json::Value) -> Vec<String> {
+    let mut alts = Vec::new();
+    alternatives(root, schema, &mut alts, 0);
+    let mut words = Vec::new();
+    for a in alts {
+        if let Some(list) = a.get("enum").and_then(|e| e.as_array()) {
+            words.extend(list.iter().filter_map(|w| w.as_str().map(str::to_string)));
+        }
+        if let Some(w) = a.get("const").and_then(|c| c.as_str()) {
+            words.push(w.to_string());
+        }
+    }
+    words
+}
+
+fn null_choices_at(
+    node: &Node,
+    root: &serde_json::Value,
+    schema: &serde_json::Value,
+    out: &mut Vec<DeError>,
+) {
+    let mut alts = Vec::new();
+    alternatives(root, schema, &mut alts, 0);
+    match &node.kind {
+        NodeKind::Map(entries) => {
+            for (k, v) in entries {
+                let Some(key) = k.raw.as_deref() else {
+                    continue;
+                };
+                let props: Vec<&serde_json::Value> = alts
+                    .iter()
+                    .filter_map(|a| a.get("properties").and_then(|p| p.get(key)))
+                    .chain(
+                        alts.iter()
+                            .filter_map(|a| a.get("additionalProperties"))
+                            .filter(|p| p.is_object()),
+                    )
+                    .collect();
+                for prop in props {
+                    if matches!(v.kind, NodeKind::Null) && !v.quoted {
+                        let words = choice_words(root, prop);
+                        if !words.is_empty() {
+                            let listed: Vec<String> =
+                                words.iter().map(|w| format!("`{w}`")).collect();
+                            out.push(DeError {
+                                message: format!(
+                                    "`{key}` is YAML's null (not set), but it takes one of {}{}",
+                                    listed.join(", "),
+                                    if words.iter().any(|w| w == "null") {
+                                        ": to mean the word, quote it: `\"null\"`"
+                                    } else {
+                                        ""
+                                    }
+                                ),
+                                kind: DeErrorKind::NullForChoice {
+                                    field: key.to_string(),
+                                    expected: words,
+                                },
+                                span: Some(v.span),
+                            });
+                            break;
+                        }
+                    } else {
+                        null_choices_at(v, root, prop, out);
+                    }
+                }
+            }
+        }
+        NodeKind::Seq(items) => {
+            for a in &alts {
+                if let Some(item) = a.get("items") {
+                    for it in items {
+                        null_choices_at(it, root, item, out);
+                    }
+                    break;
+                }
+            }
+        }
+        _ => {}
     }
 }
 

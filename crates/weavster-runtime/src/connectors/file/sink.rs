@@ -122,10 +122,12 @@ impl FileSink {
         }
         let mut columns = Vec::new();
         if format == Format::Csv {
-            // Appending to a CSV file keeps its header.
+            // Appending to a CSV file keeps its header: its first line
+            // (read from the start: cutting a torn tail moved to the end).
             let mut text = String::new();
             let mut f = &file;
-            f.read_to_string(&mut text).map_err(err)?;
+            f.seek(SeekFrom::Start(0)).map_err(err)?;
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(f), &mut text).map_err(err)?;
             if let Some(first) = text.lines().next() {
                 let mut rdr = csv::ReaderBuilder::new()
                     .delimiter(delimiter)
@@ -145,6 +147,10 @@ impl FileSink {
         })
     }
 
+    /// Writes one batch's bytes. A write that fails (a full disk, a file
+    /// size limit, an I/O error) is undone before the error is returned:
+    /// the file is cut back to what it held before, so a batch that is
+    /// retried or dead-lettered is never also partly in the file.
     fn write_locked(
         guard: &mut FileState,
         format: Format,
@@ -152,44 +158,55 @@ impl FileSink {
         bytes: &[u8],
     ) -> Result<(), std::io::Error> {
         let file = &mut guard.file;
-        let len = file.seek(SeekFrom::End(0))?;
         if format != Format::Json {
             // Exclusive among appenders (of every process): none is
-            // mid-write, so a line without its line break is torn.
+            // mid-write, so a line without its line break is torn, and the
+            // length seen here is where this batch starts.
             file.lock()?;
-            let written = cut_torn_tail_locked(file, display).and_then(|()| file.write_all(bytes));
+            let written = cut_torn_tail_locked(file, display).and_then(|()| {
+                let before = file.metadata()?.len();
+                file.write_all(bytes).or_else(|e| {
+                    undo(file, before, &[], display)?;
+                    Err(e)
+                })
+            });
             file.unlock()?;
             return written;
         }
+        let len = file.seek(SeekFrom::End(0))?;
         // JSON array: `[\n` rec `,\n` rec `\n]\n`.
         let body: Vec<&[u8]> = bytes
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
             .collect();
         let mut text = Vec::with_capacity(bytes.len() + 8);
+        // Where the new text starts, and the bytes from there to the old
+        // end (put back if the write fails).
+        let (from, tail): (u64, Vec<u8>);
         if len < 2 {
             file.set_len(0)?;
-            file.seek(SeekFrom::Start(0))?;
+            (from, tail) = (0, Vec::new());
             text.extend_from_slice(b"[\n");
         } else {
             // Overwrite the closing `\n]\n` (or `]\n` of an empty array).
-            let mut tail = [0u8; 3];
+            let mut last = [0u8; 3];
             let at = len.saturating_sub(3);
             file.seek(SeekFrom::Start(at))?;
-            file.read_exact(&mut tail[..(len - at) as usize])?;
-            let tail = &tail[..(len - at) as usize];
-            if tail.ends_with(b"[]\n") || tail == b"[]" {
-                let cut = if tail.ends_with(b"\n") { 2 } else { 1 };
-                file.seek(SeekFrom::Start(len - cut))?;
+            file.read_exact(&mut last[..(len - at) as usize])?;
+            let last = &last[..(len - at) as usize];
+            if last.ends_with(b"[]\n") || last == b"[]" {
+                let cut = if last.ends_with(b"\n") { 2 } else { 1 };
+                from = len - cut;
                 text.extend_from_slice(b"\n");
-            } else if tail.ends_with(b"\n]\n") {
-                file.seek(SeekFrom::Start(len - 3))?;
+            } else if last.ends_with(b"\n]\n") {
+                from = len - 3;
                 text.extend_from_slice(b",\n");
             } else {
                 return Err(std::io::Error::other(
                     "the file does not end a JSON array written by weavster (expected `]` at its end)",
                 ));
             }
+            tail = last[last.len() - (len - from) as usize..].to_vec();
         }
         for (i, rec) in body.iter().enumerate() {
             if i > 0 {
@@ -198,8 +215,25 @@ impl FileSink {
             text.extend_from_slice(rec);
         }
         text.extend_from_slice(b"\n]\n");
-        file.write_all(&text)
+        file.seek(SeekFrom::Start(from))?;
+        file.write_all(&text).or_else(|e| {
+            undo(file, from, &tail, display)?;
+            Err(e)
+        })
     }
+}
+
+/// Cuts `file` back to `len` bytes and appends `tail` (a JSON array's
+/// closing bytes): the state before a failed write. Cutting frees what the
+/// failed write took, so putting a few bytes back fits where it fitted.
+fn undo(file: &mut File, len: u64, tail: &[u8], name: &str) -> std::io::Result<()> {
+    file.set_len(len)?;
+    if !tail.is_empty() {
+        file.seek(SeekFrom::Start(len))?;
+        file.write_all(tail)?;
+    }
+    tracing::warn!(output = %name, "a write failed: the file is cut back to its {len} bytes before the batch");
+    Ok(())
 }
 
 impl Sink for FileSink {
@@ -221,6 +255,7 @@ impl Sink for FileSink {
                     .lock()
                     .map_err(|_| err("a writer panicked".into()))?;
                 let mut bytes = Vec::new();
+                let columns = guard.columns.clone();
                 let refused = encode(
                     self.format,
                     records,
@@ -228,9 +263,13 @@ impl Sink for FileSink {
                     &mut guard.columns,
                     &mut bytes,
                 );
-                if !bytes.is_empty() {
-                    Self::write_locked(&mut guard, self.format, &self.display, &bytes)
-                        .map_err(|e| err(e.to_string()))?;
+                if !bytes.is_empty()
+                    && let Err(e) =
+                        Self::write_locked(&mut guard, self.format, &self.display, &bytes)
+                {
+                    // The header this batch chose was not written either.
+                    guard.columns = columns;
+                    return Err(err(e.to_string()));
                 }
                 Ok(refused)
             })
@@ -293,6 +332,30 @@ mod tests {
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].0, 1);
         assert!(refused[0].1.contains("`z`"), "{}", refused[0].1);
+    }
+
+    /// A CSV file appended to by a later run (a new sink) keeps its one
+    /// header and its columns.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_reopened_csv_file_keeps_its_header() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("o.csv");
+        for batch in [["{\"a\":1,\"b\":2}"], ["{\"b\":4,\"a\":3}"]] {
+            let sink = FileSink::open(
+                p.clone(),
+                "o.csv".into(),
+                Format::Csv,
+                WriteMode::Append,
+                b',',
+            )
+            .expect("open");
+            let refused = sink.write("j", &batch).await.expect("write");
+            assert!(refused.is_empty(), "{refused:?}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(&p).expect("read"),
+            "a,b\n1,2\n3,4\n"
+        );
     }
 
     /// Another process killed mid-append after this sink opened the file:

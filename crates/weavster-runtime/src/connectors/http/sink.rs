@@ -115,7 +115,12 @@ impl HttpSink {
                 reqwest::header::HeaderValue::from_static("gzip"),
             );
         }
+        // Redirects are never followed: reqwest would resend a POST to a
+        // 301/302/303 as a body-less GET and count the records written, and
+        // a redirect loop would end as retries and dead letters. A 3xx is
+        // seen here and stops the flow (docs/connectors.md).
         let mut client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_millis(
                 spec.connect_timeout_ms.unwrap_or(5000),
             ))
@@ -247,6 +252,9 @@ impl HttpSink {
             hex::encode(&h.finalize()[..16])
         };
         let mut last = String::new();
+        // Whether the last attempt got no answer at all (a timeout, a
+        // refused or reset connection): an outage, not the records' fault.
+        let mut unanswered = false;
         for attempt in 0..self.retries {
             self.pace().await;
             let permit = self.permits.acquire().await;
@@ -261,6 +269,7 @@ impl HttpSink {
             drop(permit);
             let wait = match response {
                 Err(e) => {
+                    unanswered = true;
                     last = if e.is_timeout() {
                         "timed out".to_string()
                     } else if e.is_connect() {
@@ -271,12 +280,22 @@ impl HttpSink {
                     None
                 }
                 Ok(r) => {
+                    unanswered = false;
                     let status = r.status().as_u16();
                     let after = retry_after(r.headers());
                     match self.statuses.class(status) {
                         StatusClass::Success => return Ok(Sent::Written),
                         StatusClass::Stop => {
+                            let location = redirect_to(status, r.headers(), &self.url);
                             let text = excerpt(r).await;
+                            if let Some(to) = location {
+                                return Err(self.error(
+                                    format!(
+                                        "HTTP {status} redirect to {to}: a write is never followed to another address; set `url` to it, the batch stays queued"
+                                    ),
+                                    Failed::Stop,
+                                ));
+                            }
                             let why = match status {
                                 401 | 403 => "the credentials are refused; fix them",
                                 404 | 405 | 410 | 501 => "fix `url` or `method`",
@@ -317,7 +336,12 @@ impl HttpSink {
             };
             tokio::time::sleep(delay).await;
         }
-        Err(self.error(last, Failed::Retry))
+        let failed = if unanswered {
+            Failed::Unavailable
+        } else {
+            Failed::Retry
+        };
+        Err(self.error(last, failed))
     }
 }
 
@@ -327,6 +351,25 @@ fn redact(url: &reqwest::Url) -> String {
     let _ = u.set_password(None);
     u.set_query(None);
     u.to_string()
+}
+
+/// Where a redirect points (resolved against `base`, without its
+/// password or query); `None` for any other status.
+fn redirect_to(status: u16, h: &reqwest::header::HeaderMap, base: &str) -> Option<String> {
+    if !weavster_spec::types::is_redirect(status) {
+        return None;
+    }
+    let Some(v) = h.get(reqwest::header::LOCATION) else {
+        return Some("(no Location given)".to_string());
+    };
+    let Ok(text) = v.to_str() else {
+        return Some("(a Location that is not text)".to_string());
+    };
+    Some(
+        reqwest::Url::parse(base)
+            .and_then(|b| b.join(text))
+            .map_or_else(|_| format!("`{text}`"), |u| redact(&u)),
+    )
 }
 
 /// The start of a response body (for a dead letter or an error).

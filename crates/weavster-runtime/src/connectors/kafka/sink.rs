@@ -3,7 +3,14 @@
 //! failed report is classified by its error code: a record the broker
 //! refuses (too large, invalid) is dead-lettered alone, a configuration
 //! error (authorization, unknown topic) stops the flow, anything else
-//! (timeouts, leaders moving, the network) retries the batch.
+//! (timeouts, leaders moving, the network) is an outage: the batch is
+//! retried for as long as it lasts, never dead-lettered for it.
+//!
+//! A producer that failed a batch in a way it does not recover from by
+//! itself — a fatal error (an idempotent producer fenced or out of
+//! sequence after an outage), or messages timed out (after a broker
+//! restart it may keep timing out where a new one delivers at once) — is
+//! replaced by a new one before the batch is retried.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -31,7 +38,10 @@ enum HeaderValue {
 pub(crate) struct KafkaSink {
     what: String,
     topic: String,
-    producer: FutureProducer,
+    /// The producer's configuration (to make a new one) and the one in
+    /// use with its generation in [`PRODUCERS`].
+    config: rdkafka::ClientConfig,
+    producer: std::sync::Mutex<(u64, FutureProducer)>,
     format: KafkaFormat,
     key: Option<Vec<String>>,
     headers: Vec<(String, HeaderValue)>,
@@ -87,11 +97,12 @@ impl KafkaSink {
         })
         .await
         .map_err(|e| ConnectorError::Connect(e.to_string()))??;
-        let producer = shared_producer(&config)?;
+        let producer = shared_producer(&config, None)?;
         Ok(KafkaSink {
             what: what(k),
             topic: k.topic.clone(),
-            producer,
+            config,
+            producer: std::sync::Mutex::new(producer),
             format: format_of(k),
             key: k.key.as_deref().map(split_path),
             headers: k
@@ -167,26 +178,50 @@ impl KafkaSink {
     }
 }
 
+/// The producers of this process by configuration, each with its
+/// generation (raised each time one is replaced).
+type Producers = std::collections::HashMap<String, (u64, FutureProducer)>;
+static PRODUCERS: std::sync::OnceLock<std::sync::Mutex<Producers>> = std::sync::OnceLock::new();
+
 /// One long-lived producer per process and configuration: outputs of
 /// several flows to the same cluster with the same settings share it (and
-/// its connections, batching and idempotence state).
-fn shared_producer(config: &rdkafka::ClientConfig) -> Result<FutureProducer, ConnectorError> {
-    static PRODUCERS: std::sync::OnceLock<
-        std::sync::Mutex<std::collections::HashMap<String, FutureProducer>>,
-    > = std::sync::OnceLock::new();
+/// its connections, batching and idempotence state). With `replace`, the
+/// generation that failed: if it is still the shared one, a new producer
+/// takes its place (the old one is dropped off the async threads); if
+/// another sink replaced it already, that newer one is returned.
+fn shared_producer(
+    config: &rdkafka::ClientConfig,
+    replace: Option<u64>,
+) -> Result<(u64, FutureProducer), ConnectorError> {
     let key = format!("{:?}", config.config_map());
     let map = PRODUCERS.get_or_init(Default::default);
     let mut map = map
         .lock()
         .map_err(|_| ConnectorError::Connect("a producer panicked".into()))?;
-    if let Some(p) = map.get(&key) {
-        return Ok(p.clone());
-    }
+    let generation = match (map.get(&key), replace) {
+        (Some((g, p)), None) => return Ok((*g, p.clone())),
+        (Some((g, p)), Some(failed)) if *g != failed => return Ok((*g, p.clone())),
+        (Some((g, _)), Some(_)) => g + 1,
+        (None, _) => 0,
+    };
     let p: FutureProducer = config
         .create()
         .map_err(|e| ConnectorError::Config(e.to_string()))?;
-    map.insert(key, p.clone());
-    Ok(p)
+    if let Some((_, old)) = map.insert(key, (generation, p.clone())) {
+        // Dropping purges its queue and waits up to 500 ms.
+        std::thread::spawn(move || drop(old));
+    }
+    Ok((generation, p))
+}
+
+/// Whether a producer must be replaced after failing a batch: it is in a
+/// fatal state, or the batch failed by errors that a new producer clears
+/// (timeouts, idempotence state lost to an outage).
+fn needs_new(producer: &FutureProducer, reports: &Reports) -> Option<String> {
+    if let Some((code, reason)) = producer.client().fatal_error() {
+        return Some(format!("{code}: {reason}"));
+    }
+    reports.stale.clone()
 }
 
 /// How a failed report is handled.
@@ -210,10 +245,36 @@ struct Reports {
     refused: Refused,
     stop: Option<String>,
     retry: Option<String>,
+    /// An error that a new producer clears.
+    stale: Option<String>,
+}
+
+/// Errors after which a producer is replaced: messages timed out (the
+/// producer may go on timing out after a broker restart) and the
+/// idempotence state the broker no longer accepts.
+fn stale(code: RDKafkaErrorCode) -> bool {
+    use RDKafkaErrorCode as C;
+    matches!(
+        code,
+        C::MessageTimedOut
+            | C::ProducerFenced
+            | C::InvalidProducerEpoch
+            | C::OutOfOrderSequenceNumber
+            | C::UnknownProducerId
+            | C::InvalidProducerIdMapping
+            | C::Fatal
+    )
 }
 
 impl Reports {
     fn failed(&mut self, i: usize, e: &KafkaError) {
+        if let Some(c) = code_of(e)
+            && stale(c)
+        {
+            self.stale.get_or_insert_with(|| e.to_string());
+            self.retry.get_or_insert_with(|| e.to_string());
+            return;
+        }
         match classify(e) {
             Outcome::Refuse => self
                 .refused
@@ -246,6 +307,10 @@ impl Sink for KafkaSink {
         records: &'a [&'a str],
     ) -> BoxFuture<'a, Result<Refused, SinkError>> {
         Box::pin(async move {
+            let (generation, producer) = match self.producer.lock() {
+                Ok(p) => p.clone(),
+                Err(_) => return Err(self.error("a writer panicked".into(), Failed::Retry)),
+            };
             let mut r = Reports::default();
             let mut pending: VecDeque<(usize, DeliveryFuture)> = VecDeque::new();
             for (i, text) in records.iter().enumerate() {
@@ -263,7 +328,7 @@ impl Sink for KafkaSink {
                     rec = rec.key(k);
                 }
                 loop {
-                    match self.producer.send_result(rec) {
+                    match producer.send_result(rec) {
                         Ok(f) => {
                             pending.push_back((i, f));
                             break;
@@ -287,11 +352,23 @@ impl Sink for KafkaSink {
             while let Some((j, f)) = pending.pop_front() {
                 r.wait(j, f).await;
             }
+            if (r.stop.is_some() || r.retry.is_some())
+                && let Some(why) = needs_new(&producer, &r)
+            {
+                tracing::warn!(output = %self.what, "replacing the producer ({why}); the batch will be sent again by the new one");
+                let fresh = shared_producer(&self.config, Some(generation))
+                    .map_err(|e| self.error(e.to_string(), Failed::Unavailable))?;
+                if let Ok(mut p) = self.producer.lock() {
+                    *p = fresh;
+                }
+                // What a fatal state refused is not the records' fault.
+                return Err(self.error(r.stop.or(r.retry).unwrap_or(why), Failed::Unavailable));
+            }
             if let Some(m) = r.stop {
                 return Err(self.error(m, Failed::Stop));
             }
             if let Some(m) = r.retry {
-                return Err(self.error(m, Failed::Retry));
+                return Err(self.error(m, Failed::Unavailable));
             }
             r.refused.sort_by_key(|(i, _)| *i);
             Ok(r.refused)
@@ -301,6 +378,8 @@ impl Sink for KafkaSink {
 
 impl Drop for KafkaSink {
     fn drop(&mut self) {
-        let _ = self.producer.flush(Duration::from_secs(5));
+        if let Ok(p) = self.producer.lock() {
+            let _ = p.1.flush(Duration::from_secs(5));
+        }
     }
 }

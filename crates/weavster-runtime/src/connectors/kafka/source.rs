@@ -444,6 +444,13 @@ impl KafkaSource {
         Some(batch)
     }
 
+    /// Whether some partition holds a full batch.
+    fn full(&self) -> bool {
+        self.parts.values().any(|part| {
+            part.held() >= self.limits.batch_size || part.bytes >= self.limits.max_batch_bytes
+        })
+    }
+
     /// The earliest time a lingering batch is due.
     fn next_due(&self) -> Option<tokio::time::Instant> {
         self.parts
@@ -575,8 +582,13 @@ impl Source for KafkaSource {
                     ev = self.rx.recv() => match ev {
                         Some(ev) => {
                             self.take(ev)?;
-                            // Take what is waiting without sleeping.
+                            // Take what is waiting without sleeping, until
+                            // a partition's batch is full: a batch never
+                            // holds more than `runtime.batch_size` records.
                             for _ in 0..4096 {
+                                if self.full() {
+                                    break;
+                                }
                                 match self.rx.try_recv() {
                                     Ok(ev) => self.take(ev)?,
                                     Err(_) => break,

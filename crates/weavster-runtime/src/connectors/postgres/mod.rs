@@ -119,6 +119,27 @@ fn class(e: &sqlx::Error) -> Class {
     sqlstate(&code)
 }
 
+/// The server cannot be reached or is going away (no SQLSTATE: the
+/// network, the pool, TLS; class 08 connection exceptions; 57P01–57P03
+/// shutdown and start-up; 53300 too many connections): an outage, not
+/// the records' fault.
+fn unreachable(e: &sqlx::Error) -> bool {
+    match e.as_database_error().and_then(|d| d.code()) {
+        None => matches!(
+            e,
+            sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed
+        ),
+        Some(code) => {
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+        }
+    }
+}
+
 fn sqlstate(code: &str) -> Class {
     match &code[..code.len().min(2)] {
         "22" | "23" => Class::Data,

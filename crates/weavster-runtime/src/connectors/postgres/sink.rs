@@ -266,6 +266,7 @@ impl PgSink {
             message: e.to_string(),
             failed: match class(e) {
                 Class::Stop => Failed::Stop,
+                _ if super::unreachable(e) => Failed::Unavailable,
                 _ => Failed::Retry,
             },
         }
