@@ -1020,3 +1020,55 @@ fn a_kafka_input_keeps_to_the_batch_size() {
         N,
     );
 }
+
+/// Issue "Trust II", item 7: a Kafka output keyed by a huge number
+/// (`1e400`, which an `f64` cannot hold) and with a header from `1.50`
+/// writes both as their text; the record itself is unchanged. It was
+/// dead-lettered ("number out of range").
+#[test]
+fn kafka_keys_and_headers_are_the_fields_text() {
+    let b = broker();
+    let topic = unique("text");
+    create_topic(&b.addr, &topic, 1);
+    let input = "{\"id\":1,\"f\":1e400,\"p\":1.50}\n{\"id\":2,\"f\":123456789012345678901234567890,\"p\":\"x\"}\n";
+    let connectors = format!(
+        "in:\n  type: file\n  path: in.jsonl\nout:\n  type: kafka\n  brokers: {}\n  topic: {topic}\n  key: f\n  headers:\n    price: {{ path: p }}\n",
+        b.addr
+    );
+    let (tmp, env) = project(&[
+        ("weavster.yaml", PROJECT),
+        ("profiles.yaml", PROFILES),
+        ("connectors/k.yaml", &connectors),
+        ("in.jsonl", input),
+        ("flows/send.yaml", "input: k.in\noutputs:\n  - to: k.out\n"),
+    ]);
+    weavster_ok(tmp.path(), &["run", "--once"], &env, 0);
+    assert!(dead_letters(tmp.path(), &env).is_empty());
+    let mut got = consume_all(&b.addr, &topic);
+    got.sort_by_key(|m| m.value.clone());
+    let seen: Vec<(Option<String>, String, Option<String>)> = got
+        .iter()
+        .map(|m| {
+            (
+                m.key.clone(),
+                String::from_utf8_lossy(&m.value).to_string(),
+                m.headers.get("price").cloned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                Some("1e400".to_string()),
+                "{\"id\":1,\"f\":1e400,\"p\":1.50}".to_string(),
+                Some("1.50".to_string())
+            ),
+            (
+                Some("123456789012345678901234567890".to_string()),
+                "{\"id\":2,\"f\":123456789012345678901234567890,\"p\":\"x\"}".to_string(),
+                Some("x".to_string())
+            ),
+        ]
+    );
+}

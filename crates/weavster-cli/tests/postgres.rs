@@ -198,6 +198,58 @@ fn upserts_and_configuration_errors() {
     assert!(out.stdout.contains("nowhere"), "{}", out.stdout);
 }
 
+/// Issue "Trust II", items 5 and 7: two versions of a key in one batch,
+/// the later refused by a CHECK constraint — the earlier is written and
+/// only the refused one is dead-lettered (the table had no row at all);
+/// three versions, the last two refused: the first is written, both
+/// refused ones dead-lettered. A 401-digit number and `1e400` into
+/// `numeric` and `jsonb` columns (and as an upsert key) arrive with every
+/// digit: a sink never reads a record through an `f64`.
+#[test]
+fn refused_upserts_fall_back_and_numbers_keep_every_digit() {
+    let t = Target::start();
+    t.sql("CREATE TABLE kv (k numeric PRIMARY KEY, v int NOT NULL CHECK (v < 100), doc jsonb)");
+    let huge = format!("1{}", "0".repeat(400));
+    let input = format!(
+        "{{\"k\":5000,\"v\":1}}\n{{\"k\":5000,\"v\":500}}\n\
+         {{\"k\":7,\"v\":2}}\n{{\"k\":7,\"v\":200}}\n{{\"k\":7,\"v\":300}}\n\
+         {{\"k\":{huge},\"v\":3,\"doc\":{{\"n\":{huge},\"e\":1e400}}}}\n"
+    );
+    let (tmp, env) = pg_project(&t.url(), "  table: kv\n  upsert_keys: [k]\n", &input);
+    let dir = tmp.path();
+    check_exit(dir, &["run", "--once"], &env, 1);
+    assert_eq!(
+        t.sql("SELECT k, v FROM kv WHERE k < 10000 ORDER BY k"),
+        "7|2\n5000|1"
+    );
+    assert_eq!(t.sql(&format!("SELECT v FROM kv WHERE k = {huge}")), "3");
+    assert_eq!(
+        t.sql(&format!(
+            "SELECT doc->>'n' = '{huge}', (doc->>'e')::numeric = {huge} FROM kv WHERE k = {huge}"
+        )),
+        "t|t"
+    );
+    let dead = dead_letters(dir, &env);
+    let mut refused: Vec<String> = dead
+        .iter()
+        .map(|d| String::from_utf8_lossy(&common::dead_record(d)).to_string())
+        .collect();
+    refused.sort();
+    assert_eq!(
+        refused,
+        [
+            "{\"k\":5000,\"v\":500}",
+            "{\"k\":7,\"v\":200}",
+            "{\"k\":7,\"v\":300}"
+        ],
+        "{dead:#?}"
+    );
+    assert!(
+        dead.iter()
+            .all(|d| d["message"].as_str().is_some_and(|m| m.contains("23514")))
+    );
+}
+
 /// A table `events` without keys, a compiled project writing `n` records
 /// into it.
 fn events_project(t: &Target, n: usize) -> (tempfile::TempDir, Vec<(String, String)>) {

@@ -839,3 +839,30 @@ fn read_ids(path: &Path, format: &str) -> Vec<i64> {
         }
     }
 }
+
+/// Issue "Trust II", item 7: a CSV output's cells are the fields' text —
+/// `1.50`, `1e400` and a 30-digit integer as sent (it wrote `1.5` and
+/// refused `1e400`).
+#[test]
+fn csv_cells_keep_the_fields_text() {
+    let (tmp, env) = project(&[
+        ("weavster.yaml", "name: cells\n"),
+        (
+            "connectors/files.yaml",
+            "input: { type: file, path: data/in.jsonl }\noutput: { type: file, path: out/out.csv }\n",
+        ),
+        ("flows/copy.yaml", COPY),
+    ]);
+    let dir = tmp.path();
+    write(
+        dir,
+        "data/in.jsonl",
+        b"{\"a\":1.50,\"b\":1e400,\"c\":123456789012345678901234567890,\"d\":\"x,y\",\"e\":null}\n",
+    );
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("out/out.csv")).expect("output"),
+        "a,b,c,d,e\n1.50,1e400,123456789012345678901234567890,\"x,y\",\n"
+    );
+}

@@ -21,6 +21,7 @@ mod db;
 pub mod dead_letter;
 mod metrics;
 mod queue;
+mod record;
 mod run;
 pub mod sink;
 pub mod source;

@@ -6,7 +6,6 @@
 //! is acknowledged only after every sink of its flow succeeded.
 
 use futures::future::BoxFuture;
-use serde_json::Value;
 
 use crate::Format;
 
@@ -75,15 +74,6 @@ pub trait Sink: Send + Sync {
     ) -> BoxFuture<'a, Result<Refused, SinkError>>;
 }
 
-/// Text of a CSV cell.
-pub(crate) fn cell(v: &Value) -> String {
-    match v {
-        Value::Null => String::new(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
 /// Encodes records for a stream or file. `columns`: the CSV header in use
 /// (set from the first record, and written, when empty).
 pub(crate) fn encode(
@@ -106,18 +96,20 @@ pub(crate) fn encode(
                 .delimiter(delimiter)
                 .from_writer(Vec::new());
             for (i, r) in records.iter().enumerate() {
-                let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(r) else {
+                // Cells are the fields' text (`1.50`, `1e400` as sent).
+                let Ok(obj) = crate::record::fields(r) else {
                     refused.push((i, "a CSV output takes JSON objects".into()));
                     continue;
                 };
                 if columns.is_empty() {
-                    *columns = obj.keys().cloned().collect();
+                    *columns = obj.iter().map(|(k, _)| k.to_string()).collect();
                     if w.write_record(columns.iter()).is_err() {
                         refused.push((i, "cannot encode the CSV header".into()));
                         continue;
                     }
                 }
-                if let Some(extra) = obj.keys().find(|k| !columns.contains(k)) {
+                if let Some((extra, _)) = obj.iter().find(|(k, _)| !columns.iter().any(|c| c == k))
+                {
                     refused.push((
                         i,
                         format!(
@@ -127,11 +119,16 @@ pub(crate) fn encode(
                     ));
                     continue;
                 }
-                let row: Vec<String> = columns
+                let row: Vec<std::borrow::Cow<'_, str>> = columns
                     .iter()
-                    .map(|c| obj.get(c).map(cell).unwrap_or_default())
+                    .map(|c| {
+                        obj.iter()
+                            .find(|(k, _)| k == c)
+                            .and_then(|(_, v)| crate::record::text(v))
+                            .unwrap_or_default()
+                    })
                     .collect();
-                if let Err(e) = w.write_record(&row) {
+                if let Err(e) = w.write_record(row.iter().map(|c| c.as_bytes())) {
                     refused.push((i, format!("cannot encode as CSV: {e}")));
                 }
             }

@@ -287,8 +287,8 @@ fn one_way_keys_of(root: &Value, schema: &Value, prefix: &str, out: &mut Vec<One
             }),
             None => {
                 // A nested struct: its own keys may be one-way.
-                let inner = resolve(p)
-                    .or_else(|| p.get("anyOf")?.as_array()?.iter().find_map(&resolve));
+                let inner =
+                    resolve(p).or_else(|| p.get("anyOf")?.as_array()?.iter().find_map(&resolve));
                 if let Some(inner) = inner {
                     one_way_keys_of(root, &inner, &format!("{key}."), out);
                 }

@@ -17,7 +17,6 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::types::RDKafkaRespErr;
-use serde_json::Value;
 use weavster_spec::types::{KafkaConnector, KafkaFormat};
 
 use super::{Check, CheckContext, ConnectorError, Context, Family, Reading};
@@ -199,29 +198,6 @@ fn stream(topic: &str, partition: i32) -> String {
     format!("{topic}:{partition}")
 }
 
-/// A record value's text for a key or header: a string as is, anything
-/// else as its JSON text; `None` for null or missing.
-fn stringify(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
-/// The value at a dotted record path (`a.b`, `items.0.id`).
-fn at_path<'v>(record: &'v Value, path: &[String]) -> Option<&'v Value> {
-    let mut v = record;
-    for seg in path {
-        v = match v {
-            Value::Object(m) => m.get(seg)?,
-            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(v)
-}
-
 /// A record path split into segments (`a.b[0]` and `a.b.0` alike).
 fn split_path(p: &str) -> Vec<String> {
     p.replace('[', ".")
@@ -241,16 +217,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_are_stringified_by_type() {
-        let r: Value =
-            serde_json::json!({"s": "a", "n": 1.5, "b": true, "z": null, "o": {"x": [1, 2]}});
-        let check = |p: &str| stringify(at_path(&r, &split_path(p)));
+    fn keys_are_the_fields_text() {
+        let r = r#"{"s": "a", "n": 1.50, "b": true, "z": null, "big": 1e400, "o": {"x": [1, 2]}}"#;
+        let check = |p: &str| {
+            crate::record::at_path(r, &split_path(p))
+                .expect("JSON")
+                .and_then(crate::record::text)
+                .map(std::borrow::Cow::into_owned)
+        };
         assert_eq!(check("s").as_deref(), Some("a"));
-        assert_eq!(check("n").as_deref(), Some("1.5"));
+        assert_eq!(check("n").as_deref(), Some("1.50"));
         assert_eq!(check("b").as_deref(), Some("true"));
+        assert_eq!(check("big").as_deref(), Some("1e400"));
         assert_eq!(check("z"), None);
         assert_eq!(check("missing"), None);
-        assert_eq!(check("o").as_deref(), Some("{\"x\":[1,2]}"));
+        assert_eq!(check("o").as_deref(), Some("{\"x\": [1, 2]}"));
         assert_eq!(check("o.x[1]").as_deref(), Some("2"));
     }
 

@@ -20,13 +20,9 @@ use futures::future::BoxFuture;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
-use serde_json::Value;
 use weavster_spec::types::{KafkaConnector, KafkaFormat, KafkaHeader, KafkaPartitioner};
 
-use super::{
-    at_path, base_config, code_of, fatal, format_of, partitions, record_error, split_path,
-    stringify, what,
-};
+use super::{base_config, code_of, fatal, format_of, partitions, record_error, split_path, what};
 use crate::connectors::{ConnectorError, Context};
 use crate::sink::{Failed, Refused, Sink, SinkError};
 
@@ -127,47 +123,51 @@ impl KafkaSink {
         }
     }
 
-    /// The message of a record: value, key, headers.
+    /// The message of a record: value, key, headers. Keys and headers
+    /// from a path are the field's text in the record (a string
+    /// unescaped), never a number printed again.
     fn message(&self, record: &str) -> Result<(Vec<u8>, Option<String>, OwnedHeaders), String> {
-        let needs_value = self.format != KafkaFormat::Json
-            || self.key.is_some()
-            || self
-                .headers
-                .iter()
-                .any(|(_, h)| matches!(h, HeaderValue::Path(_)));
-        let parsed: Option<Value> = if needs_value {
-            Some(serde_json::from_str(record).map_err(|e| format!("invalid JSON: {e}"))?)
-        } else {
-            None
+        let field = |path: &[String]| -> Result<Option<String>, String> {
+            Ok(crate::record::at_path(record, path)
+                .map_err(|e| e.to_string())?
+                .and_then(crate::record::text)
+                .map(std::borrow::Cow::into_owned))
         };
-        let value = match (self.format, &parsed) {
-            (KafkaFormat::Json, _) => record.as_bytes().to_vec(),
-            (f, Some(v)) => match (f, v.get("value")) {
-                (KafkaFormat::String, Some(Value::String(s))) => s.as_bytes().to_vec(),
-                (KafkaFormat::Bytes, Some(Value::String(s))) => {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(s)
-                        .map_err(|e| format!("field `value` is not base64: {e}"))?
+        let value = match self.format {
+            KafkaFormat::Json => record.as_bytes().to_vec(),
+            f => {
+                let raw = crate::record::at_path(record, &["value".to_string()])
+                    .map_err(|e| e.to_string())?;
+                match (f, raw.map(|r| r.get())) {
+                    (_, Some(t)) if t.starts_with('"') => {
+                        let s: String =
+                            serde_json::from_str(t).map_err(|e| format!("field `value`: {e}"))?;
+                        if f == KafkaFormat::Bytes {
+                            base64::engine::general_purpose::STANDARD
+                                .decode(s)
+                                .map_err(|e| format!("field `value` is not base64: {e}"))?
+                        } else {
+                            s.into_bytes()
+                        }
+                    }
+                    _ => {
+                        return Err(
+                            "`format: string`/`bytes` writes the record's `value` field, which must be a string"
+                                .into(),
+                        );
+                    }
                 }
-                _ => {
-                    return Err(
-                        "`format: string`/`bytes` writes the record's `value` field, which must be a string"
-                            .into(),
-                    );
-                }
-            },
-            (_, None) => record.as_bytes().to_vec(),
+            }
         };
-        let key = match (&self.key, &parsed) {
-            (Some(path), Some(v)) => stringify(at_path(v, path)),
-            _ => None,
+        let key = match &self.key {
+            Some(path) => field(path)?,
+            None => None,
         };
         let mut headers = OwnedHeaders::new_with_capacity(self.headers.len());
         for (name, h) in &self.headers {
-            let v = match (h, &parsed) {
-                (HeaderValue::Static(s), _) => Some(s.clone()),
-                (HeaderValue::Path(p), Some(v)) => stringify(at_path(v, p)),
-                (HeaderValue::Path(_), None) => None,
+            let v = match h {
+                HeaderValue::Static(s) => Some(s.clone()),
+                HeaderValue::Path(p) => field(p)?,
             };
             headers = headers.insert(Header {
                 key: name,

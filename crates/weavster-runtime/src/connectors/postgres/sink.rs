@@ -12,10 +12,9 @@
 //! `weavster_written` in the same transaction as its rows: a retried job
 //! finds it and writes nothing again.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use futures::future::BoxFuture;
-use serde_json::Value;
 use sqlx::{PgPool, Postgres, Transaction};
 use weavster_spec::types::{PostgresConnector, UnknownFields};
 
@@ -347,23 +346,28 @@ impl Sink for PgSink {
     ) -> BoxFuture<'a, Result<Refused, SinkError>> {
         Box::pin(async move {
             let mut refused: Refused = Vec::new();
-            // Fields that are not columns, and upsert duplicates (last wins).
-            let mut last: BTreeMap<String, usize> = BTreeMap::new();
+            // Fields that are not columns, and upsert duplicates: each
+            // key's versions in order (the last is written; if the table
+            // refuses it, the one before it is tried, and so on). Read as
+            // the fields' text, never through numbers.
+            let mut versions: indexmap::IndexMap<Vec<Option<String>>, Vec<usize>> =
+                indexmap::IndexMap::new();
             let mut take: Vec<usize> = Vec::with_capacity(records.len());
             for (i, r) in records.iter().enumerate() {
                 if self.known.is_none() && self.keys.is_empty() {
                     take.push(i);
                     continue;
                 }
-                let v: Value = match serde_json::from_str(r) {
-                    Ok(v) => v,
+                let fields = match crate::record::fields(r) {
+                    Ok(f) => f,
                     Err(e) => {
-                        refused.push((i, format!("invalid JSON: {e}")));
+                        refused.push((i, e.to_string()));
                         continue;
                     }
                 };
-                if let (Some(known), Value::Object(m)) = (&self.known, &v)
-                    && let Some(extra) = m.keys().find(|k| !known.contains(*k))
+                if let Some(known) = &self.known
+                    && let Some((extra, _)) =
+                        fields.iter().find(|(k, _)| !known.contains(k.as_ref()))
                 {
                     refused.push((
                         i,
@@ -374,25 +378,27 @@ impl Sink for PgSink {
                     ));
                     continue;
                 }
-                if !self.keys.is_empty() {
-                    let key: Vec<Value> = self
-                        .keys
-                        .iter()
-                        .map(|p| {
-                            p.iter()
-                                .try_fold(&v, |v, s| v.get(s))
-                                .cloned()
-                                .unwrap_or(Value::Null)
-                        })
-                        .collect();
-                    last.insert(Value::Array(key).to_string(), i);
+                if self.keys.is_empty() {
+                    take.push(i);
+                    continue;
                 }
-                take.push(i);
+                let key: Result<Vec<Option<String>>, _> = self
+                    .keys
+                    .iter()
+                    .map(|p| {
+                        crate::record::at_path(r, p).map(|v| {
+                            v.and_then(crate::record::text)
+                                .map(std::borrow::Cow::into_owned)
+                        })
+                    })
+                    .collect();
+                match key {
+                    Ok(key) => versions.entry(key).or_default().push(i),
+                    Err(e) => refused.push((i, e.to_string())),
+                }
             }
-            if !self.keys.is_empty() {
-                let keep: HashSet<usize> = last.into_values().collect();
-                take.retain(|i| keep.contains(i));
-            }
+            take.extend(versions.values().filter_map(|v| v.last().copied()));
+            take.sort_unstable();
             let mut tx = self.pool.begin().await.map_err(|e| self.error(&e))?;
             if let Some(output) = &self.marker {
                 let fresh = sqlx::query(
@@ -426,6 +432,28 @@ impl Sink for PgSink {
             self.write_some(&mut tx, records, &take, &mut refused)
                 .await
                 .map_err(|e| self.error(&e))?;
+            // A key whose written version was refused: its version before
+            // (a refused one never hides a valid one behind it).
+            loop {
+                let refused_now: HashSet<usize> = refused.iter().map(|(i, _)| *i).collect();
+                let mut again: Vec<usize> = versions
+                    .values_mut()
+                    .filter_map(|v| {
+                        let last = *v.last()?;
+                        refused_now.contains(&last).then(|| {
+                            v.pop();
+                            v.last().copied()
+                        })?
+                    })
+                    .collect();
+                if again.is_empty() {
+                    break;
+                }
+                again.sort_unstable();
+                self.write_some(&mut tx, records, &again, &mut refused)
+                    .await
+                    .map_err(|e| self.error(&e))?;
+            }
             refused.sort_by_key(|(i, _)| *i);
             if let Some(output) = &self.marker {
                 sqlx::query(
