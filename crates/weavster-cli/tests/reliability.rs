@@ -866,3 +866,50 @@ fn csv_cells_keep_the_fields_text() {
         "a,b,c,d,e\n1.50,1e400,123456789012345678901234567890,\"x,y\",\n"
     );
 }
+
+/// Issue "Trust II", item 6: `mode: overwrite` never empties an output
+/// before the run writes to it. A second `run --once` with nothing new to
+/// read, and a run that fails at start (its metrics port taken), leave the
+/// file as the first run wrote it (both emptied it); a run with new input
+/// replaces it with what that run writes.
+#[test]
+fn overwrite_never_empties_an_output_before_writing() {
+    let (tmp, env) = project(&[
+        ("weavster.yaml", "name: over\n"),
+        (
+            "connectors/files.yaml",
+            "input: { type: file, path: data/in.jsonl }\noutput: { type: file, path: out/out.jsonl, mode: overwrite }\n",
+        ),
+        ("flows/copy.yaml", COPY),
+    ]);
+    let dir = tmp.path();
+    write(dir, "data/in.jsonl", b"{\"id\":1}\n{\"id\":2}\n");
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 0, "{log}");
+    let out = dir.join("out/out.jsonl");
+    let first = std::fs::read_to_string(&out).expect("output");
+    assert_eq!(ids(&out), once(&[1, 2]));
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("output"),
+        first,
+        "nothing new: kept"
+    );
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let failed = weavster(dir, &["run", "--once", "--metrics-addr", &addr], &env);
+    assert_ne!(failed.code, 0, "{}", failed.stderr);
+    assert_eq!(
+        std::fs::read_to_string(&out).expect("output"),
+        first,
+        "a failed start: kept"
+    );
+    drop(taken);
+    let mut more = std::fs::read(dir.join("data/in.jsonl")).expect("input");
+    more.extend_from_slice(b"{\"id\":3}\n");
+    write(dir, "data/in.jsonl", &more);
+    let (code, log) = run_once(dir, &env);
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(ids(&out), once(&[3]), "replaced by what this run wrote");
+}

@@ -376,6 +376,25 @@ fn ticks(d: Duration) -> u64 {
     (d.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
 }
 
+/// A trap's message, the cause first: what the guest said (a panic's
+/// message, "memory allocation of N bytes failed") and the trap's kind on
+/// the first line, the wasm backtrace after it.
+fn trap_message(e: &wasmtime::Error, said: &str) -> String {
+    let cause = match e.downcast_ref::<wasmtime::Trap>() {
+        Some(t) => t.to_string(),
+        None => e.root_cause().to_string(),
+    };
+    let lead = if said.is_empty() {
+        cause
+    } else {
+        format!("{said} ({cause})")
+    };
+    match e.downcast_ref::<wasmtime::WasmBacktrace>() {
+        Some(b) => format!("{lead}\n{b}"),
+        None => lead,
+    }
+}
+
 impl Instance {
     fn trap(&mut self, e: wasmtime::Error) -> HostError {
         self.poisoned = true;
@@ -385,11 +404,7 @@ impl Instance {
         let messages = String::from_utf8_lossy(&self.store.data().messages)
             .trim()
             .to_string();
-        if messages.is_empty() {
-            HostError::Trap(format!("{e:#}"))
-        } else {
-            HostError::Trap(format!("{e:#}: {messages}"))
-        }
+        HostError::Trap(trap_message(&e, &messages))
     }
 
     fn write_input(&mut self, bytes: &[u8]) -> Result<i32, HostError> {

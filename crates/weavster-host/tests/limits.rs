@@ -45,7 +45,9 @@ fn check(batches: &[&str]) -> Vec<String> {
                 match e {
                     HostError::Deadline(d) => format!("deadline {d:?} poisoned={poisoned}"),
                     HostError::Trap(m) => {
-                        format!("trap {} poisoned={poisoned}", m.contains("unreachable"))
+                        // The cause leads; the backtrace follows it.
+                        let first = m.lines().next().unwrap_or("");
+                        format!("trap {} poisoned={poisoned}", first.contains("unreachable"))
                     }
                     other => format!("other {other}"),
                 }

@@ -13,6 +13,10 @@ use crate::{Format, WriteMode};
 struct FileState {
     file: File,
     columns: Vec<String>,
+    /// `mode: overwrite` and nothing written by this run yet: the file is
+    /// emptied just before the run's first write, never sooner (a run that
+    /// fails to start, or finds nothing new to read, leaves it as it was).
+    truncate: bool,
 }
 
 /// A file: jsonl and csv are appended to; a json file is kept a valid JSON
@@ -75,7 +79,8 @@ fn cut_torn_tail_locked(file: &File, name: &str) -> std::io::Result<()> {
 }
 
 impl FileSink {
-    /// Opens (creating parent dirs); `Overwrite` truncates now.
+    /// Opens (creating parent dirs); `Overwrite` empties the file at the
+    /// first write.
     pub fn open(
         path: PathBuf,
         display: String,
@@ -115,13 +120,12 @@ impl FileSink {
             options.append(true);
         }
         let file = options.open(&path).map_err(err)?;
-        if mode == WriteMode::Overwrite {
-            file.set_len(0).map_err(err)?;
-        } else if format != Format::Json {
+        let truncate = mode == WriteMode::Overwrite;
+        if !truncate && format != Format::Json {
             cut_torn_tail(&file, &display).map_err(err)?;
         }
         let mut columns = Vec::new();
-        if format == Format::Csv {
+        if format == Format::Csv && !truncate {
             // Appending to a CSV file keeps its header: its first line
             // (read from the start: cutting a torn tail moved to the end).
             let mut text = String::new();
@@ -143,7 +147,11 @@ impl FileSink {
             display,
             format,
             delimiter,
-            state: Mutex::new(FileState { file, columns }),
+            state: Mutex::new(FileState {
+                file,
+                columns,
+                truncate,
+            }),
         })
     }
 
@@ -263,6 +271,21 @@ impl Sink for FileSink {
                     &mut guard.columns,
                     &mut bytes,
                 );
+                if !bytes.is_empty() && guard.truncate {
+                    // Once per file and process: outputs of several flows
+                    // into one file empty it once, before the first write.
+                    static EMPTIED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+                    let mut emptied = EMPTIED
+                        .lock()
+                        .map_err(|_| err("a writer panicked".into()))?;
+                    if !emptied.contains(&self.path) {
+                        guard.file.set_len(0).map_err(|e| {
+                            err(format!("cannot empty it (`mode: overwrite`): {e}"))
+                        })?;
+                        emptied.push(self.path.clone());
+                    }
+                    guard.truncate = false;
+                }
                 if !bytes.is_empty()
                     && let Err(e) =
                         Self::write_locked(&mut guard, self.format, &self.display, &bytes)
@@ -332,6 +355,34 @@ mod tests {
         assert_eq!(refused.len(), 1);
         assert_eq!(refused[0].0, 1);
         assert!(refused[0].1.contains("`z`"), "{}", refused[0].1);
+    }
+
+    /// `mode: overwrite` empties the file at the run's first write, not
+    /// when it is opened: a run that writes nothing leaves it as it was.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn overwrite_empties_the_file_at_the_first_write_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("o.jsonl");
+        std::fs::write(&p, "{\"old\":1}\n").expect("write");
+        let open = || {
+            FileSink::open(
+                p.clone(),
+                "o.jsonl".into(),
+                Format::Jsonl,
+                WriteMode::Overwrite,
+                b',',
+            )
+            .expect("open")
+        };
+        drop(open());
+        assert_eq!(std::fs::read_to_string(&p).expect("read"), "{\"old\":1}\n");
+        let sink = open();
+        sink.write("j", &["{\"a\":1}"]).await.expect("write");
+        sink.write("j", &["{\"a\":2}"]).await.expect("write");
+        assert_eq!(
+            std::fs::read_to_string(&p).expect("read"),
+            "{\"a\":1}\n{\"a\":2}\n"
+        );
     }
 
     /// A CSV file appended to by a later run (a new sink) keeps its one

@@ -52,6 +52,7 @@ enum Event {
 }
 
 /// A message, copied out of librdkafka.
+#[derive(Clone)]
 struct Msg {
     partition: i32,
     offset: i64,
@@ -532,11 +533,24 @@ fn record(
             }),
         },
     };
-    let headers: Map<String, Value> = m
-        .headers
-        .iter()
-        .map(|(k, v)| (k.clone(), bytes(v)))
-        .collect();
+    // A name sent once: its value; sent more than once: every value, in
+    // order, as an array (never only the last).
+    let mut headers: Map<String, Value> = Map::new();
+    for (k, v) in &m.headers {
+        let v = bytes(v);
+        match headers.get_mut(k) {
+            None => {
+                headers.insert(k.clone(), v);
+            }
+            // A header's own value is never an array (text, null or
+            // `{"base64": …}`): an array is the list of a repeated name.
+            Some(Value::Array(all)) => all.push(v),
+            Some(first) => {
+                let was = first.take();
+                *first = Value::Array(vec![was, v]);
+            }
+        }
+    }
     let meta = serde_json::json!({
         "topic": topic,
         "partition": m.partition,
@@ -776,6 +790,22 @@ mod tests {
         let v: Value = serde_json::from_str(&r).expect("json");
         assert_eq!(v["_kafka"]["offset"], 7);
         assert_eq!(v["_kafka"]["headers"]["h"]["base64"], "/w==");
+        // A repeated name keeps every value, in order.
+        let repeated = Msg {
+            headers: vec![
+                ("h".into(), Some(b"a".to_vec())),
+                ("g".into(), None),
+                ("h".into(), Some(b"b".to_vec())),
+                ("h".into(), Some(vec![0xff])),
+            ],
+            ..m.clone()
+        };
+        let r = record("t", KafkaFormat::Json, Some("_kafka"), &repeated).expect("record");
+        let v: Value = serde_json::from_str(&r).expect("json");
+        assert_eq!(
+            v["_kafka"]["headers"],
+            serde_json::json!({"h": ["a", "b", {"base64": "/w=="}], "g": null})
+        );
         let arr = Msg {
             payload: Some(b"[1]".to_vec()),
             ..m
