@@ -642,7 +642,9 @@ pub(crate) fn one_way_keys(
             if used.contains_key(&key.direction) {
                 continue;
             }
-            let (other, flow) = used.iter().next().expect("used one way at least");
+            let Some((other, flow)) = used.iter().next() else {
+                continue;
+            };
             // At the key itself (`token:`), else the connector.
             let span = node
                 .and_then(|n| {

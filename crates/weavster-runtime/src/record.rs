@@ -39,16 +39,32 @@ pub(crate) fn fields(text: &str) -> Result<Fields<'_>, RecordError> {
 
 /// The value at `path` (object members by name, array elements by index)
 /// in the JSON text `text`; `None` where the path leads nowhere.
+#[cfg(test)]
 pub(crate) fn at_path<'r>(
     text: &'r str,
     path: &[String],
 ) -> Result<Option<&'r RawValue>, RecordError> {
-    let Some((first, rest)) = path.split_first() else {
+    if path.is_empty() {
         return Ok(Some(serde_json::from_str(text)?));
+    }
+    match fields(text) {
+        Ok(f) => lookup(&f, path),
+        Err(RecordError::NotObject) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The value at `path` in a record already split into its `fields` (so
+/// that several paths of one record parse its top level once).
+pub(crate) fn lookup<'r>(
+    fields: &Fields<'r>,
+    path: &[String],
+) -> Result<Option<&'r RawValue>, RecordError> {
+    let Some((first, rest)) = path.split_first() else {
+        return Ok(None);
     };
-    let mut here = match member(text, first)? {
-        Some(v) => v,
-        None => return Ok(None),
+    let Some(mut here) = fields.iter().find(|(k, _)| k == first).map(|(_, v)| *v) else {
+        return Ok(None);
     };
     for seg in rest {
         let inner = here.get().trim_start();

@@ -127,17 +127,30 @@ impl KafkaSink {
     /// from a path are the field's text in the record (a string
     /// unescaped), never a number printed again.
     fn message(&self, record: &str) -> Result<(Vec<u8>, Option<String>, OwnedHeaders), String> {
+        // The record's top level, parsed once for every path (none when
+        // nothing is read from it).
+        let needs_fields = self.format != KafkaFormat::Json
+            || self.key.is_some()
+            || self
+                .headers
+                .iter()
+                .any(|(_, h)| matches!(h, HeaderValue::Path(_)));
+        let fields = if needs_fields {
+            crate::record::fields(record).map_err(|e| e.to_string())?
+        } else {
+            Vec::new()
+        };
+        let raw_at =
+            |path: &[String]| crate::record::lookup(&fields, path).map_err(|e| e.to_string());
         let field = |path: &[String]| -> Result<Option<String>, String> {
-            Ok(crate::record::at_path(record, path)
-                .map_err(|e| e.to_string())?
+            Ok(raw_at(path)?
                 .and_then(crate::record::text)
                 .map(std::borrow::Cow::into_owned))
         };
         let value = match self.format {
             KafkaFormat::Json => record.as_bytes().to_vec(),
             f => {
-                let raw = crate::record::at_path(record, &["value".to_string()])
-                    .map_err(|e| e.to_string())?;
+                let raw = raw_at(&["value".to_string()])?;
                 match (f, raw.map(|r| r.get())) {
                     (_, Some(t)) if t.starts_with('"') => {
                         let s: String =

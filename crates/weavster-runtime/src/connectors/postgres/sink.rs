@@ -386,7 +386,7 @@ impl Sink for PgSink {
                     .keys
                     .iter()
                     .map(|p| {
-                        crate::record::at_path(r, p).map(|v| {
+                        crate::record::lookup(&fields, p).map(|v| {
                             v.and_then(crate::record::text)
                                 .map(std::borrow::Cow::into_owned)
                         })
